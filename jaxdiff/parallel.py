@@ -1,0 +1,129 @@
+"""Platform selection and pmap-style data parallelism with ``jax.shard_map``.
+
+The model is pmap's: one replica per device, every replica holding the whole
+train state, the batch split along its leading axis, gradients averaged with
+``lax.pmean``. It is written as ``jax.jit(jax.shard_map(...))`` over a 1-D
+mesh, because ``jax.pmap`` is in maintenance mode since JAX 0.8.
+
+Example:
+  >>> mesh = make_mesh()
+  >>> batch = shard_batch(np.zeros((8, 3)), mesh)   # 8 / n rows per device
+  >>> state = replicate(state, mesh)                 # whole copy per device
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax._src import xla_bridge
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+PLATFORMS = ("cpu", "gpu", "tpu")
+
+
+class PlatformError(RuntimeError):
+  """The requested platform is unknown or has no devices here."""
+
+
+class BatchShardingError(ValueError):
+  """A batch that cannot be split evenly across the devices."""
+
+
+def select_platform(platform: str | None) -> None:
+  """Makes JAX use ``platform`` (``cpu``, ``gpu`` or ``tpu``); None keeps JAX's choice.
+
+  Call before anything touches a JAX backend (creating an array does).
+
+  Raises:
+    PlatformError: the name is unknown, or the platform has no devices here.
+  """
+  if platform is None:
+    return
+  if platform not in PLATFORMS:
+    raise PlatformError(f"unknown platform {platform!r}; choose one of {', '.join(PLATFORMS)}")
+  if xla_bridge.backends_are_initialized():
+    if jax.default_backend() != platform:
+      raise PlatformError(
+        f"JAX already started on {jax.default_backend()!r}; select the platform "
+        "before any JAX array is created"
+      )
+    return
+  jax.config.update("jax_platforms", platform)
+  try:
+    jax.devices()
+  except RuntimeError as error:
+    raise PlatformError(
+      f"platform {platform!r} was requested but is not available here "
+      f"({str(error).splitlines()[0][:160]}); try --platform cpu"
+    ) from error
+
+
+def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh named ``"data"`` over ``devices`` (all local devices by default)."""
+  devices = list(devices) if devices is not None else jax.local_devices()
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices)
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading axis split across the mesh."""
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+  """A whole copy on every device."""
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def check_divisible(batch_size: int, mesh: Mesh) -> None:
+  """Raises BatchShardingError unless ``batch_size`` splits evenly over the mesh."""
+  devices = mesh.size
+  if batch_size % devices:
+    raise BatchShardingError(
+      f"batch size {batch_size} is not divisible by the {devices} devices; "
+      f"use a multiple of {devices}"
+    )
+
+
+def shard_batch(tree: Any, mesh: Mesh) -> Any:
+  """Places every leaf on the mesh split along its leading axis.
+
+  Raises:
+    BatchShardingError: a leaf's leading axis does not divide by the devices.
+  """
+  for leaf in jax.tree.leaves(tree):
+    check_divisible(np.shape(leaf)[0], mesh)
+  return jax.device_put(tree, data_sharding(mesh))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Places a whole copy of every leaf on each device of the mesh."""
+  return jax.device_put(tree, replicated_sharding(mesh))
+
+
+def mean_value_and_grad(fun: Callable[..., Any], has_aux: bool = False) -> Callable[..., Any]:
+  """``jax.value_and_grad`` for use inside ``shard_map``, pmap-style.
+
+  Each device differentiates its own shard's loss and the gradients (and the
+  loss and aux) are averaged with ``lax.pmean`` over the data axis. The
+  parameters are first cast to *varying*: differentiating a replicated input
+  directly would make ``shard_map`` sum the per-device gradients implicitly,
+  and a further ``pmean`` would then leave them ``num_devices`` times too large.
+
+  Args:
+    fun: ``fun(params, *args) -> loss`` (or ``(loss, aux)`` with ``has_aux``).
+    has_aux: as in ``jax.value_and_grad``.
+
+  Returns:
+    ``f(params, *args) -> (value, grads)``, both averaged over the devices.
+  """
+  value_and_grad = jax.value_and_grad(fun, has_aux=has_aux)
+
+  def mean_over_devices(params, *args):
+    local_params = jax.lax.pcast(params, DATA_AXIS, to="varying")
+    return jax.lax.pmean(value_and_grad(local_params, *args), DATA_AXIS)
+
+  return mean_over_devices
