@@ -1,0 +1,69 @@
+"""What every experiment CLI shares: flags, platform selection, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from jaxdiff.parallel import PLATFORMS
+
+EXIT_USAGE = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse, but a bad flag prints one line (no usage block) and exits with 2."""
+
+  def error(self, message: str) -> NoReturn:
+    self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument(
+    "--platform", choices=PLATFORMS, default=None, help="JAX backend (default: JAX's choice)"
+  )
+  parser.add_argument(
+    "--data",
+    default="tfds",
+    help="'tfds' (download with TensorFlow Datasets) or a local .npz, image folder or .tar.gz",
+  )
+  parser.add_argument("--out", required=True, help="output directory")
+  parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+  parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def positive_int(text: str) -> int:
+  value = int(text)
+  if value <= 0:
+    raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+  return value
+
+
+def positive_float(text: str) -> float:
+  value = float(text)
+  if not value > 0 or value == float("inf"):
+    raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+  return value
+
+
+def float_list(text: str) -> tuple[float, ...]:
+  try:
+    return tuple(float(item) for item in text.split(",") if item.strip())
+  except ValueError as error:
+    raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from error
+
+
+def run_main(
+  main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None
+) -> int:
+  """Runs ``main``; a user error becomes one line on stderr and exit code 2."""
+  from jaxdiff.data import DataError  # pylint: disable=g-import-not-at-top
+  from jaxdiff.parallel import BatchShardingError, PlatformError  # pylint: disable=g-import-not-at-top
+
+  try:
+    main(argv)
+  except (DataError, PlatformError, BatchShardingError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_USAGE
+  return 0

@@ -1,0 +1,295 @@
+"""The report layer: metrics on hand cases, summaries of synthetic runs, files and plots."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from jaxdiff import report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(
+  optimizer,
+  seed,
+  accuracies,
+  *,
+  lr=0.01,
+  diffusion=None,
+  gap=0.05,
+  loss_std=0.1,
+  step_time=0.01,
+  status="ok",
+  posterior=None,
+):
+  """One run record as the engine writes it; the last accuracy is the final test accuracy."""
+  epochs = [
+    {
+      "epoch": i + 1,
+      "train_loss": 2.0 / (i + 1),
+      "train_accuracy": acc + gap,
+      "test_accuracy": acc,
+      "test_nll": 1.5,
+      "test_ece": 0.05,
+    }
+    for i, acc in enumerate(accuracies)
+  ]
+  return {
+    "optimizer": optimizer,
+    "seed": seed,
+    "learning_rate": lr,
+    "diffusion": diffusion,
+    "temperature": None if diffusion is None else 50_000 * diffusion,
+    "status": status,
+    "diverged_at_step": 7 if status == "diverged" else None,
+    "epochs": epochs,
+    "last_epoch_loss_std": loss_std,
+    "final": {
+      "test_accuracy": accuracies[-1],
+      "test_nll": 1.4,
+      "test_ece": 0.04,
+      "train_accuracy": accuracies[-1] + gap,
+    },
+    "posterior_average": posterior,
+    "step_time_s": step_time,
+  }
+
+
+@pytest.fixture
+def runs():
+  """sgd and langevin × 3 seeds with known statistics."""
+  sgd = [
+    make_run("sgd", 0, [0.2, 0.35, 0.45], loss_std=0.10, step_time=0.0100),
+    make_run("sgd", 1, [0.3, 0.38, 0.48], loss_std=0.12, step_time=0.0101),
+    make_run("sgd", 2, [0.25, 0.41, 0.51], loss_std=0.14, step_time=0.0102),
+  ]
+  posterior = {"test_accuracy": 0.6, "test_nll": 1.1, "test_ece": 0.02, "snapshots": 5}
+  langevin = [
+    make_run("langevin", s, accs, diffusion=1e-4, gap=0.01, step_time=0.0105, posterior=posterior)
+    for s, accs in enumerate([[0.32, 0.45, 0.5], [0.31, 0.46, 0.52], [0.2, 0.28, 0.29]])
+  ]
+  return sgd + langevin
+
+
+def test_accuracy_and_nll_on_a_hand_case():
+  probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.5, 0.0, 0.5]])
+  labels = np.array([0, 0, 1])
+  assert report.accuracy(probs, labels) == pytest.approx(1 / 3)
+  # p[label] = 0.7, 0.1 and 0 (clipped to 1e-12).
+  expected = -(math.log(0.7) + math.log(0.1) + math.log(1e-12)) / 3
+  assert report.negative_log_likelihood(probs, labels) == pytest.approx(expected)
+
+
+def test_ece_of_a_calibrated_and_a_confidently_wrong_model():
+  calibrated = np.array([[0.75, 0.25]] * 4)
+  assert report.expected_calibration_error(calibrated, np.array([0, 0, 0, 1])) == pytest.approx(0)
+  certain = np.array([[1.0, 0.0]] * 5)
+  assert report.expected_calibration_error(certain, np.zeros(5, int)) == pytest.approx(0)
+  assert report.expected_calibration_error(certain, np.ones(5, int)) == pytest.approx(1)
+
+
+def test_ece_two_bins_by_hand():
+  # Bin of confidence 0.9: 3 of 4 right, |0.75 - 0.9| = 0.15; bin of 0.6: 4 of 4, |1 - 0.6| = 0.4.
+  probs = np.array([[0.9, 0.1]] * 4 + [[0.4, 0.6]] * 4)
+  labels = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+  expected = 0.5 * 0.15 + 0.5 * 0.4
+  assert report.expected_calibration_error(probs, labels) == pytest.approx(expected)
+  assert report.expected_calibration_error(probs, labels, num_bins=2) == pytest.approx(
+    abs(7 / 8 - 0.75)
+  )
+
+
+def test_summarize_means_stds_and_step_time_ratio(runs):
+  summary = report.summarize(runs)
+  assert list(summary["optimizers"]) == ["sgd", "langevin"]
+  sgd, langevin = summary["optimizers"]["sgd"], summary["optimizers"]["langevin"]
+  finals = np.array([0.45, 0.48, 0.51])
+  assert sgd["final_test_accuracy"]["mean"] == pytest.approx(finals.mean())
+  assert sgd["final_test_accuracy"]["std"] == pytest.approx(finals.std())
+  assert sgd["final_test_accuracy"]["n"] == 3
+  assert sgd["final_train_accuracy"]["mean"] == pytest.approx(finals.mean() + 0.05)
+  assert sgd["generalization_gap"]["mean"] == pytest.approx(0.05)
+  assert sgd["last_epoch_loss_std"]["mean"] == pytest.approx(0.12)
+  assert langevin["best_test_accuracy"]["mean"] == pytest.approx((0.5 + 0.52 + 0.29) / 3)
+  assert sgd["step_time_vs_sgd"] == pytest.approx(1.0)
+  assert langevin["step_time_vs_sgd"] == pytest.approx(0.0105 / 0.0101)
+  assert (langevin["learning_rate"], langevin["diffusion"]) == (0.01, 1e-4)
+  assert langevin["temperature"] == pytest.approx(5.0)
+  assert sgd["posterior_average"] is None
+  assert langevin["posterior_average"]["test_accuracy"]["mean"] == pytest.approx(0.6)
+  assert langevin["posterior_average"]["snapshots"]["mean"] == 5
+  json.dumps(summary, allow_nan=False)
+
+
+def test_summarize_epochs_to_threshold(runs):
+  sgd = report.summarize(runs, thresholds=(0.3, 0.5, 0.9))["optimizers"]["sgd"]
+  expected = {"mean": pytest.approx(5 / 3), "std": pytest.approx(np.std([2, 1, 2])), "n": 3}
+  assert sgd["epochs_to"]["0.3"] == {**expected, "not_reached": 0}
+  # Only seed 2 reaches 50 %, at epoch 3.
+  assert sgd["epochs_to"]["0.5"]["mean"] == 3.0 and sgd["epochs_to"]["0.5"]["not_reached"] == 2
+  assert sgd["epochs_to"]["0.9"] == {"mean": None, "std": None, "n": 0, "not_reached": 3}
+
+
+def test_summarize_treats_nan_of_diverged_runs_as_missing(runs):
+  nan = float("nan")
+  runs = runs + [make_run("langevin", 3, [0.1, nan], diffusion=1e-4, status="diverged")]
+  runs[-1]["last_epoch_loss_std"] = float("inf")
+  langevin = report.summarize(runs)["optimizers"]["langevin"]
+  assert langevin["runs"] == 4 and langevin["diverged"] == 1
+  assert langevin["final_test_accuracy"]["n"] == 3
+  assert langevin["final_test_accuracy"]["mean"] == pytest.approx((0.5 + 0.52 + 0.29) / 3)
+  assert langevin["last_epoch_loss_std"]["n"] == 3
+  assert langevin["best_test_accuracy"]["n"] == 4
+  assert langevin["epochs_to"]["0.3"]["not_reached"] == 2
+  json.dumps(report.summarize(runs), allow_nan=False)
+
+
+def test_summarize_without_sgd_has_no_ratio_and_rejects_mixed_settings(runs):
+  langevin_only = [run for run in runs if run["optimizer"] == "langevin"]
+  assert report.summarize(langevin_only)["optimizers"]["langevin"]["step_time_vs_sgd"] is None
+  langevin_only[0] = {**langevin_only[0], "learning_rate": 0.1}
+  with pytest.raises(ValueError, match="learning_rate"):
+    report.summarize(langevin_only)
+
+
+@pytest.fixture
+def sweep_runs():
+  """sgd over 3 lrs; langevin over 2 lrs × D in {0, 1e-4, 1e-3}, 2 seeds; one cell diverged."""
+  runs = []
+  for seed, shift in ((0, -0.01), (1, 0.01)):
+    for lr, acc in ((0.01, 0.3), (0.03, 0.5), (0.1, 0.4)):
+      runs.append(make_run("sgd", seed, [acc + shift], lr=lr))
+    for lr, base in ((0.01, 0.4), (0.03, 0.45)):
+      for d, bonus in ((0.0, 0.0), (1e-4, 0.05)):
+        runs.append(make_run("langevin", seed, [base + bonus + shift], lr=lr, diffusion=d))
+      runs.append(
+        make_run("langevin", seed, [float("nan")], lr=lr, diffusion=1e-3, status="diverged")
+      )
+  return runs
+
+
+def test_summarize_sweep_grid_and_spread(sweep_runs):
+  sweep = report.summarize_sweep(sweep_runs)["optimizers"]
+  sgd, langevin = sweep["sgd"], sweep["langevin"]
+  assert sgd["learning_rates"] == [0.01, 0.03, 0.1] and sgd["diffusions"] == [None]
+  assert np.allclose(np.array(sgd["accuracy"], float).ravel(), [0.3, 0.5, 0.4])
+  assert sgd["sensitivity"]["spread"] == pytest.approx(0.2)
+  assert sgd["sensitivity"]["lr_spread"] == pytest.approx(0.2)
+  assert sgd["sensitivity"]["std"] == pytest.approx(np.std([0.3, 0.5, 0.4]))
+  assert sgd["sensitivity"]["seed_std"] == pytest.approx(0.01)
+  assert sgd["best"] == {"learning_rate": 0.03, "diffusion": None, "accuracy": pytest.approx(0.5)}
+  assert sgd["noise_effect"] is None
+
+  assert langevin["diffusions"] == [0.0, 1e-4, 1e-3]
+  assert langevin["accuracy"][0][2] is None and langevin["n"][0] == [2, 2, 0]
+  assert langevin["diverged"] == 4
+  assert langevin["sensitivity"]["missing_cells"] == 2
+  assert langevin["sensitivity"]["spread"] == pytest.approx(0.5 - 0.4)
+  assert langevin["sensitivity"]["lr_spread"] == pytest.approx(0.5 - 0.45)
+  assert langevin["best"]["diffusion"] == 1e-4
+  effect = langevin["noise_effect"]
+  assert effect["best_at_zero"]["accuracy"] == pytest.approx(0.45)
+  assert effect["best_positive"]["accuracy"] == pytest.approx(0.5)
+  json.dumps(sweep, allow_nan=False)
+
+
+@pytest.mark.parametrize(
+  ("better_is", "langevin", "baseline", "verdict"),
+  [
+    ("lower", (1.0, 0.1), (2.0, 0.2), "supported"),
+    ("lower", (2.0, 0.1), (1.0, 0.2), "not supported"),
+    ("lower", (1.0, 0.5), (1.4, 0.1), "inconclusive"),
+    ("higher", (0.6, 0.01), (0.5, 0.02), "supported"),
+    ("higher", (0.5, 0.01), (0.6, 0.02), "not supported"),
+    ("higher", (0.5, 0.0), (0.5, 0.0), "inconclusive"),
+    ("higher", (None, None), (0.5, 0.0), "inconclusive"),
+  ],
+)
+def test_judge(better_is, langevin, baseline, verdict):
+  assert report.judge(better_is, langevin, baseline) == verdict
+
+
+def test_judge_rejects_an_unknown_direction():
+  with pytest.raises(ValueError):
+    report.judge("sideways", (1.0, 0.0), (2.0, 0.0))
+
+
+CONFIG = {
+  "epochs": 3,
+  "batch_size": 128,
+  "seeds": [0, 1, 2],
+  "train_size": 50_000,
+  "learning_rates": {"sgd": 0.01, "langevin": 0.01},
+  "notes": ["Adam runs at lr 1e-3: it diverges at the SGD rate."],
+}
+ENVIRONMENT = {"device_kind": "cpu", "device_count": 4, "versions": {"jax": "0.10.2"}}
+
+
+def test_render_markdown_states_data_temperature_and_claims(runs, sweep_runs):
+  summary = report.summarize(runs)
+  label = "CIFAR-10 (JPEG copy)"
+  text = report.render_markdown(
+    summary, CONFIG, ENVIRONMENT, report.summarize_sweep(sweep_runs), data_label=label
+  )
+  assert text.count(label) >= 3  # title, setup, Table 1 caption
+  assert "lossy" in text and "Adam runs at lr 1e-3" in text and "jax 0.10.2" in text
+  assert "T = N·D = 5" in text and "D = 1/N = 2e-05" in text
+  assert "| sgd | 0.01 | — | 48.0 ± 2.4 |" in text
+  assert "Table 2" in text and "60.0 ± 0.0 vs" in text
+  assert "| lr | D = 0 | D = 0.0001 | D = 0.001 |" in text
+  claims = [line for line in text.splitlines() if line[:3] in {f"{i}. " for i in range(1, 6)}]
+  assert len(claims) == 5
+  for claim, topic in zip(
+    claims, ("Convergence", "Stability", "Overfitting", "Sensitivity", "Cost")
+  ):
+    assert topic in claim
+    assert claim.endswith(("— supported.", "— not supported.", "— inconclusive."))
+  # langevin reaches 40 % sooner on average, but one of its runs never does and all of sgd's do.
+  assert "langevin 2.0 ± 0.0 (1✗) vs sgd" in claims[0] and claims[0].endswith("— not supported.")
+  # Gap 1 pp ± 0 vs 5 pp ± 0: decisively smaller.
+  assert claims[2].endswith("— supported.")
+  # Step time 1.04 × SGD is within the 1.1 × allowance by more than the seeds' spread.
+  assert claims[4].endswith("— supported.")
+
+
+def test_render_markdown_without_sweep_says_sensitivity_was_not_measured(runs):
+  text = report.render_markdown(report.summarize(runs), CONFIG, ENVIRONMENT)
+  assert "Data: CIFAR-10." in text and "lossy" not in text
+  assert "not measured in this run (use --sweep) — inconclusive." in text
+
+
+def test_write_json_is_atomic_and_refuses_nan(tmp_path, monkeypatch):
+  path = tmp_path / "summary.json"
+  report.write_json(path, {"a": 1, "b": [None, 2.5], "c": np.float32(0.5), "d": np.arange(2)})
+  assert json.loads(path.read_text()) == {"a": 1, "b": [None, 2.5], "c": 0.5, "d": [0, 1]}
+  with pytest.raises(ValueError):
+    report.write_json(path, {"a": float("nan")})
+
+  def broken_dump(*args, **kwargs):
+    raise RuntimeError("disk full")
+
+  monkeypatch.setattr(report.json, "dump", broken_dump)
+  with pytest.raises(RuntimeError):
+    report.write_json(path, {"a": 2})
+  assert json.loads(path.read_text())["a"] == 1
+  assert os.listdir(tmp_path) == ["summary.json"]
+
+
+def test_write_text_replaces_the_file(tmp_path):
+  path = tmp_path / "sub" / "report.md"
+  report.write_text(path, "old")
+  report.write_text(path, "new\n")
+  assert path.read_text() == "new\n" and os.listdir(path.parent) == ["report.md"]
+
+
+def test_plots_write_png_files(runs, sweep_runs, tmp_path):
+  runs = runs + [make_run("langevin", 3, [0.1, float("nan")], diffusion=1e-4, status="diverged")]
+  report.plot_curves(runs, tmp_path / "curves.png")
+  report.plot_sweep(report.summarize_sweep(sweep_runs), tmp_path / "sweep.png")
+  for name in ("curves.png", "sweep.png"):
+    data = (tmp_path / name).read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 1000
+  assert sorted(os.listdir(tmp_path)) == ["curves.png", "sweep.png"]
