@@ -1,0 +1,124 @@
+"""experiments/cifar.py end to end: smoke run, bad flags, resume after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = ROOT / "experiments" / "cifar.py"
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar(tmp_path_factory):
+  """A CIFAR-shaped .npz: 32x32x3 uint8 images, 10 classes."""
+  rng = np.random.default_rng(0)
+  path = tmp_path_factory.mktemp("data") / "tiny_cifar.npz"
+  np.savez(
+    path,
+    x_train=rng.integers(0, 256, (240, 32, 32, 3), dtype=np.uint8),
+    y_train=np.arange(240) % 10,
+    x_test=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
+    y_test=np.arange(40) % 10,
+  )
+  return path
+
+
+def _cli(*args, timeout=600):
+  return subprocess.run([sys.executable, str(CLI), *map(str, args)], capture_output=True,
+                        text=True, timeout=timeout, cwd=ROOT)  # fmt: skip
+
+
+def test_smoke_run_writes_every_output(tmp_path, tiny_cifar):
+  out = tmp_path / "out"
+  result = _cli("--data", tiny_cifar, "--out", out, "--train-size", 200, "--epochs", 1,
+                "--seeds", 2, "--optimizers", "sgd,langevin", "--batch-size", 20, "--quiet")  # fmt: skip
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((out / "report.json").read_text())
+  assert set(report["summary"]["optimizers"]) == {"sgd", "langevin"}
+  assert len(report["runs"]) == 4
+  langevin = [run for run in report["runs"] if run["optimizer"] == "langevin"]
+  assert langevin[0]["temperature"] == pytest.approx(0.01 * 200)
+  assert report["config"]["train_size"] == 200
+  markdown = (out / "report.md").read_text()
+  assert "T = N·D" in markdown and "## Claims" in markdown
+  assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+  "args,message",
+  [
+    (["--optimizers", "sgd,rmsprop"], "unknown optimizer rmsprop"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "-1"], "--lr"),
+    (["--epochs", "0"], "--epochs"),
+    (["--batch-size", "-5"], "--batch-size"),
+    (["--batch-size", "10"], "not divisible by the 4 devices"),
+    (["--diffusion", "-1"], "diffusion"),
+    (["--platform", "quantum"], "--platform"),
+  ],
+)
+def test_bad_flags_give_one_line_and_exit_2(tmp_path, tiny_cifar, args, message):
+  result = _cli("--data", tiny_cifar, "--out", tmp_path / "out", "--epochs", 1, *args)
+  assert result.returncode == 2, result.stderr[-3000:]
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_missing_data_gives_one_line_and_exit_2(tmp_path):
+  result = _cli("--data", tmp_path / "nowhere.tar.gz", "--out", tmp_path / "out")
+  assert result.returncode == 2
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and "does not exist" in lines[0], result.stderr
+
+
+def _host(leaf) -> np.ndarray:
+  if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+    leaf = jax.random.key_data(leaf)
+  return np.asarray(leaf)
+
+
+def _final_arrays(out: Path, epoch: int):
+  path = out / "checkpoints" / "langevin" / str(epoch) / "arrays"
+  return ocp.PyTreeCheckpointer().restore(path)
+
+
+def test_resume_after_sigkill_is_bitwise_equal(tmp_path, tiny_cifar):
+  flags = ["--data", tiny_cifar, "--train-size", 200, "--epochs", 6, "--seeds", 1,
+           "--optimizers", "langevin", "--batch-size", 20, "--quiet"]  # fmt: skip
+  killed_out = tmp_path / "killed"
+  process = subprocess.Popen(
+    [sys.executable, str(CLI), *map(str, flags), "--out", str(killed_out)],
+    cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+  )  # fmt: skip
+  first_checkpoint = killed_out / "checkpoints" / "langevin" / "1"
+  deadline = time.monotonic() + 300
+  while not first_checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.02)
+  os.kill(process.pid, signal.SIGKILL)
+  assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+  assert not (killed_out / "checkpoints" / "langevin" / "6").exists()
+
+  resumed = _cli(*flags, "--out", killed_out, "--resume")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  straight_out = tmp_path / "straight"
+  straight = _cli(*flags, "--out", straight_out)
+  assert straight.returncode == 0, straight.stderr[-3000:]
+
+  resumed_arrays, straight_arrays = _final_arrays(killed_out, 6), _final_arrays(straight_out, 6)
+  resumed_leaves = jax.tree.leaves(resumed_arrays)
+  straight_leaves = jax.tree.leaves(straight_arrays)
+  assert len(resumed_leaves) == len(straight_leaves) > 0
+  for resumed_leaf, straight_leaf in zip(resumed_leaves, straight_leaves):
+    np.testing.assert_array_equal(_host(resumed_leaf), _host(straight_leaf))
+  resumed_report = json.loads((killed_out / "report.json").read_text())
+  straight_report = json.loads((straight_out / "report.json").read_text())
+  assert resumed_report["runs"][0]["final"] == straight_report["runs"][0]["final"]

@@ -1,0 +1,130 @@
+"""The training engine on a tiny classifier: loops, devices, runs, divergence, checkpoints."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxdiff
+from jaxdiff import classification, parallel, train
+
+
+class TinyClassifier(nn.Module):
+  @nn.compact
+  def __call__(self, images):
+    return nn.Dense(3)(images.reshape(images.shape[0], -1))
+
+
+TASK = classification.classifier_task(TinyClassifier(), (4, 4, 1))
+NUM_RUNS = 3
+
+
+@pytest.fixture(scope="module")
+def arrays():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, 64).astype(np.int32)
+  # Images correlated with the label, so training has something to learn.
+  images = np.clip(labels[:, None, None, None] * 80 + rng.integers(0, 60, (64, 4, 4, 1)), 0, 255)
+  return {"image": images.astype(np.uint8), "label": labels}
+
+
+def _train(arrays, epochs=2, devices=None, loop="step", runs_per_call=1, learning_rates=None):
+  mesh = parallel.make_mesh(devices)
+  trainer = train.Trainer(TASK, jaxdiff.langevin_sgd, mesh=mesh, batch_size=16, loop=loop,
+                          runs_per_call=runs_per_call)  # fmt: skip
+  keys = jax.random.split(jax.random.key(0), NUM_RUNS)
+  lrs = learning_rates if learning_rates is not None else [0.05, 0.1, 0.2]
+  state = trainer.init(keys, learning_rate=jnp.asarray(lrs), diffusion=jnp.asarray([0.0, 1e-4, 1e-3]),
+                       key=jax.random.split(jax.random.key(1), NUM_RUNS), momentum=0.9)  # fmt: skip
+  data = trainer.put_data(arrays)
+  losses = []
+  for epoch in range(epochs):
+    state, metrics = trainer.train_epoch(state, data, epoch)
+    losses.append(metrics["loss"])
+  return state, np.concatenate(losses)
+
+
+@pytest.fixture(scope="module")
+def reference(arrays):
+  """Step loop, one run per call, four devices: what the other tests compare with."""
+  return _train(arrays)
+
+
+def test_training_reduces_the_loss(reference):
+  state, losses = reference
+  assert losses.shape == (8, NUM_RUNS)  # 2 epochs x 64 / 16 steps, one column per run
+  assert np.all(losses[-2:].mean(0) < losses[:2].mean(0))
+  np.testing.assert_array_equal(state.step, [8] * NUM_RUNS)
+  np.testing.assert_array_equal(state.diverged_at, [-1] * NUM_RUNS)
+
+
+def test_scan_epoch_matches_the_step_loop(arrays, reference):
+  _, losses = _train(arrays, loop="scan")
+  # Same program, compiled inside a scan: float reassociation only.
+  np.testing.assert_allclose(losses, reference[1], rtol=1e-5, atol=1e-6)
+
+
+def test_one_device_matches_four(arrays, reference):
+  _, losses = _train(arrays, devices=jax.devices()[:1])
+  # A mean over 4 shard means instead of one mean: float rounding only.
+  np.testing.assert_allclose(losses, reference[1], rtol=1e-5, atol=1e-6)
+
+
+def test_vmapped_runs_match_runs_done_one_by_one(arrays, reference):
+  state, losses = _train(arrays, runs_per_call=0)  # all three runs in one vmapped call
+  np.testing.assert_allclose(losses, reference[1], rtol=1e-5, atol=1e-6)
+  for leaf, ref in zip(jax.tree.leaves(state.params), jax.tree.leaves(reference[0].params)):
+    np.testing.assert_allclose(leaf, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_replicas_hold_identical_state(reference):
+  state, _ = reference
+  for leaf in jax.tree.leaves(state.params):
+    shards = [np.asarray(shard.data) for shard in leaf.addressable_shards]
+    assert len(shards) == 4
+    for shard in shards[1:]:
+      np.testing.assert_array_equal(shard, shards[0])
+
+
+def test_a_diverging_run_stops_and_the_others_go_on(arrays):
+  state, losses = _train(arrays, epochs=1, learning_rates=[0.05, 3e38, 0.1])
+  diverged_at = np.asarray(state.diverged_at)
+  assert diverged_at[1] >= 0 and diverged_at[0] == -1 and diverged_at[2] == -1
+  assert not np.isfinite(losses[diverged_at[1], 1])
+  assert np.all(np.isfinite(losses[:, [0, 2]]))
+  for leaf in jax.tree.leaves(state.params):
+    assert np.all(np.isfinite(leaf))  # the diverged run keeps its last finite parameters
+
+
+def test_checkpoint_round_trip_is_bitwise(tmp_path, arrays, reference):
+  state, _ = reference
+  extras = {"sum": np.arange(6.0).reshape(2, 3)}
+  checkpoints = train.Checkpoints(tmp_path / "ckpt")
+  checkpoints.save(2, state, extras, {"epochs": [1, 2]})
+  assert checkpoints.latest_epoch() == 2
+  restored, restored_extras, history = checkpoints.restore(2, state, extras)
+  checkpoints.close()
+  assert history == {"epochs": [1, 2]}
+  np.testing.assert_array_equal(restored_extras["sum"], extras["sum"])
+  for leaf, ref in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      leaf, ref = jax.random.key_data(leaf), jax.random.key_data(ref)
+    np.testing.assert_array_equal(leaf, ref)
+
+
+def test_bad_engine_arguments():
+  mesh = parallel.make_mesh()
+  with pytest.raises(parallel.BatchShardingError, match="not divisible"):
+    train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=10)
+  with pytest.raises(ValueError, match="batch_size must be positive"):
+    train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=0)
+  with pytest.raises(ValueError, match="loop"):
+    train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=8, loop="while")
+
+
+def test_run_slices():
+  assert train.run_slices(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+  assert train.run_slices(5, None) == [slice(0, 5)]
+  assert train.run_slices(5, 0) == [slice(0, 5)]
