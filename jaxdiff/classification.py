@@ -16,15 +16,22 @@ from jaxdiff.models import normalize_images
 from jaxdiff.train import Task, default_runs_per_call, run_slices
 
 
-def classifier_task(model: nn.Module, image_shape: tuple[int, ...]) -> Task:
-  """Softmax cross-entropy on ``{"image": uint8 NHWC, "label": int}`` batches."""
+def classifier_task(
+  model: nn.Module,
+  image_shape: tuple[int, ...],
+  normalize: Callable[[jax.Array], jax.Array] = normalize_images,
+) -> Task:
+  """Softmax cross-entropy on ``{"image": uint8 NHWC, "label": int}`` batches.
+
+  ``normalize`` maps the uint8 pixels to the model's input (default: [-1, 1]).
+  """
 
   def init(key):
     return model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32))["params"]
 
   def loss(params, batch, key):
     del key  # deterministic model
-    logits = model.apply({"params": params}, normalize_images(batch["image"]))
+    logits = model.apply({"params": params}, normalize(batch["image"]))
     labels = batch["label"]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
@@ -37,6 +44,7 @@ def make_predictor(
   mesh: jax.sharding.Mesh,
   chunk_size: int = 500,
   runs_per_call: int | None = None,
+  normalize: Callable[[jax.Array], jax.Array] = normalize_images,
 ) -> Callable[[object, np.ndarray], np.ndarray]:
   """Returns ``predict(params, images) -> probabilities (runs, n, classes)``.
 
@@ -52,7 +60,7 @@ def make_predictor(
     chunks = images.reshape((-1, chunk_size) + images.shape[1:])
 
     def chunk_probs(chunk):
-      logits = jax.vmap(lambda p: model.apply({"params": p}, normalize_images(chunk)))(params)
+      logits = jax.vmap(lambda p: model.apply({"params": p}, normalize(chunk)))(params)
       return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
     probs = jax.lax.map(chunk_probs, chunks)  # (chunks, runs, chunk, classes)

@@ -278,7 +278,7 @@ def _load_cached(path: Path, cache_dir: Path, decode, name: str | None) -> Datas
   else:
     train, test, class_names = decode()
     _remove_stale(cache_file)
-    _atomic_savez(
+    atomic_savez(
       cache_file,
       x_train=train[0],
       y_train=train[1],
@@ -308,7 +308,8 @@ def _remove_stale(cache_file: Path) -> None:
         old.unlink(missing_ok=True)
 
 
-def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
+def atomic_savez(path: Path, **arrays: np.ndarray) -> None:
+  """``np.savez`` to a temporary file beside ``path``, then an atomic rename."""
   path.parent.mkdir(parents=True, exist_ok=True)
   with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
     try:

@@ -576,7 +576,8 @@ def render_markdown(
   return "\n".join(lines) + "\n"
 
 
-def _pyplot():
+def pyplot():
+  """matplotlib.pyplot on the Agg backend (no display needed), imported on first use."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -585,11 +586,12 @@ def _pyplot():
   return plt
 
 
-def _save_figure(fig, path: str | os.PathLike) -> None:
+def save_figure(fig, path: str | os.PathLike) -> None:
+  """Writes ``fig`` as a PNG atomically and closes it."""
   try:
     _atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=120), "wb")
   finally:
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def _mean_std(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -604,7 +606,7 @@ def _mean_std(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def plot_curves(runs: list[dict], path: str | os.PathLike) -> None:
   """Saves a PNG of training loss and test accuracy per epoch, mean ± std over seeds."""
-  plt = _pyplot()
+  plt = pyplot()
   fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
   for name, group in _group(runs).items():
     length = max((len(run.get("epochs") or []) for run in group), default=0)
@@ -627,12 +629,12 @@ def plot_curves(runs: list[dict], path: str | os.PathLike) -> None:
     ax.legend()
   fig.suptitle("Mean ± std over seeds")
   fig.tight_layout()
-  _save_figure(fig, path)
+  save_figure(fig, path)
 
 
 def plot_sweep(sweep: dict, path: str | os.PathLike) -> None:
   """Saves a PNG of one lr × D accuracy heat map per optimizer and their accuracy spreads."""
-  plt = _pyplot()
+  plt = pyplot()
   opts = sweep["optimizers"]
   panels = len(opts) + 1
   cols = min(panels, 3)
@@ -662,4 +664,4 @@ def plot_sweep(sweep: dict, path: str | os.PathLike) -> None:
   for ax in axes[panels:]:
     ax.axis("off")
   fig.tight_layout()
-  _save_figure(fig, path)
+  save_figure(fig, path)

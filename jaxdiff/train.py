@@ -207,13 +207,18 @@ class Trainer:
     data: Mapping[str, jax.Array],
     epoch: int,
     on_steps: Callable[[int, dict[str, jax.Array]], None] | None = None,
+    max_steps: int | None = None,
+    start_step: int = 0,
   ) -> tuple[TrainState, dict[str, np.ndarray]]:
-    """Trains every run for one epoch.
+    """Trains every run for one epoch, or part of it.
 
     Args:
       state: the runs' state; it is donated (do not reuse it).
       data: arrays from :meth:`put_data`.
       epoch: the epoch number; with the state's keys it fixes the data order.
+      max_steps: stop after this many steps (a step budget that ends inside
+        an epoch).
+      start_step: skip the epoch's first steps (resuming inside an epoch).
       on_steps: called as ``on_steps(count, metrics)`` after each call of the
         compiled program: ``count`` steps done for the runs in ``metrics``.
 
@@ -224,23 +229,28 @@ class Trainer:
     steps = self.steps_per_epoch(data)
     num_examples = len(next(iter(data.values())))
     indices = self._indices(state.key, jnp.int32(epoch), steps, num_examples)
+    stop = steps if max_steps is None else min(steps, start_step + max_steps)
     states, metrics = [], []
     for runs in run_slices(len(state.step), self.runs_per_call):
       run_state = jax.tree.map(lambda leaf: leaf[runs], state)
-      run_state, run_metrics = self._train_runs(run_state, data, indices[runs], steps, on_steps)
+      run_state, run_metrics = self._train_runs(
+        run_state, data, indices[runs], start_step, stop, on_steps
+      )
       states.append(run_state)
       metrics.append(jax.tree.map(lambda m: m.T, run_metrics))  # runs first, to concatenate
     state = concatenate_runs(states)
     return state, jax.tree.map(lambda m: np.asarray(m).T, jax.device_get(concatenate_runs(metrics)))
 
-  def _train_runs(self, state, data, indices, steps, on_steps):
+  def _train_runs(self, state, data, indices, start, stop, on_steps):
     if self.loop == "scan":
+      if (start, stop) != (0, indices.shape[1]):
+        indices = indices[:, start:stop]  # a partial epoch compiles its own scan
       state, metrics = self._epoch(state, data, indices)
       if on_steps is not None:
-        on_steps(steps, jax.tree.map(lambda m: m[-1], metrics))
+        on_steps(stop - start, jax.tree.map(lambda m: m[-1], metrics))
       return state, metrics
     history = []
-    for step in range(steps):
+    for step in range(start, stop):
       state, metrics = self._step(state, data, indices, jnp.int32(step))
       history.append(metrics)
       if on_steps is not None:

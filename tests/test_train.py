@@ -128,3 +128,22 @@ def test_run_slices():
   assert train.run_slices(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
   assert train.run_slices(5, None) == [slice(0, 5)]
   assert train.run_slices(5, 0) == [slice(0, 5)]
+
+
+@pytest.mark.parametrize("loop", ["step", "scan"])
+def test_an_epoch_in_two_parts_equals_one_epoch(arrays, loop):
+  mesh = parallel.make_mesh()
+  trainer = train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=16, loop=loop)
+  data = trainer.put_data(arrays)
+
+  def fresh_state():
+    return trainer.init(jax.random.split(jax.random.key(3), 2), learning_rate=jnp.array([0.1, 0.2]))
+
+  whole, whole_metrics = trainer.train_epoch(fresh_state(), data, epoch=0)
+  part, first = trainer.train_epoch(fresh_state(), data, epoch=0, max_steps=1)
+  part, rest = trainer.train_epoch(part, data, epoch=0, start_step=1)
+  np.testing.assert_array_equal(
+    np.concatenate([first["loss"], rest["loss"]]), whole_metrics["loss"]
+  )
+  for leaf, ref in zip(jax.tree.leaves(part.params), jax.tree.leaves(whole.params)):
+    np.testing.assert_array_equal(leaf, ref)

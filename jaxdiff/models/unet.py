@@ -1,0 +1,210 @@
+"""The DDPM noise-prediction U-Net (Ho, Jain and Abbeel 2020), in Flax Linen.
+
+The layout follows the paper's reference implementation: a sinusoidal
+embedding of the timestep fed through a two-layer MLP; at each resolution
+``num_res_blocks`` residual blocks (each adding a projection of the time
+embedding), self-attention where ``attention_resolutions`` says, then a
+stride-2 convolution; a middle of residual block, attention, residual block;
+an upsampling path with one more residual block per level, each taking a skip
+connection from the downsampling path; and GroupNorm, SiLU and a zero-initialised
+convolution to the output, so a fresh model predicts zero noise.
+
+Example:
+  >>> model = make_unet("small")
+  >>> params = model.init(key, jnp.zeros((1, 28, 28, 1)), jnp.zeros((1,), jnp.int32))["params"]
+  >>> noise = model.apply({"params": params}, noisy_images, timesteps)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+UNET_SIZES: dict[str, dict[str, Any]] = {
+  # Parameters for 28x28x1 inputs: 44 969, 1 623 169 and 6 469 889.
+  "tiny": {"base_channels": 8, "channel_multipliers": (1, 2), "num_res_blocks": 1, "num_groups": 4},
+  "small": {"base_channels": 32, "channel_multipliers": (1, 2, 2), "num_res_blocks": 2},
+  "base": {"base_channels": 64, "channel_multipliers": (1, 2, 2), "num_res_blocks": 2},
+}
+
+
+def make_unet(size: str, **overrides: Any) -> UNet:
+  """A :class:`UNet` of a preset size from :data:`UNET_SIZES`, with any field overridden.
+
+  Raises:
+    ValueError: ``size`` is not a preset name.
+  """
+  if size not in UNET_SIZES:
+    raise ValueError(f"unknown U-Net size {size!r}; choose one of {', '.join(UNET_SIZES)}")
+  return UNet(**{**UNET_SIZES[size], **overrides})
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+  """Sinusoidal embedding of integer timesteps, ``(B,) -> (B, dim)`` float32, as in DDPM."""
+  half = dim // 2
+  frequencies = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - 1))
+  angles = t.astype(jnp.float32)[:, None] * frequencies[None, :]
+  embedding = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+  return jnp.pad(embedding, ((0, 0), (0, dim % 2)))
+
+
+class ResBlock(nn.Module):
+  """GroupNorm, SiLU, conv; add the time embedding; GroupNorm, SiLU, dropout, conv; residual."""
+
+  features: int
+  num_groups: int
+  dropout: float
+  dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x: jax.Array, time: jax.Array, deterministic: bool) -> jax.Array:
+    h = nn.silu(nn.GroupNorm(self.num_groups, dtype=self.dtype)(x))
+    h = nn.Conv(self.features, (3, 3), dtype=self.dtype)(h)
+    h = h + nn.Dense(self.features, dtype=self.dtype)(nn.silu(time))[:, None, None, :]
+    h = nn.silu(nn.GroupNorm(self.num_groups, dtype=self.dtype)(h))
+    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    h = nn.Conv(self.features, (3, 3), dtype=self.dtype)(h)
+    if x.shape[-1] != self.features:
+      x = nn.Conv(self.features, (1, 1), dtype=self.dtype, name="skip")(x)
+    return x + h
+
+
+class AttentionBlock(nn.Module):
+  """GroupNorm, multi-head dot-product self-attention over the pixels, residual."""
+
+  num_heads: int
+  num_groups: int
+  dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    batch, height, width, channels = x.shape
+    if channels % self.num_heads:
+      raise ValueError(f"{channels} channels do not split into {self.num_heads} heads")
+    head_dim = channels // self.num_heads
+    h = nn.GroupNorm(self.num_groups, dtype=self.dtype)(x).reshape(batch, height * width, channels)
+    qkv = nn.Dense(3 * channels, dtype=self.dtype, name="qkv")(h)
+    q, k, v = jnp.split(qkv.reshape(batch, height * width, 3 * self.num_heads, head_dim), 3, axis=2)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dim)
+    # Softmax in float32: bfloat16's 8-bit mantissa loses the small weights.
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    h = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, height * width, channels)
+    h = nn.Dense(channels, dtype=self.dtype, name="out")(h)
+    return x + h.reshape(batch, height, width, channels)
+
+
+class UNet(nn.Module):
+  """DDPM noise-prediction U-Net: ``(noisy images, timesteps) -> predicted noise``.
+
+  Attributes:
+    base_channels: channels at the first resolution; a multiple of ``num_groups``.
+    channel_multipliers: one per resolution, multiplying ``base_channels``;
+      ``len(channel_multipliers) - 1`` stride-2 downsamplings, each needing an
+      even size (28x28 takes two: 28, 14, 7).
+    num_res_blocks: residual blocks per resolution on the way down (one more
+      on the way up).
+    attention_resolutions: spatial sizes (the height) at which the residual
+      blocks are followed by self-attention; ``None`` means the lowest
+      resolution only. The middle block always has attention.
+    num_heads: attention heads.
+    num_groups: GroupNorm groups.
+    dropout: dropout rate in the residual blocks; active only with
+      ``deterministic=False`` and a ``"dropout"`` rng.
+    out_channels: output channels; ``None`` means the input's.
+    dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32
+      and the output is float32.
+  """
+
+  base_channels: int
+  channel_multipliers: tuple[int, ...]
+  num_res_blocks: int
+  attention_resolutions: tuple[int, ...] | None = None
+  num_heads: int = 1
+  num_groups: int = 8
+  dropout: float = 0.0
+  out_channels: int | None = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, t: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    """Predicts the noise in ``x``.
+
+    Args:
+      x: noisy images, float ``(B, H, W, C)``.
+      t: timesteps, int ``(B,)``.
+      deterministic: disables dropout.
+
+    Returns:
+      The predicted noise, float32 ``(B, H, W, out_channels or C)``.
+
+    Raises:
+      ValueError: a resolution to be downsampled is odd.
+    """
+    levels = len(self.channel_multipliers)
+    # Nearest upsampling doubles sizes, so every downsampled size must be even
+    # for the skip connections to line up (28 -> 14 -> 7, but not 7 -> 4).
+    if x.shape[1] % 2 ** (levels - 1) or x.shape[2] % 2 ** (levels - 1):
+      raise ValueError(
+        f"a {x.shape[1]}x{x.shape[2]} input cannot be halved {levels - 1} times evenly; "
+        f"use fewer than {levels} channel_multipliers"
+      )
+    lowest = x.shape[1] // 2 ** (levels - 1)
+    attention_at = (lowest,) if self.attention_resolutions is None else self.attention_resolutions
+
+    def res_block(features: int, name: str) -> ResBlock:
+      return ResBlock(features, self.num_groups, self.dropout, self.dtype, name=name)
+
+    def attention(name: str) -> AttentionBlock:
+      return AttentionBlock(self.num_heads, self.num_groups, self.dtype, name=name)
+
+    time = timestep_embedding(t, self.base_channels)
+    time = nn.Dense(4 * self.base_channels, dtype=self.dtype, name="time_in")(time)
+    time = nn.Dense(4 * self.base_channels, dtype=self.dtype, name="time_out")(nn.silu(time))
+
+    h = nn.Conv(self.base_channels, (3, 3), dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
+    skips = [h]
+    for level, multiplier in enumerate(self.channel_multipliers):
+      for block in range(self.num_res_blocks):
+        h = res_block(self.base_channels * multiplier, f"down{level}_res{block}")(
+          h, time, deterministic
+        )
+        if h.shape[1] in attention_at:
+          h = attention(f"down{level}_attn{block}")(h)
+        skips.append(h)
+      if level < levels - 1:
+        h = nn.Conv(
+          h.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype, name=f"down{level}_downsample"
+        )(h)
+        skips.append(h)
+
+    h = res_block(h.shape[-1], "mid_res0")(h, time, deterministic)
+    h = attention("mid_attn")(h)
+    h = res_block(h.shape[-1], "mid_res1")(h, time, deterministic)
+
+    for level, multiplier in reversed(list(enumerate(self.channel_multipliers))):
+      for block in range(self.num_res_blocks + 1):
+        h = jnp.concatenate([h, skips.pop()], axis=-1)
+        h = res_block(self.base_channels * multiplier, f"up{level}_res{block}")(
+          h, time, deterministic
+        )
+        if h.shape[1] in attention_at:
+          h = attention(f"up{level}_attn{block}")(h)
+      if level > 0:
+        h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
+        h = nn.Conv(h.shape[-1], (3, 3), dtype=self.dtype, name=f"up{level}_upsample")(h)
+
+    h = nn.silu(nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm_out")(h))
+    h = nn.Conv(
+      self.out_channels or x.shape[-1],
+      (3, 3),
+      dtype=self.dtype,
+      kernel_init=nn.initializers.zeros,
+      name="conv_out",
+    )(h)
+    return h.astype(jnp.float32)
