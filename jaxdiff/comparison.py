@@ -273,8 +273,11 @@ def _record(runs, run, state, extras, history, test_probs, train_probs, data, sp
       "train_accuracy": report.accuracy(train_probs, data.y_train),
     },
     "posterior_average": posterior,
-    # The first epoch includes compilation: leave it out when there are others.
-    "step_time_s": float(np.median(epoch_seconds[1:] if len(epoch_seconds) > 1 else epoch_seconds)),
+    # Per step of one run: programs carrying different numbers of runs (a
+    # sweep's grid) compare fairly. The first epoch includes compilation:
+    # leave it out when there are others.
+    "step_time_s": float(np.median(epoch_seconds[1:] if len(epoch_seconds) > 1 else epoch_seconds))
+    / runs.num_runs,
   }
 
 

@@ -76,14 +76,16 @@ def judge(better_is: str, langevin: tuple, baseline: tuple) -> str:
 
   Returns:
     ``"supported"`` if Langevin is better by more than the larger of the two stds,
-    ``"not supported"`` if worse by more than that, else ``"inconclusive"``.
+    ``"not supported"`` if worse by more than that, else ``"inconclusive"``
+    (always when a std is None: one seed gives no measure of the noise).
   """
   if better_is not in ("lower", "higher"):
     raise ValueError(f"better_is must be 'lower' or 'higher', got {better_is!r}")
   (l_mean, l_std), (b_mean, b_std) = langevin, baseline
-  if l_mean is None or b_mean is None:
+  # Without a spread on both sides (a single seed) no difference can be judged.
+  if l_mean is None or b_mean is None or l_std is None or b_std is None:
     return "inconclusive"
-  margin = max(l_std or 0.0, b_std or 0.0)
+  margin = max(l_std, b_std)
   advantage = (b_mean - l_mean) if better_is == "lower" else (l_mean - b_mean)
   if advantage > margin:
     return "supported"
@@ -101,7 +103,9 @@ def _stat(values: Sequence[Any]) -> Stat:
   finite = arr[np.isfinite(arr)]
   if finite.size == 0:
     return {"mean": None, "std": None, "n": 0}
-  return {"mean": float(finite.mean()), "std": float(finite.std()), "n": int(finite.size)}
+  # One value has no spread to measure: its std is unknown, not zero.
+  std = float(finite.std()) if finite.size >= 2 else None
+  return {"mean": float(finite.mean()), "std": std, "n": int(finite.size)}
 
 
 def _group(runs: Sequence[dict]) -> dict[str, list[dict]]:
@@ -402,12 +406,12 @@ def _claims(summary: dict, sweep: dict | None) -> list[str]:
         items.append(_versus(lang, base, spreads[lang], spreads[base], 100))
     claims.append(_claim(title, items, "the sweep lacks a Langevin optimizer or a baseline"))
   items = []
-  sgd_time = opts["sgd"]["step_time_s"] if "sgd" in opts else None
   for lang in (n for n, e in opts.items() if _is_langevin(n, e)):
     if opts[lang]["step_time_vs_sgd"] is not None:
-      relative = {"mean": opts[lang]["step_time_vs_sgd"]}
-      relative["std"] = opts[lang]["step_time_s"]["std"] / sgd_time["mean"]
-      allowed = {"mean": COST_TOLERANCE, "std": sgd_time["std"] / sgd_time["mean"] * COST_TOLERANCE}
+      # One timing per optimizer (its seeds share the measurement), so this is a
+      # threshold test of the ratio, with no spread to compare against.
+      relative = {"mean": opts[lang]["step_time_vs_sgd"], "std": 0.0}
+      allowed = {"mean": COST_TOLERANCE, "std": 0.0}
       items.append(_versus(lang, "allowed", relative, allowed, 1, ".2f"))
   title = f"Cost (step time × SGD; little cost read as ≤ {COST_TOLERANCE:g}×)"
   claims.append(_claim(title, items, "needs sgd and a Langevin optimizer"))
@@ -626,9 +630,11 @@ def plot_curves(runs: list[dict], path: str | os.PathLike) -> None:
   acc_ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
   for ax in (loss_ax, acc_ax):
     ax.grid(alpha=0.3)
-    ax.legend()
+  # One legend below both panels, where it hides no curve.
+  handles, labels = loss_ax.get_legend_handles_labels()
+  fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), frameon=False)
   fig.suptitle("Mean ± std over seeds")
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.08, 1, 1))
   save_figure(fig, path)
 
 

@@ -293,3 +293,10 @@ def test_plots_write_png_files(runs, sweep_runs, tmp_path):
     data = (tmp_path / name).read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 1000
   assert sorted(os.listdir(tmp_path)) == ["curves.png", "sweep.png"]
+
+
+def test_one_seed_has_no_std_and_decides_nothing():
+  stat = report._stat([0.4])
+  assert stat == {"mean": 0.4, "std": None, "n": 1}
+  assert report.judge("higher", (0.9, None), (0.1, 0.0)) == "inconclusive"
+  assert report.judge("lower", (0.1, 0.0), (0.9, None)) == "inconclusive"
