@@ -9,13 +9,12 @@ uint8 data already on the device.
 """
 
 import argparse
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from common import header, random_data, time_engine
 from jaxdiff import classification, parallel, train
 from jaxdiff.models import SimpleCNN
 
@@ -29,15 +28,8 @@ def main():
   flags = parser.parse_args()
   mesh = parallel.make_mesh()
   task = classification.classifier_task(SimpleCNN(), (32, 32, 3))
-  examples = flags.steps * flags.batch_size
-  images = np.asarray(
-    jax.random.randint(jax.random.key(0), (examples, 32, 32, 3), 0, 256, jnp.uint8)
-  )
-  labels = np.asarray(jax.random.randint(jax.random.key(1), (examples,), 0, 10))
-  device = jax.devices()[0]
-  print(
-    f"device: {device.device_kind} x{jax.device_count()} ({device.platform}); jax {jax.__version__}"
-  )
+  images, labels = random_data(flags.steps * flags.batch_size)
+  print(header())
   print(f"SimpleCNN, batch {flags.batch_size}, {flags.runs} runs, {flags.steps} steps per epoch")
   for loop in ("step", "scan"):
     for runs_per_call, label in ((1, "one run per call"), (0, f"{flags.runs} runs vmapped")):
@@ -45,16 +37,10 @@ def main():
                               runs_per_call=runs_per_call)  # fmt: skip
       state = trainer.init(jax.random.split(jax.random.key(2), flags.runs),
                            learning_rate=jnp.full(flags.runs, 1e-3))  # fmt: skip
-      data = trainer.put_data({"image": images, "label": labels})
-      started = time.perf_counter()
-      state, _ = trainer.train_epoch(state, data, 0)
-      compile_and_first = time.perf_counter() - started
-      timings = []
-      for epoch in range(1, flags.repeats + 1):
-        started = time.perf_counter()
-        state, _ = trainer.train_epoch(state, data, epoch)
-        jax.block_until_ready(state)
-        timings.append((time.perf_counter() - started) / flags.steps)
+      compile_and_first, timings = time_engine(
+        trainer, state, {"image": images, "label": labels}, flags.repeats
+      )
+      timings = [seconds / flags.steps for seconds in timings]
       ms = 1000 * np.median(timings)
       print(f"loop={loop:4s} {label:18s}: {ms:7.1f} ms per step of all runs "
             f"({flags.runs * flags.batch_size / ms * 1000:6.0f} images/s); "

@@ -29,6 +29,8 @@ def parse_flags(argv):
   parser.add_argument("--sweep-lrs", type=cli.float_list, default=None,
                       help="default: ×0.1, ×1, ×10 of --lr")  # fmt: skip
   parser.add_argument("--sweep-diffusions", type=cli.float_list, default=SWEEP_DIFFUSIONS)
+  parser.add_argument("--note", action="append", default=[],
+                      help="a line added to report.md's setup (repeatable)")  # fmt: skip
   parser.add_argument("--loop", choices=("auto", "step", "scan"), default="auto",
                       help="epoch loop: jitted step called from Python, or one lax.scan")  # fmt: skip
   flags = parser.parse_args(argv)
@@ -56,7 +58,8 @@ def main(argv=None):
   from jaxdiff import comparison, parallel  # pylint: disable=g-import-not-at-top
 
   parallel.select_platform(flags.platform)
-  comparison.run_experiment(config, flags.data, flags.out, resume=flags.resume, quiet=flags.quiet)
+  comparison.run_experiment(config, flags.data, flags.out, resume=flags.resume, quiet=flags.quiet,
+                            notes=flags.note)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -365,8 +365,12 @@ def run_experiment(
   *,
   resume: bool = False,
   quiet: bool = False,
+  notes: Sequence[str] = (),
 ) -> dict[str, Any]:
   """Loads the data, trains every optimizer and writes the reports to ``out_dir``.
+
+  ``notes`` are added to the report's setup section (say there what the
+  numbers cannot show, e.g. that other jobs shared the machine).
 
   Writes ``report.json``, ``report.md``, ``curves.png`` and, with a sweep,
   ``sweep.png``, each atomically.
@@ -394,6 +398,7 @@ def run_experiment(
       "article's plain SGD at lr 0.001 barely moves in 10 epochs, which is why --sweep "
       "spans lr as well as D.",
       "Every optimizer starts each seed from the same parameters and sees the same data order.",
+      *notes,
     ],
   }
   main_runs = main_results(records, config)

@@ -1,0 +1,154 @@
+"""Training throughput of the CIFAR SimpleCNN: jaxdiff's engine vs a PyTorch twin.
+
+Measures images per second of one SGD-with-momentum run (batch 100 by
+default) on random uint8 CIFAR-shaped data already in memory, for:
+
+* jaxdiff: ``train.Trainer`` exactly as the experiments build it (loop and
+  runs_per_call chosen per platform), one epoch per ``train_epoch`` call;
+* pytorch: the seed article's loop (zero_grad, loss, backward, step) on the
+  same architecture, float32 NCHW, with the same per-step work as the engine:
+  a random permutation per epoch, a gather of uint8 rows, and normalization to
+  [-1, 1] inside the step.
+
+Each framework first runs one untimed epoch (for JAX that is compile plus the
+first epoch, reported separately), then ``--repeats`` timed epochs of
+``--steps`` steps; the reported rate is the median. The two run back to back,
+never at the same time, each with its framework's default thread count.
+
+  python benchmarks/cnn_throughput.py --batch-size 100 --steps 200 --repeats 3
+  python benchmarks/cnn_throughput.py --skip-torch
+"""
+
+import argparse
+import functools
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from common import header, random_data, time_engine
+from jaxdiff import classification, parallel, train
+from jaxdiff.models import SimpleCNN
+
+try:
+  import torch
+  from torch import nn
+except ImportError:  # the JAX half is still worth running without torch
+  torch = None
+
+
+def time_jaxdiff(images, labels, batch_size, steps, repeats):
+  """Seconds for compile + first epoch, and for each timed epoch."""
+  task = classification.classifier_task(SimpleCNN(), (32, 32, 3))
+  trainer = train.Trainer(
+    task,
+    functools.partial(optax.sgd, momentum=0.9),
+    mesh=parallel.make_mesh(),
+    batch_size=batch_size,
+  )
+  state = trainer.init(jax.random.key(0)[None], learning_rate=jnp.asarray([1e-3]))
+  return time_engine(trainer, state, {"image": images, "label": labels}, repeats)
+
+
+class TorchSimpleCNN(nn.Module if torch is not None else object):
+  """jaxdiff.models.SimpleCNN in PyTorch, as the seed article wrote it."""
+
+  def __init__(self):
+    super().__init__()
+    self.features = nn.Sequential(
+      nn.Conv2d(3, 6, 5),
+      nn.ReLU(),
+      nn.MaxPool2d(2),
+      nn.Conv2d(6, 16, 5),
+      nn.ReLU(),
+      nn.MaxPool2d(2),
+    )
+    self.classifier = nn.Sequential(
+      nn.Linear(400, 120),
+      nn.ReLU(),
+      nn.Linear(120, 84),
+      nn.ReLU(),
+      nn.Linear(84, 10),
+    )
+
+  def forward(self, x):
+    return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def time_torch(images, labels, batch_size, steps, repeats):
+  """Seconds for the warm-up epoch, and for each timed epoch."""
+  torch.manual_seed(0)
+  # Stored as uint8 like the engine's device copy, so both pay for gather and normalization.
+  x_all = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+  y_all = torch.from_numpy(labels.astype(np.int64))
+  net = TorchSimpleCNN()
+  criterion = nn.CrossEntropyLoss()
+  optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+
+  def epoch_seconds():
+    started = time.perf_counter()
+    order = torch.randperm(len(x_all))
+    for step in range(steps):
+      batch = order[step * batch_size : (step + 1) * batch_size]
+      x = (x_all[batch].float() / 255 - 0.5) / 0.5
+      y = y_all[batch]
+      optimizer.zero_grad()
+      loss = criterion(net(x), y)
+      loss.backward()
+      optimizer.step()
+    return time.perf_counter() - started
+
+  first = epoch_seconds()
+  return first, [epoch_seconds() for _ in range(repeats)]
+
+
+def report(name, batch_size, steps, timings, first, first_label):
+  rate = steps * batch_size / statistics.median(timings)
+  print(
+    f"{name}: {rate:.0f} images/s (median of {len(timings)} epochs of {steps} steps; "
+    f"{first_label} {first:.1f} s)",
+    flush=True,
+  )
+  return rate
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--batch-size", type=int, default=100)
+  parser.add_argument("--steps", type=int, default=200, help="steps per epoch")
+  parser.add_argument("--repeats", type=int, default=3, help="timed epochs after the first")
+  parser.add_argument("--skip-torch", action="store_true", help="time jaxdiff only")
+  flags = parser.parse_args()
+  if flags.batch_size <= 0 or flags.steps <= 0 or flags.repeats <= 0:
+    parser.error("--batch-size, --steps and --repeats must be positive")
+
+  print(header(), flush=True)
+  images, labels = random_data(flags.steps * flags.batch_size)
+  print(
+    f"SimpleCNN, SGD momentum 0.9, batch {flags.batch_size}, one run, "
+    f"{flags.steps} steps per epoch",
+    flush=True,
+  )
+
+  first, timings = time_jaxdiff(images, labels, flags.batch_size, flags.steps, flags.repeats)
+  jax_rate = report("jaxdiff", flags.batch_size, flags.steps, timings, first, "compile+first epoch")
+
+  if flags.skip_torch:
+    print("pytorch: skipped (--skip-torch)")
+  elif torch is None:
+    print("pytorch: skipped (torch is not installed; pip install torch)")
+  else:
+    print(f"pytorch threads: {torch.get_num_threads()}", flush=True)
+    first, timings = time_torch(images, labels, flags.batch_size, flags.steps, flags.repeats)
+    torch_rate = report("pytorch", flags.batch_size, flags.steps, timings, first, "warm-up epoch")
+    print(f"ratio jaxdiff/pytorch: {jax_rate / torch_rate:.2f}")
+    return
+  # Kept as the last line either way, so tools reading it always find it.
+  print("ratio jaxdiff/pytorch: n/a")
+
+
+if __name__ == "__main__":
+  main()

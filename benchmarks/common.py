@@ -1,0 +1,65 @@
+"""What the benchmarks share: the machine header, random CIFAR-shaped data, engine timing."""
+
+import datetime
+import importlib.metadata
+import os
+import time
+
+import jax
+import numpy as np
+
+
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as cpuinfo:
+      for line in cpuinfo:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return "unknown CPU"
+
+
+def version(package: str) -> str:
+  try:
+    return importlib.metadata.version(package)
+  except importlib.metadata.PackageNotFoundError:
+    return "missing"
+
+
+def header() -> str:
+  device = jax.devices()[0]
+  # The affinity mask, not the machine's core count, bounds what both frameworks can use.
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return (
+    f"device: {device.device_kind} x{jax.device_count()} ({device.platform}); "
+    f"cpu: {cpu_model()}, {cores} cores; "
+    f"jax {jax.__version__}, jaxlib {version('jaxlib')}, torch {version('torch')}; "
+    f"{datetime.datetime.now().isoformat(timespec='seconds')}"
+  )
+
+
+def random_data(examples: int) -> tuple[np.ndarray, np.ndarray]:
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (examples, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 10, (examples,), dtype=np.int32)
+  return images, labels
+
+
+def time_engine(trainer, state, arrays, repeats):
+  """Seconds for compile + the first epoch, and for each of ``repeats`` timed epochs."""
+  data = trainer.put_data(arrays)
+  jax.block_until_ready((state, data))  # keep the host-to-device copy out of the timings
+
+  def epoch_seconds(state, epoch):
+    started = time.perf_counter()
+    state, _ = trainer.train_epoch(state, data, epoch)
+    jax.block_until_ready(state)
+    return state, time.perf_counter() - started
+
+  state, first = epoch_seconds(state, 0)
+  timings = []
+  for epoch in range(1, repeats + 1):
+    state, seconds = epoch_seconds(state, epoch)
+    timings.append(seconds)
+  return first, timings

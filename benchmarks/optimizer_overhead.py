@@ -1,0 +1,48 @@
+"""Step time of each optimizer of the CIFAR comparison on the engine, one run each.
+
+The cost claim of the seed article ("little overhead") is the ratio of each
+Langevin optimizer's step time to plain SGD's, measured here on a quiet machine
+with the same engine, model and batch as experiments/cifar.py.
+
+  python benchmarks/optimizer_overhead.py --steps 200 --repeats 3
+"""
+
+import argparse
+import statistics
+
+import jax
+import jax.numpy as jnp
+
+from common import header, random_data, time_engine
+from jaxdiff import classification, comparison, parallel, train
+from jaxdiff.models import SimpleCNN
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--batch-size", type=int, default=100)
+  parser.add_argument("--steps", type=int, default=200, help="steps per timed epoch")
+  parser.add_argument("--repeats", type=int, default=3)
+  flags = parser.parse_args()
+  print(header())
+  print(f"SimpleCNN, batch {flags.batch_size}, one run, {flags.steps} steps per epoch, "
+        f"lr {comparison.DEFAULT_LEARNING_RATE}, D {comparison.DEFAULT_DIFFUSION}")  # fmt: skip
+  images, labels = random_data(flags.steps * flags.batch_size)
+  task = classification.classifier_task(SimpleCNN(), (32, 32, 3))
+  mesh = parallel.make_mesh()
+  baseline = None
+  for name, spec in comparison.OPTIMIZERS.items():
+    trainer = train.Trainer(task, spec.factory, mesh=mesh, batch_size=flags.batch_size)
+    hyperparams = {"learning_rate": jnp.asarray([comparison.DEFAULT_LEARNING_RATE])}
+    if spec.langevin:
+      hyperparams |= {"diffusion": jnp.asarray([comparison.DEFAULT_DIFFUSION]),
+                      "key": jax.random.key(1)[None]}  # fmt: skip
+    state = trainer.init(jax.random.key(0)[None], **hyperparams)
+    _, timings = time_engine(trainer, state, {"image": images, "label": labels}, flags.repeats)
+    milliseconds = 1000 * statistics.median(timings) / flags.steps
+    baseline = baseline or milliseconds
+    print(f"{name:14s} {milliseconds:6.2f} ms/step  x{milliseconds / baseline:.2f} of sgd")
+
+
+if __name__ == "__main__":
+  main()
