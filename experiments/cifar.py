@@ -14,7 +14,7 @@ from jaxdiff.comparison import OPTIMIZERS, SWEEP_DIFFUSIONS, ComparisonConfig
 
 def parse_flags(argv):
   parser = cli.ArgumentParser(description=__doc__.split("\n")[1])
-  cli.add_common_flags(parser)
+  cli.add_common_flags(parser, default_out="runs/cifar")
   parser.add_argument("--optimizers", default=",".join(OPTIMIZERS),
                       help=f"comma-separated, from: {', '.join(OPTIMIZERS)}")  # fmt: skip
   parser.add_argument("--epochs", type=cli.positive_int, default=10)

@@ -13,7 +13,7 @@ from jaxdiff import cli
 
 def parse_flags(argv):
   parser = cli.ArgumentParser(description=__doc__.split("\n")[1])
-  cli.add_common_flags(parser)
+  cli.add_common_flags(parser, default_out="runs/ddpm_mnist")
   parser.add_argument("--steps", type=cli.positive_int, default=2000)
   parser.add_argument("--batch-size", type=cli.positive_int, default=128)
   parser.add_argument("--schedule", default="linear", help="linear (Ho et al.) or cosine")

@@ -19,7 +19,7 @@ class ArgumentParser(argparse.ArgumentParser):
     self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def add_common_flags(parser: argparse.ArgumentParser) -> None:
+def add_common_flags(parser: argparse.ArgumentParser, default_out: str) -> None:
   parser.add_argument(
     "--platform", choices=PLATFORMS, default=None, help="JAX backend (default: JAX's choice)"
   )
@@ -28,7 +28,9 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     default="tfds",
     help="'tfds' (download with TensorFlow Datasets) or a local .npz, image folder or .tar.gz",
   )
-  parser.add_argument("--out", required=True, help="output directory")
+  parser.add_argument(
+    "--out", default=default_out, help=f"output directory (default {default_out})"
+  )
   parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -64,6 +64,7 @@ def test_smoke_run_writes_every_output(tmp_path, tiny_cifar):
     (["--batch-size", "10"], "not divisible by the 4 devices"),
     (["--diffusion", "-1"], "diffusion"),
     (["--platform", "quantum"], "--platform"),
+    (["--platform", "tpu"], "not available here"),
   ],
 )
 def test_bad_flags_give_one_line_and_exit_2(tmp_path, tiny_cifar, args, message):
