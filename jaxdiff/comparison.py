@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.metadata
 import math
-import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -316,29 +313,6 @@ class _Progress:
     self._bar.close()
 
 
-def environment() -> dict[str, Any]:
-  """The device, platform and software versions, for reports."""
-  device = jax.devices()[0]
-  cpu = "unknown"
-  try:
-    with open("/proc/cpuinfo") as cpuinfo:
-      cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return {
-    "platform": device.platform,
-    "device_kind": device.device_kind,
-    "device_count": jax.device_count(),
-    "cpu_model": cpu,
-    "cpu_cores": os.cpu_count(),
-    "versions": {
-      "python": platform.python_version(),
-      **{name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "flax", "optax")},
-      "numpy": np.__version__,
-    },
-  }
-
-
 def main_results(records: Sequence[dict], config: ComparisonConfig) -> list[dict]:
   """The runs at the default setting (the sweep's centre cell, or all runs without a sweep)."""
   return [
@@ -386,7 +360,7 @@ def run_experiment(
   out.mkdir(parents=True, exist_ok=True)
   records = run_comparison(config, data, out, resume=resume, quiet=quiet)
   train_size = config.train_size or len(data.x_train)
-  env = {**environment(), "wall_time_s": time.perf_counter() - started,
+  env = {**parallel.environment(), "wall_time_s": time.perf_counter() - started,
          "date": time.strftime("%Y-%m-%d")}  # fmt: skip
   settings = {
     **dataclasses.asdict(config),

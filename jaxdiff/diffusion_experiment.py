@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxdiff import comparison, ddpm, langevin, parallel, report, sample_quality, train
+from jaxdiff import ddpm, langevin, parallel, report, sample_quality, train
 from jaxdiff.data import DataError, Dataset, load_dataset
 from jaxdiff.models.unet import UNET_SIZES, make_unet
 
@@ -258,7 +258,7 @@ def run_experiment(
     "config": dataclasses.asdict(config),
     "data": data.source,
     "environment": {
-      **comparison.environment(),
+      **parallel.environment(),
       "date": time.strftime("%Y-%m-%d"),
       "wall_time_s": time.perf_counter() - started,
     },  # fmt: skip

@@ -13,6 +13,9 @@ Example:
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import platform as host
 from collections.abc import Callable
 from typing import Any
 
@@ -127,3 +130,26 @@ def mean_value_and_grad(fun: Callable[..., Any], has_aux: bool = False) -> Calla
     return jax.lax.pmean(value_and_grad(local_params, *args), DATA_AXIS)
 
   return mean_over_devices
+
+
+def environment() -> dict[str, Any]:
+  """The device, platform and software versions, for reports."""
+  device = jax.devices()[0]
+  cpu = "unknown"
+  try:
+    with open("/proc/cpuinfo") as cpuinfo:
+      cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return {
+    "platform": device.platform,
+    "device_kind": device.device_kind,
+    "device_count": jax.device_count(),
+    "cpu_model": cpu,
+    "cpu_cores": os.cpu_count(),
+    "versions": {
+      "python": host.python_version(),
+      **{name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "flax", "optax")},
+      "numpy": np.__version__,
+    },
+  }
