@@ -202,6 +202,7 @@ def _train_optimizer(config, runs, task, predict, data, mesh, checkpoint_dir, re
   steps = trainer.steps_per_epoch(device_data)
   progress = _Progress(runs.name, config.epochs * steps * runs.num_runs,
                        start * steps * runs.num_runs, quiet)  # fmt: skip
+  probs = None  # the last epoch's test-set predictions
   reported_divergence = set(np.flatnonzero(np.asarray(state.diverged_at) >= 0).tolist())
   for epoch in range(start, config.epochs):
     started = time.perf_counter()
@@ -236,7 +237,8 @@ def _train_optimizer(config, runs, task, predict, data, mesh, checkpoint_dir, re
     checkpoints.save(epoch + 1, state, extras, history)
   progress.close()
   checkpoints.close()
-  test_probs = predict(state.params, data.x_test)
+  # A run resumed after its last epoch has no fresh predictions of its own.
+  test_probs = probs if probs is not None else predict(state.params, data.x_test)
   train_probs = predict(state.params, data.x_train)
   return [
     _record(runs, run, state, extras, history, test_probs[run], train_probs[run], data, spec)
