@@ -4,22 +4,36 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdiff.models import cpu_ops
+
 
 class SimpleCNN(nn.Module):
   """The seed article's LeNet-style CIFAR-10 network (62 006 parameters).
 
   conv 5x5 (3→6), ReLU, max-pool 2; conv 5x5 (6→16), ReLU, max-pool 2; dense
   400→120→84→num_classes. Takes NHWC float images, already normalized.
+
+  Attributes:
+    num_classes: size of the output layer.
+    cpu_ops: compute the convolutions and pools with :mod:`jaxdiff.models.cpu_ops`, the
+      formulations that are faster on XLA:CPU (same function, same parameters). ``None``
+      chooses them when JAX's default backend is the CPU, when the model is traced.
   """
 
   num_classes: int = 10
+  cpu_ops: bool | None = None
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
+    use_cpu_ops = jax.default_backend() == "cpu" if self.cpu_ops is None else self.cpu_ops
+    if use_cpu_ops:
+      conv, pool = cpu_ops.conv_padded_features, cpu_ops.max_pool_2x2
+    else:
+      conv, pool = None, lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
     x = images
     for features in (6, 16):
-      x = nn.Conv(features, (5, 5), padding="VALID")(x)
-      x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+      x = nn.Conv(features, (5, 5), padding="VALID", conv_general_dilated=conv)(x)
+      x = pool(nn.relu(x))
     x = x.reshape(x.shape[0], -1)
     for features in (120, 84):
       x = nn.relu(nn.Dense(features)(x))

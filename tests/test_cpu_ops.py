@@ -1,0 +1,140 @@
+"""The XLA:CPU formulations in jaxdiff.models.cpu_ops equal the plain lax/flax ops."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax import lax
+
+from jaxdiff.models import SimpleCNN, cpu_ops
+
+EPS = float(jnp.finfo(jnp.float32).eps)
+
+
+def conv_cases():
+  key = jax.random.key(0)
+  lhs_key, rhs_key = jax.random.split(key)
+  nhwc = ("NHWC", "HWIO", "NHWC")
+  cases = {
+    # (lhs shape, rhs shape, strides, padding, dimension numbers, feature groups)
+    "seed conv1, 6 features padded": ((4, 32, 32, 3), (5, 5, 3, 6), (1, 1), "VALID", nhwc, 1),
+    "seed conv2, already 16": ((4, 14, 14, 6), (5, 5, 6, 16), (1, 1), "VALID", nhwc, 1),
+    "stride 2, SAME, 20 features": ((3, 9, 9, 4), (3, 3, 4, 20), (2, 2), "SAME", nhwc, 1),
+    "lax default NCHW/OIHW": ((2, 3, 12, 12), (5, 3, 3, 3), (1, 1), "VALID", None, 1),
+    "grouped, run unpadded": ((2, 8, 8, 4), (3, 3, 2, 6), (1, 1), "SAME", nhwc, 2),
+  }
+  for name, (lhs_shape, rhs_shape, strides, padding, numbers, groups) in cases.items():
+    lhs = jax.random.normal(lhs_key, lhs_shape)
+    rhs = jax.random.normal(rhs_key, rhs_shape)
+    yield pytest.param(lhs, rhs, strides, padding, numbers, groups, id=name)
+
+
+@pytest.mark.parametrize("lhs, rhs, strides, padding, numbers, groups", list(conv_cases()))
+def test_padded_conv_equals_lax_conv_with_gradients(lhs, rhs, strides, padding, numbers, groups):
+  def conv_with(fn, lhs, rhs):
+    return fn(lhs, rhs, strides, padding, dimension_numbers=numbers, feature_group_count=groups)
+
+  reference = jax.jit(lambda x, w: conv_with(lax.conv_general_dilated, x, w))
+  padded = jax.jit(lambda x, w: conv_with(cpu_ops.conv_padded_features, x, w))
+  expected, reference_vjp = jax.vjp(reference, lhs, rhs)
+  actual, padded_vjp = jax.vjp(padded, lhs, rhs)
+  cotangent = jax.random.normal(jax.random.key(1), expected.shape)
+
+  # The two differ at most in float32 summation order. Each output sums n products, so
+  # each result is within n·ε·Σ|terms| of the exact value; Σ|terms| is the same op applied
+  # to absolute values. n is at most the larger of the window (forward, input gradient) and
+  # batch × output pixels (kernel gradient); the bound below is twice that, one per path.
+  terms = max(np.prod(rhs.shape), np.prod(expected.shape))
+  abs_out, abs_vjp = jax.vjp(reference, jnp.abs(lhs), jnp.abs(rhs))
+  bounds = [abs_out, *abs_vjp(jnp.abs(cotangent))]
+  results = zip([expected, *reference_vjp(cotangent)], [actual, *padded_vjp(cotangent)], bounds)
+  for want, got, bound in results:
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert np.all(np.abs(np.asarray(got) - np.asarray(want)) <= 2 * terms * EPS * bound)
+
+
+def test_padded_conv_runs_unpadded_where_padding_would_change_nothing():
+  lhs = jnp.ones((1, 6, 6, 2))
+  for rhs, groups in ((jnp.ones((3, 3, 2, 16)), 1), (jnp.ones((3, 3, 1, 6)), 2)):
+    jaxpr = jax.make_jaxpr(
+      lambda x, w, groups=groups: cpu_ops.conv_padded_features(
+        x,
+        w,
+        (1, 1),
+        "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+      )
+    )(lhs, rhs)
+    assert "pad" not in {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
+
+
+def pool_inputs():
+  key = jax.random.key(2)
+  # Small integers make ties in most windows: the gradient must pick the same element.
+  ties = jax.random.randint(key, (3, 8, 8, 5), -2, 3).astype(jnp.float32)
+  yield pytest.param(ties, id="ties")
+  yield pytest.param(jax.nn.relu(jax.random.normal(key, (2, 28, 28, 6))), id="after relu")
+  yield pytest.param(jax.random.normal(key, (2, 7, 9, 3)), id="odd sizes")
+
+
+@pytest.mark.parametrize("x", list(pool_inputs()))
+def test_max_pool_2x2_equals_flax_max_pool_bitwise_with_gradient(x):
+  reference = jax.jit(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
+  fast = jax.jit(cpu_ops.max_pool_2x2)
+  expected, reference_vjp = jax.vjp(reference, x)
+  actual, fast_vjp = jax.vjp(fast, x)
+  cotangent = jax.random.normal(jax.random.key(3), expected.shape)
+  np.testing.assert_array_equal(actual, expected)
+  np.testing.assert_array_equal(fast_vjp(cotangent)[0], reference_vjp(cotangent)[0])
+
+
+@pytest.fixture(scope="module")
+def cnn_paths():
+  images = jax.random.normal(jax.random.key(4), (8, 32, 32, 3))
+  labels = jnp.arange(8) % 10
+  plain, fast = SimpleCNN(cpu_ops=False), SimpleCNN(cpu_ops=True)
+  params = plain.init(jax.random.key(5), images)["params"]
+
+  def loss_and_grads(model):
+    def loss(params):
+      logits = model.apply({"params": params}, images)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+  return plain, fast, params, images, loss_and_grads(plain), loss_and_grads(fast)
+
+
+def test_simple_cnn_cpu_ops_keep_the_parameters(cnn_paths):
+  _, fast, params, images, _, _ = cnn_paths
+  fast_params = fast.init(jax.random.key(5), images)["params"]
+  shapes = jax.tree.map(lambda a: (a.shape, a.dtype), params)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), fast_params) == shapes
+  jax.tree.map(np.testing.assert_array_equal, fast_params, params)
+
+
+def test_simple_cnn_cpu_ops_compute_the_same_logits_and_gradients(cnn_paths):
+  *_, ((plain_loss, plain_logits), plain_grads), ((fast_loss, fast_logits), fast_grads) = cnn_paths
+  # Only float32 summation order differs; the longest sums have 400 terms (Dense_0), so
+  # relative differences stay within 400·ε ≈ 5e-5 of each value's scale.
+  tolerance = 400 * EPS
+  np.testing.assert_allclose(fast_logits, plain_logits, rtol=tolerance, atol=tolerance)
+  np.testing.assert_allclose(fast_loss, plain_loss, rtol=tolerance)
+  for plain_leaf, fast_leaf in zip(jax.tree.leaves(plain_grads), jax.tree.leaves(fast_grads)):
+    scale = float(jnp.abs(plain_leaf).max())
+    np.testing.assert_allclose(fast_leaf, plain_leaf, rtol=0, atol=tolerance * scale)
+
+
+def test_simple_cnn_chooses_cpu_ops_by_backend(cnn_paths):
+  plain, fast, params, images, _, _ = cnn_paths
+  traced = {
+    name: str(jax.make_jaxpr(lambda p, m=model: m.apply({"params": p}, images))(params))
+    for name, model in (("auto", SimpleCNN()), ("plain", plain), ("fast", fast))
+  }
+  assert "reduce_window_max" in traced["plain"]
+  assert "reduce_window_max" not in traced["fast"]
+  assert jax.default_backend() == "cpu"  # conftest pins the test session to the CPU
+  assert traced["auto"] == traced["fast"]
