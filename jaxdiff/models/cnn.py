@@ -25,8 +25,7 @@ class SimpleCNN(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
-    use_cpu_ops = jax.default_backend() == "cpu" if self.cpu_ops is None else self.cpu_ops
-    if use_cpu_ops:
+    if cpu_ops.enabled(self.cpu_ops):
       conv, pool = cpu_ops.conv_padded_features, cpu_ops.max_pool_2x2
     else:
       conv, pool = None, lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))

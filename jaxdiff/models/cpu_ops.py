@@ -19,6 +19,11 @@ FEATURE_MULTIPLE = 16
 """Output features are padded to a multiple of this: one AVX-512 register of float32."""
 
 
+def enabled(choice: bool | None) -> bool:
+  """``choice``, or where it is ``None``, whether JAX's default backend is the CPU."""
+  return jax.default_backend() == "cpu" if choice is None else choice
+
+
 def conv_padded_features(
   lhs: jax.Array,
   rhs: jax.Array,
