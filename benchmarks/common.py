@@ -1,4 +1,4 @@
-"""What the benchmarks share: the machine header, random CIFAR-shaped data, engine timing."""
+"""What the benchmarks share: the machine header, random image data, engine timing."""
 
 import datetime
 import importlib.metadata
@@ -39,9 +39,12 @@ def header() -> str:
   )
 
 
-def random_data(examples: int) -> tuple[np.ndarray, np.ndarray]:
+def random_data(
+  examples: int, image_shape: tuple[int, ...] = (32, 32, 3)
+) -> tuple[np.ndarray, np.ndarray]:
+  """Random uint8 NHWC images (CIFAR-shaped unless told) and int32 labels in [0, 10)."""
   rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (examples, 32, 32, 3), dtype=np.uint8)
+  images = rng.integers(0, 256, (examples, *image_shape), dtype=np.uint8)
   labels = rng.integers(0, 10, (examples,), dtype=np.int32)
   return images, labels
 
