@@ -1,0 +1,74 @@
+"""N seeds of the CIFAR SimpleCNN in one vmapped program vs the same N runs one after another.
+
+For each N in ``--runs`` (default 1, 4, 8) it trains N runs of SGD with momentum, batch 100
+each, on random uint8 data already on the device, with the jitted step called from Python:
+
+* sequential: ``Trainer(runs_per_call=1)``: each step calls the compiled step once per run;
+* vmapped: ``Trainer(runs_per_call=N)``: one compiled step holds all N runs (``jax.vmap``).
+
+It prints the total images/s of all N runs for each (median of the timed epochs, after an
+untimed compile + first epoch), and the ratio vmapped ÷ sequential.
+
+  python benchmarks/vmap_runs.py --runs 1,4,8 --steps 20 --repeats 3
+"""
+
+import argparse
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from common import header, random_data, time_engine
+
+from jaxdiff import classification, parallel, train
+from jaxdiff.models import SimpleCNN
+
+
+def images_per_second(task, mesh, arrays, num_runs, runs_per_call, flags):
+  trainer = train.Trainer(
+    task,
+    functools.partial(optax.sgd, momentum=0.9),
+    mesh=mesh,
+    batch_size=flags.batch_size,
+    loop="step",
+    runs_per_call=runs_per_call,
+  )
+  state = trainer.init(
+    jax.random.split(jax.random.key(0), num_runs), learning_rate=jnp.full(num_runs, 1e-3)
+  )
+  first, timings = time_engine(trainer, state, arrays, flags.repeats)
+  return num_runs * flags.steps * flags.batch_size / np.median(timings), first
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--runs", default="1,4,8", help="comma-separated numbers of runs")
+  parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
+  parser.add_argument("--batch-size", type=int, default=100)
+  parser.add_argument("--repeats", type=int, default=3, help="timed epochs after the first")
+  flags = parser.parse_args()
+  try:
+    run_counts = [int(n) for n in flags.runs.split(",")]
+  except ValueError:
+    parser.error(f"--runs must be comma-separated integers, got {flags.runs!r}")
+  if min(run_counts) <= 0 or min(flags.steps, flags.batch_size, flags.repeats) <= 0:
+    parser.error("--runs, --steps, --batch-size and --repeats must be positive")
+
+  print(header(), flush=True)
+  print(f"SimpleCNN, SGD momentum 0.9, batch {flags.batch_size} per run, "
+        f"{flags.steps} steps per epoch", flush=True)  # fmt: skip
+  mesh = parallel.make_mesh()
+  task = classification.classifier_task(SimpleCNN(), (32, 32, 3))
+  images, labels = random_data(flags.steps * flags.batch_size)
+  arrays = {"image": images, "label": labels}
+  for num_runs in run_counts:
+    sequential, sequential_first = images_per_second(task, mesh, arrays, num_runs, 1, flags)
+    vmapped, vmapped_first = images_per_second(task, mesh, arrays, num_runs, num_runs, flags)
+    print(f"N={num_runs}: sequential {sequential:6.0f} images/s (first epoch "
+          f"{sequential_first:.1f} s), vmapped {vmapped:6.0f} images/s (first epoch "
+          f"{vmapped_first:.1f} s); vmapped/sequential {vmapped / sequential:.2f}", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+  main()
