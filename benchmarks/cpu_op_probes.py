@@ -1,0 +1,110 @@
+"""Per-op timings behind jaxdiff's XLA:CPU formulations (``jaxdiff/models/cpu_ops.py``).
+
+Each line is one jitted function on random float32 data, timed as the best of 5 rounds of
+``--calls`` calls after a warm-up. Shapes are the seed CNN's at batch 100 and the tiny DDPM
+U-Net's at batch 32.
+
+  python benchmarks/cpu_op_probes.py
+"""
+
+import argparse
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from common import header
+from jax import lax
+
+from jaxdiff.models import SimpleCNN, cpu_ops, make_unet
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def milliseconds(fn, *args, calls):
+  fn = jax.jit(fn)
+  jax.block_until_ready(fn(*args))
+  rounds = []
+  for _ in range(5):
+    started = time.perf_counter()
+    for _ in range(calls):
+      result = fn(*args)
+    jax.block_until_ready(result)
+    rounds.append((time.perf_counter() - started) / calls * 1000)
+  return min(rounds)
+
+
+def conv(x, w):
+  return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=NHWC)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--calls", type=int, default=20, help="calls per timed round")
+  flags = parser.parse_args()
+  if flags.calls <= 0:
+    parser.error("--calls must be positive")
+  print(header(), flush=True)
+  key = jax.random.key(0)
+
+  def show(label, fn, *args):
+    print(f"{label:58s} {milliseconds(fn, *args, calls=flags.calls):8.3f} ms", flush=True)
+
+  a = jax.random.normal(key, (1024, 1024))
+  ms = milliseconds(jnp.matmul, a, a, calls=flags.calls)
+  print(f"{'matmul 1024x1024x1024':58s} {ms:8.3f} ms ({2 * 1024**3 / ms / 1e6:.0f} GFLOP/s)")
+
+  x1 = jax.random.normal(key, (100, 32, 32, 3))
+  for features in (6, 8, 16, 32):
+    w = jax.random.normal(key, (5, 5, 3, features))
+    g = jax.random.normal(key, (100, 28, 28, features))
+    show(f"conv1 3->{features} forward", conv, x1, w)
+    show(f"conv1 3->{features} kernel gradient", lambda x, g, w=w: jax.vjp(lambda w: conv(x, w), w)[1](g), x1, g)  # fmt: skip
+  w1 = jax.random.normal(key, (5, 5, 3, 6))
+  show("conv1 3->6 forward, cpu_ops.conv_padded_features", lambda x, w: cpu_ops.conv_padded_features(x, w, (1, 1), "VALID", dimension_numbers=NHWC), x1, w1)  # fmt: skip
+  patches = lambda x: jnp.concatenate(
+    [x[:, i : i + 28, j : j + 28] for i in range(5) for j in range(5)], axis=-1
+  )
+  show("conv1 im2col patches alone (100x28x28x75)", patches, x1)
+  show("conv1 as im2col patches @ (75x6) kernel", lambda x, w: patches(x) @ w.reshape(75, 6), x1, w1)  # fmt: skip
+
+  x2 = jax.random.normal(key, (100, 14, 14, 6))
+  w2 = jax.random.normal(key, (5, 5, 6, 16))
+  g2 = jax.random.normal(key, (100, 10, 10, 16))
+  show("conv2 6->16 forward", conv, x2, w2)
+  show("conv2 6->16 kernel gradient", lambda x, g: jax.vjp(lambda w: conv(x, w), w2)[1](g), x2, g2)
+  show("conv2 6->16 input gradient", lambda w, g: jax.vjp(lambda x: conv(x, w), x2)[1](g), w2, g2)
+
+  pool_input = jax.random.normal(key, (100, 28, 28, 6))
+  pools = {
+    "lax.reduce_window (flax max_pool)": lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)),
+    "cpu_ops.max_pool_2x2": cpu_ops.max_pool_2x2,
+  }
+  for name, pool in pools.items():
+    show(f"pool1 after ReLU, forward + gradient, {name}", lambda x, pool=pool: jax.grad(lambda x: pool(jax.nn.relu(x)).sum())(x), pool_input)  # fmt: skip
+
+  images = jax.random.normal(key, (100, 32, 32, 3))
+  labels = jnp.arange(100) % 10
+  params = SimpleCNN().init(key, images)["params"]
+  for use_cpu_ops in (False, True):
+    model = SimpleCNN(cpu_ops=use_cpu_ops)
+    loss = lambda p, model=model: optax.softmax_cross_entropy_with_integer_labels(
+      model.apply({"params": p}, images), labels
+    ).mean()
+    show(f"SimpleCNN loss gradient, batch 100, cpu_ops={use_cpu_ops}", jax.grad(loss), params)
+
+  noisy = jax.random.normal(key, (32, 28, 28, 1))
+  steps = jax.random.randint(key, (32,), 0, 1000)
+  for attention, label in ((None, "as built"), ((0,), "mid-block attention only")):
+    unet = make_unet("tiny", attention_resolutions=attention)
+    unet_params = unet.init(key, noisy, steps)["params"]
+    loss = lambda p, unet=unet: jnp.mean(unet.apply({"params": p}, noisy, steps) ** 2)
+    show(f"tiny U-Net loss gradient, batch 32, {label}", jax.grad(loss), unet_params)
+  q, k, v = jax.random.normal(key, (3, 32, 196, 1, 16))
+  attend = lambda q, k, v: jax.nn.dot_product_attention(q, k, v)
+  show("one attention (32 x 196 tokens x 16), forward + gradient", lambda q, k, v: jax.vjp(attend, q, k, v)[1](q), q, k, v)  # fmt: skip
+
+
+if __name__ == "__main__":
+  main()
