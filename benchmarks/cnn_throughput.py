@@ -21,15 +21,14 @@ never at the same time, each with its framework's default thread count.
 
 import argparse
 import functools
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from common import header, random_data, report_rate, time_engine
 
-from common import header, random_data, time_engine
 from jaxdiff import classification, parallel, train
 from jaxdiff.models import SimpleCNN
 
@@ -105,16 +104,6 @@ def time_torch(images, labels, batch_size, steps, repeats):
   return first, [epoch_seconds() for _ in range(repeats)]
 
 
-def report(name, batch_size, steps, timings, first, first_label):
-  rate = steps * batch_size / statistics.median(timings)
-  print(
-    f"{name}: {rate:.0f} images/s (median of {len(timings)} epochs of {steps} steps; "
-    f"{first_label} {first:.1f} s)",
-    flush=True,
-  )
-  return rate
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batch-size", type=int, default=100)
@@ -134,7 +123,9 @@ def main():
   )
 
   first, timings = time_jaxdiff(images, labels, flags.batch_size, flags.steps, flags.repeats)
-  jax_rate = report("jaxdiff", flags.batch_size, flags.steps, timings, first, "compile+first epoch")
+  jax_rate = report_rate(
+    "jaxdiff", flags.batch_size, flags.steps, timings, first, "compile+first epoch"
+  )
 
   if flags.skip_torch:
     print("pytorch: skipped (--skip-torch)")
@@ -143,7 +134,9 @@ def main():
   else:
     print(f"pytorch threads: {torch.get_num_threads()}", flush=True)
     first, timings = time_torch(images, labels, flags.batch_size, flags.steps, flags.repeats)
-    torch_rate = report("pytorch", flags.batch_size, flags.steps, timings, first, "warm-up epoch")
+    torch_rate = report_rate(
+      "pytorch", flags.batch_size, flags.steps, timings, first, "warm-up epoch"
+    )
     print(f"ratio jaxdiff/pytorch: {jax_rate / torch_rate:.2f}")
     return
   # Kept as the last line either way, so tools reading it always find it.

@@ -3,6 +3,7 @@
 import datetime
 import importlib.metadata
 import os
+import statistics
 import time
 
 import jax
@@ -66,3 +67,14 @@ def time_engine(trainer, state, arrays, repeats):
     state, seconds = epoch_seconds(state, epoch)
     timings.append(seconds)
   return first, timings
+
+
+def report_rate(name, batch_size, steps, timings, first, first_label, decimals=0):
+  """Prints and returns images/s over the median timed epoch; ``first`` is reported apart."""
+  rate = steps * batch_size / statistics.median(timings)
+  print(
+    f"{name}: {rate:.{decimals}f} images/s (median of {len(timings)} epochs of {steps} steps; "
+    f"{first_label} {first:.1f} s)",
+    flush=True,
+  )
+  return rate

@@ -4,8 +4,8 @@ Measures images per second of one DDPM training run (batch 32 by default) on
 random uint8 MNIST-shaped data (``--image-shape 32,32,3`` for CIFAR's) already
 in memory, for each U-Net size asked for, with:
 
-* jaxdiff: ``train.Trainer`` built as ``diffusion_experiment.train_diffusion``
-  builds it: ``ddpm.diffusion_task`` and ``diffusion_optimizer`` (global-norm
+* jaxdiff: ``diffusion_experiment.make_trainer``, the engine that ``train_diffusion``
+  trains with: ``ddpm.diffusion_task`` and ``diffusion_optimizer`` (global-norm
   clipping, Adam under a linear warm-up, the parameter EMA), one epoch per
   ``train_epoch`` call;
 * pytorch: a ``torch.nn.Module`` that mirrors ``jaxdiff.models.unet.UNet``
@@ -35,20 +35,19 @@ never at the same time, each with its framework's default thread count.
 import argparse
 import dataclasses
 import math
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import header, random_data, time_engine
+from common import header, random_data, report_rate, time_engine
 
-from jaxdiff import ddpm, parallel, train
+from jaxdiff import ddpm
 from jaxdiff.diffusion_experiment import (
   DiffusionConfig,
   ImageShapeError,
   check_image_shape,
-  diffusion_optimizer,
+  make_trainer,
 )
 from jaxdiff.models.unet import UNET_SIZES, UNet, make_unet
 
@@ -69,19 +68,7 @@ CHECK_TOLERANCE = 1e-4  # of the output scale
 
 def time_jaxdiff(images, config, repeats):
   """Compile + first epoch seconds, each timed epoch's seconds, and the initial parameters."""
-  image_shape = images.shape[1:]
-  schedule = ddpm.make_schedule(config.schedule, config.num_timesteps)
-  task = ddpm.diffusion_task(make_unet(config.model_size), schedule, image_shape)
-  trainer = train.Trainer(
-    task, diffusion_optimizer(config), mesh=parallel.make_mesh(), batch_size=config.batch_size
-  )
-  root = jax.random.key(config.seed)
-  state = trainer.init(
-    jax.random.fold_in(root, 1)[None],
-    learning_rate=jnp.asarray([config.learning_rate], jnp.float32),
-    diffusion=jnp.asarray([config.langevin_diffusion], jnp.float32),
-    key=jax.random.fold_in(root, 2)[None],
-  )
+  trainer, state = make_trainer(config, images.shape[1:])
   # Copied out before time_engine donates the state, so the twin starts from the same weights.
   initial = jax.device_get(jax.tree.map(lambda leaf: leaf[0], state.params))
   first, timings = time_engine(trainer, state, {"image": images}, repeats)
@@ -361,16 +348,6 @@ def time_torch(images, config, steps, repeats, initial_params):
 # ----------------------------------------------------------------------------- CLI
 
 
-def report(name, batch_size, steps, timings, first, first_label):
-  rate = steps * batch_size / statistics.median(timings)
-  print(
-    f"{name}: {rate:.1f} images/s (median of {len(timings)} epochs of {steps} steps; "
-    f"{first_label} {first:.1f} s)",
-    flush=True,
-  )
-  return rate
-
-
 def parse_flags():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument(
@@ -443,8 +420,8 @@ def main():
   for size in flags.sizes:
     size_config = dataclasses.replace(config, model_size=size)
     first, timings, initial = time_jaxdiff(images, size_config, flags.repeats)
-    jax_rate = report(
-      f"jaxdiff ({size})", flags.batch_size, flags.steps, timings, first, "compile+first epoch"
+    jax_rate = report_rate(
+      f"jaxdiff ({size})", flags.batch_size, flags.steps, timings, first, "compile+first epoch", 1
     )
     if not run_torch:
       why = "--skip-torch" if flags.skip_torch else "torch is not installed; pip install torch"
@@ -453,8 +430,8 @@ def main():
       print(f"ratio jaxdiff/pytorch ({size}): n/a", flush=True)
       continue
     first, timings = time_torch(images, size_config, flags.steps, flags.repeats, initial)
-    torch_rate = report(
-      f"pytorch ({size})", flags.batch_size, flags.steps, timings, first, "warm-up epoch"
+    torch_rate = report_rate(
+      f"pytorch ({size})", flags.batch_size, flags.steps, timings, first, "warm-up epoch", 1
     )
     print(f"ratio jaxdiff/pytorch ({size}): {jax_rate / torch_rate:.2f}", flush=True)
 

@@ -125,6 +125,29 @@ def check_image_shape(image_shape: tuple[int, ...], model_size: str) -> None:
     )
 
 
+def make_trainer(
+  config: DiffusionConfig, image_shape: tuple[int, ...]
+) -> tuple[train.Trainer, train.TrainState]:
+  """The engine for one DDPM run over all local devices, and the run's initial state.
+
+  Raises:
+    ImageShapeError: the U-Net cannot take images of ``image_shape``.
+  """
+  check_image_shape(image_shape, config.model_size)
+  schedule = ddpm.make_schedule(config.schedule, config.num_timesteps)
+  task = ddpm.diffusion_task(make_unet(config.model_size), schedule, image_shape)
+  trainer = train.Trainer(task, diffusion_optimizer(config), mesh=parallel.make_mesh(),
+                          batch_size=config.batch_size)  # fmt: skip
+  root = jax.random.key(config.seed)
+  state = trainer.init(
+    jax.random.fold_in(root, 1)[None],
+    learning_rate=jnp.asarray([config.learning_rate], jnp.float32),
+    diffusion=jnp.asarray([config.langevin_diffusion], jnp.float32),
+    key=jax.random.fold_in(root, 2)[None],
+  )
+  return trainer, state
+
+
 def train_diffusion(
   config: DiffusionConfig,
   data: Dataset,
@@ -135,20 +158,7 @@ def train_diffusion(
   log=print,
 ) -> tuple[Any, dict[str, Any]]:
   """Trains the DDPM; returns the EMA parameters and the training history."""
-  check_image_shape(data.image_shape, config.model_size)
-  schedule = ddpm.make_schedule(config.schedule, config.num_timesteps)
-  model = make_unet(config.model_size)
-  task = ddpm.diffusion_task(model, schedule, data.image_shape)
-  mesh = parallel.make_mesh()
-  trainer = train.Trainer(task, diffusion_optimizer(config), mesh=mesh,
-                          batch_size=config.batch_size)  # fmt: skip
-  root = jax.random.key(config.seed)
-  state = trainer.init(
-    jax.random.fold_in(root, 1)[None],
-    learning_rate=jnp.asarray([config.learning_rate], jnp.float32),
-    diffusion=jnp.asarray([config.langevin_diffusion], jnp.float32),
-    key=jax.random.fold_in(root, 2)[None],
-  )
+  trainer, state = make_trainer(config, data.image_shape)
   # Per call of the engine: (steps, seconds); the first includes compilation.
   history: dict[str, Any] = {"loss": [], "epochs": []}
   checkpoints = train.Checkpoints(Path(out_dir) / "checkpoints")
