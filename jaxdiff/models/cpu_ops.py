@@ -4,9 +4,10 @@ XLA:CPU runs a convolution with few output features far below its speed with 16:
 vectorize along the output-feature axis, 16 float32 lanes wide with AVX-512, so the seed
 CNN's 6 features leave most lanes idle. ``lax.reduce_window`` max-pooling and its gradient
 (``select_and_scatter``) are generic windowed loops, while a 2x2 pool is a reshape and a max.
-Measured on a 2-core AMD EPYC (jax 0.10.2, ``benchmarks/RESULTS.md``): conv1 of the seed CNN
-at batch 100, forward 4.3 → 2.1 ms and kernel gradient 6.0 → 3.5 ms with its 6 features
-padded to 16; the whole training step 16.2 → 9.4 ms with both.
+Measured on a 2-core AMD EPYC with ``benchmarks/cpu_op_probes.py`` (jax 0.10.2; figures in
+``benchmarks/RESULTS.md``): the seed CNN's conv1 at batch 100, forward 4.2 → 2.2 ms and kernel
+gradient 6.3 → 2.9 ms with its 6 features padded to 16; its whole loss gradient 18.3 → 8.9 ms
+with both formulations.
 """
 
 from collections.abc import Sequence
