@@ -39,6 +39,13 @@ def conv(x, w):
   return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=NHWC)
 
 
+def toeplitz_convolutions(next_fun, args, kwargs, context):
+  """A flax interceptor computing every ``nn.Conv`` with ``cpu_ops.conv_toeplitz``."""
+  if isinstance(context.module, nn.Conv):
+    object.__setattr__(context.module, "conv_general_dilated", cpu_ops.conv_toeplitz)
+  return next_fun(*args, **kwargs)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--calls", type=int, default=20, help="calls per timed round")
@@ -62,7 +69,11 @@ def main():
     show(f"conv1 3->{features} forward", conv, x1, w)
     show(f"conv1 3->{features} kernel gradient", lambda x, g, w=w: jax.vjp(lambda w: conv(x, w), w)[1](g), x1, g)  # fmt: skip
   w1 = jax.random.normal(key, (5, 5, 3, 6))
-  show("conv1 3->6 forward, cpu_ops.conv_padded_features", lambda x, w: cpu_ops.conv_padded_features(x, w, (1, 1), "VALID", dimension_numbers=NHWC), x1, w1)  # fmt: skip
+  g1 = jax.random.normal(key, (100, 28, 28, 6))
+  for name in ("conv_padded_features", "conv_toeplitz"):
+    fast = lambda x, w, name=name: getattr(cpu_ops, name)(x, w, (1, 1), "VALID", dimension_numbers=NHWC)  # fmt: skip
+    show(f"conv1 3->6 forward, cpu_ops.{name}", fast, x1, w1)
+    show(f"conv1 3->6 kernel gradient, cpu_ops.{name}", lambda x, g, fast=fast: jax.vjp(lambda w: fast(x, w), w1)[1](g), x1, g1)  # fmt: skip
   patches = lambda x: jnp.concatenate(
     [x[:, i : i + 28, j : j + 28] for i in range(5) for j in range(5)], axis=-1
   )
@@ -75,6 +86,10 @@ def main():
   show("conv2 6->16 forward", conv, x2, w2)
   show("conv2 6->16 kernel gradient", lambda x, g: jax.vjp(lambda w: conv(x, w), w2)[1](g), x2, g2)
   show("conv2 6->16 input gradient", lambda w, g: jax.vjp(lambda x: conv(x, w), x2)[1](g), w2, g2)
+  toeplitz = lambda x, w: cpu_ops.conv_toeplitz(x, w, (1, 1), "VALID", dimension_numbers=NHWC)
+  show("conv2 6->16 forward, cpu_ops.conv_toeplitz", toeplitz, x2, w2)
+  show("conv2 6->16 kernel gradient, cpu_ops.conv_toeplitz", lambda x, g: jax.vjp(lambda w: toeplitz(x, w), w2)[1](g), x2, g2)  # fmt: skip
+  show("conv2 6->16 input gradient, cpu_ops.conv_toeplitz", lambda w, g: jax.vjp(lambda x: toeplitz(x, w), x2)[1](g), w2, g2)  # fmt: skip
 
   pool_input = jax.random.normal(key, (100, 28, 28, 6))
   pools = {
@@ -101,6 +116,11 @@ def main():
     unet_params = unet.init(key, noisy, steps)["params"]
     loss = lambda p, unet=unet: jnp.mean(unet.apply({"params": p}, noisy, steps) ** 2)
     show(f"tiny U-Net loss gradient, batch 32, {label}", jax.grad(loss), unet_params)
+  unet = make_unet("tiny")
+  loss = lambda p: jnp.mean(unet.apply({"params": p}, noisy, steps) ** 2)
+  with nn.intercept_methods(toeplitz_convolutions):
+    unet_params = unet.init(key, noisy, steps)["params"]
+    show("tiny U-Net loss gradient, batch 32, convs as cpu_ops.conv_toeplitz", jax.grad(loss), unet_params)  # fmt: skip
   q, k, v = jax.random.normal(key, (3, 32, 196, 1, 16))
   attend = lambda q, k, v: jax.nn.dot_product_attention(q, k, v)
   show("one attention (32 x 196 tokens x 16), forward + gradient", lambda q, k, v: jax.vjp(attend, q, k, v)[1](q), q, k, v)  # fmt: skip

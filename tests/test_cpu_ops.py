@@ -19,8 +19,11 @@ def conv_cases():
   nhwc = ("NHWC", "HWIO", "NHWC")
   cases = {
     # (lhs shape, rhs shape, strides, padding, dimension numbers, feature groups)
-    "seed conv1, 6 features padded": ((4, 32, 32, 3), (5, 5, 3, 6), (1, 1), "VALID", nhwc, 1),
+    "seed conv1, 3 -> 6 features": ((4, 32, 32, 3), (5, 5, 3, 6), (1, 1), "VALID", nhwc, 1),
     "seed conv2, already 16": ((4, 14, 14, 6), (5, 5, 6, 16), (1, 1), "VALID", nhwc, 1),
+    "SAME, prime output width": ((2, 6, 7, 2), (3, 3, 2, 5), (1, 1), "SAME", nhwc, 1),
+    "explicit uneven padding": ((2, 9, 8, 3), (2, 4, 3, 4), (1, 1), ((1, 0), (2, -1)), nhwc, 1),
+    "1x1 kernel": ((2, 5, 6, 4), (1, 1, 4, 3), (1, 1), "VALID", nhwc, 1),
     "stride 2, SAME, 20 features": ((3, 9, 9, 4), (3, 3, 4, 20), (2, 2), "SAME", nhwc, 1),
     "lax default NCHW/OIHW": ((2, 3, 12, 12), (5, 3, 3, 3), (1, 1), "VALID", None, 1),
     "grouped, run unpadded": ((2, 8, 8, 4), (3, 3, 2, 6), (1, 1), "SAME", nhwc, 2),
@@ -31,25 +34,32 @@ def conv_cases():
     yield pytest.param(lhs, rhs, strides, padding, numbers, groups, id=name)
 
 
+CPU_CONVS = [cpu_ops.conv_padded_features, cpu_ops.conv_toeplitz]
+
+
+@pytest.mark.parametrize("cpu_conv", CPU_CONVS, ids=lambda fn: fn.__name__)
 @pytest.mark.parametrize("lhs, rhs, strides, padding, numbers, groups", list(conv_cases()))
-def test_padded_conv_equals_lax_conv_with_gradients(lhs, rhs, strides, padding, numbers, groups):
+def test_cpu_conv_equals_lax_conv_with_gradients(
+  cpu_conv, lhs, rhs, strides, padding, numbers, groups
+):
   def conv_with(fn, lhs, rhs):
     return fn(lhs, rhs, strides, padding, dimension_numbers=numbers, feature_group_count=groups)
 
   reference = jax.jit(lambda x, w: conv_with(lax.conv_general_dilated, x, w))
-  padded = jax.jit(lambda x, w: conv_with(cpu_ops.conv_padded_features, x, w))
+  fast = jax.jit(lambda x, w: conv_with(cpu_conv, x, w))
   expected, reference_vjp = jax.vjp(reference, lhs, rhs)
-  actual, padded_vjp = jax.vjp(padded, lhs, rhs)
+  actual, fast_vjp = jax.vjp(fast, lhs, rhs)
   cotangent = jax.random.normal(jax.random.key(1), expected.shape)
 
-  # The two differ at most in float32 summation order. Each output sums n products, so
+  # The two differ at most in float32 summation order (the Toeplitz matmul adds products
+  # with exact zeros too, which round nothing). Each output sums n products, so
   # each result is within n·ε·Σ|terms| of the exact value; Σ|terms| is the same op applied
   # to absolute values. n is at most the larger of the window (forward, input gradient) and
   # batch × output pixels (kernel gradient); the bound below is twice that, one per path.
   terms = max(np.prod(rhs.shape), np.prod(expected.shape))
   abs_out, abs_vjp = jax.vjp(reference, jnp.abs(lhs), jnp.abs(rhs))
   bounds = [abs_out, *abs_vjp(jnp.abs(cotangent))]
-  results = zip([expected, *reference_vjp(cotangent)], [actual, *padded_vjp(cotangent)], bounds)
+  results = zip([expected, *reference_vjp(cotangent)], [actual, *fast_vjp(cotangent)], bounds)
   for want, got, bound in results:
     assert got.shape == want.shape and got.dtype == want.dtype
     assert np.all(np.abs(np.asarray(got) - np.asarray(want)) <= 2 * terms * EPS * bound)
@@ -69,6 +79,23 @@ def test_padded_conv_runs_unpadded_where_padding_would_change_nothing():
       )
     )(lhs, rhs)
     assert "pad" not in {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
+
+
+def conv_primitives(fn, lhs_shape, rhs_shape, strides):
+  jaxpr = jax.make_jaxpr(
+    lambda x, w: fn(x, w, strides, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  )(jnp.ones(lhs_shape), jnp.ones(rhs_shape))
+  return {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
+
+
+def test_toeplitz_conv_is_a_matmul_where_it_applies_and_falls_back_elsewhere():
+  as_matmul = conv_primitives(cpu_ops.conv_toeplitz, (2, 8, 8, 3), (5, 5, 3, 6), (1, 1))
+  assert "dot_general" in as_matmul and "conv_general_dilated" not in as_matmul
+  strided = conv_primitives(cpu_ops.conv_toeplitz, (2, 8, 8, 3), (5, 5, 3, 6), (2, 2))
+  assert strided == conv_primitives(
+    cpu_ops.conv_padded_features, (2, 8, 8, 3), (5, 5, 3, 6), (2, 2)
+  )
+  assert "conv_general_dilated" in strided
 
 
 def pool_inputs():

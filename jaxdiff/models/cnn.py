@@ -26,7 +26,7 @@ class SimpleCNN(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
     if cpu_ops.enabled(self.cpu_ops):
-      conv, pool = cpu_ops.conv_padded_features, cpu_ops.max_pool_2x2
+      conv, pool = cpu_ops.conv_toeplitz, cpu_ops.max_pool_2x2
     else:
       conv, pool = None, lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
     x = images

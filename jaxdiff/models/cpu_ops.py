@@ -1,13 +1,18 @@
 """Convolution and max-pooling formulated for XLA:CPU; the same functions as the plain ops.
 
-XLA:CPU runs a convolution with few output features far below its speed with 16: its kernels
+XLA:CPU runs a convolution with few channels far below its matmul speed: its kernels
 vectorize along the output-feature axis, 16 float32 lanes wide with AVX-512, so the seed
-CNN's 6 features leave most lanes idle. ``lax.reduce_window`` max-pooling and its gradient
+CNN's 3 → 6 conv1 leaves most lanes idle. :func:`conv_toeplitz` writes a stride-1
+convolution as one dense matmul with a banded (Toeplitz) matrix built from the kernel,
+which XLA:CPU runs near its matmul speed despite the zeros it multiplies;
+:func:`conv_padded_features`, its fallback for strided, dilated or grouped convolutions,
+pads the output features to 16. ``lax.reduce_window`` max-pooling and its gradient
 (``select_and_scatter``) are generic windowed loops, while a 2x2 pool is a reshape and a max.
-Measured on a 2-core AMD EPYC with ``benchmarks/cpu_op_probes.py`` (jax 0.10.2; figures in
-``benchmarks/RESULTS.md``): the seed CNN's conv1 at batch 100, forward 4.2 → 2.2 ms and kernel
-gradient 6.3 → 2.9 ms with its 6 features padded to 16; its whole loss gradient 18.3 → 8.9 ms
-with both formulations.
+These win for the seed CNN's 5x5 convolutions at 3–16 channels; the DDPM U-Net's 3x3
+convolutions at 8 and more channels ran slower as Toeplitz matmuls (a probe, 98 → 174 ms
+for the tiny U-Net's loss gradient), so it keeps the plain ops. Figures, measured on a
+2-core AMD EPYC with ``benchmarks/cpu_op_probes.py`` (jax 0.10.2), are in
+``benchmarks/RESULTS.md``.
 """
 
 from collections.abc import Sequence
@@ -71,6 +76,98 @@ def conv_padded_features(
   widths[kernel_out_axis] = (0, missing)
   out = conv(jnp.pad(rhs, widths))
   return lax.slice_in_dim(out, 0, features, axis=output_feature_axis)
+
+
+def conv_toeplitz(
+  lhs: jax.Array,
+  rhs: jax.Array,
+  window_strides: Sequence[int],
+  padding,
+  lhs_dilation: Sequence[int] | None = None,
+  rhs_dilation: Sequence[int] | None = None,
+  dimension_numbers=None,
+  feature_group_count: int = 1,
+  precision=None,
+  preferred_element_type=None,
+  **kwargs,
+) -> jax.Array:
+  """``lax.conv_general_dilated`` as one matmul with a banded (Toeplitz) kernel matrix.
+
+  Takes the arguments of ``lax.conv_general_dilated`` (so it can be passed as
+  ``flax.linen.Conv(conv_general_dilated=...)``) and returns the same array. A stride-1
+  NHWC/HWIO convolution is a sum over its window; laid out by rows it is a matmul: the
+  output width is cut into blocks of ``block`` columns, each block's ``kh`` input rows of
+  ``block + kw - 1`` columns are flattened into one vector, and a banded matrix built from
+  the kernel (zero outside the window) maps it to the block's ``block × cout`` outputs.
+  The products with those zeros are wasted work, a factor ``(block + kw - 1) / kw``, but a
+  dense matmul runs many times faster on XLA:CPU than its convolution kernels do at few
+  channels. ``block`` is the smallest divisor of the output width not below ``kw - 1``, so
+  the overlapping column windows copy the input at most twice. Other convolutions (strided,
+  dilated, grouped, other layouts) go to :func:`conv_padded_features`.
+
+  Returns:
+    The convolution, shaped as ``lax.conv_general_dilated`` would return it.
+  """
+  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+  covered = (
+    lhs.ndim == 4
+    and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
+    and tuple(window_strides) == (1, 1)
+    and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+    and feature_group_count == 1
+    and kwargs.get("batch_group_count", 1) == 1
+  )
+  if covered:
+    if isinstance(padding, str):
+      padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
+    (top, bottom), (left, right) = padding
+    lhs = lax.pad(
+      lhs, jnp.zeros((), lhs.dtype), [(0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)]
+    )
+    covered = lhs.shape[1] >= rhs.shape[0] and lhs.shape[2] >= rhs.shape[1]
+  if not covered:
+    return conv_padded_features(
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+      **kwargs,
+    )
+  batch, height, width, in_features = lhs.shape
+  kernel_height, kernel_width, _, out_features = rhs.shape
+  out_height, out_width = height - kernel_height + 1, width - kernel_width + 1
+  block = next(b for b in range(1, out_width + 1) if out_width % b == 0 and b >= kernel_width - 1)
+  window = block + kernel_width - 1
+  # (batch, height, blocks, window × in) → (batch, out_height, blocks, kh × window × in).
+  columns = jnp.stack(
+    [lhs[:, :, start : start + window] for start in range(0, out_width, block)], axis=2
+  ).reshape(batch, height, out_width // block, window * in_features)
+  rows = jnp.concatenate([columns[:, dy : dy + out_height] for dy in range(kernel_height)], -1)
+  out = jnp.matmul(
+    rows,
+    _toeplitz(rhs, block).reshape(-1, block * out_features),
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
+  return out.reshape(batch, out_height, out_width, out_features)
+
+
+def _toeplitz(kernel: jax.Array, block: int) -> jax.Array:
+  """(kh, block + kw - 1, in, block, out): output column c sees input columns c … c + kw - 1."""
+  kernel_width = kernel.shape[1]
+  window = block + kernel_width - 1
+  # Zero-padding keeps the matrix exact and its gradient a sum of slices.
+  shifted = [
+    jnp.pad(kernel, ((0, 0), (column, window - kernel_width - column), (0, 0), (0, 0)))
+    for column in range(block)
+  ]
+  return jnp.stack(shifted, axis=3)
 
 
 @jax.custom_vjp
