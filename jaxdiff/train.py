@@ -251,7 +251,7 @@ class Trainer:
       return state, metrics
     history = []
     for step in range(start, stop):
-      state, metrics = self._step(state, data, indices, jnp.int32(step))
+      state, metrics = self._step(state, data, indices, np.int32(step))
       history.append(metrics)
       if on_steps is not None:
         on_steps(1, metrics)

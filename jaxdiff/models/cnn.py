@@ -26,13 +26,15 @@ class SimpleCNN(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
     if cpu_ops.enabled(self.cpu_ops):
-      conv, pool = cpu_ops.conv_toeplitz, cpu_ops.max_pool_2x2
+      conv = cpu_ops.conv_toeplitz
+      # ReLU after the pool touches a quarter of the values. Max and ReLU commute, and both
+      # orders send the gradient to the window's first maximum if it is positive, else nowhere.
+      relu_pool = lambda x: nn.relu(cpu_ops.max_pool_2x2(x))
     else:
-      conv, pool = None, lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+      conv, relu_pool = None, lambda x: nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
     x = images
     for features in (6, 16):
-      x = nn.Conv(features, (5, 5), padding="VALID", conv_general_dilated=conv)(x)
-      x = pool(nn.relu(x))
+      x = relu_pool(nn.Conv(features, (5, 5), padding="VALID", conv_general_dilated=conv)(x))
     x = x.reshape(x.shape[0], -1)
     for features in (120, 84):
       x = nn.relu(nn.Dense(features)(x))

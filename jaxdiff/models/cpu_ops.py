@@ -144,11 +144,17 @@ def conv_toeplitz(
   out_height, out_width = height - kernel_height + 1, width - kernel_width + 1
   block = next(b for b in range(1, out_width + 1) if out_width % b == 0 and b >= kernel_width - 1)
   window = block + kernel_width - 1
-  # (batch, height, blocks, window × in) → (batch, out_height, blocks, kh × window × in).
-  columns = jnp.stack(
-    [lhs[:, :, start : start + window] for start in range(0, out_width, block)], axis=2
-  ).reshape(batch, height, out_width // block, window * in_features)
-  rows = jnp.concatenate([columns[:, dy : dy + out_height] for dy in range(kernel_height)], -1)
+  # (batch, out_height, blocks, kh, window, in), flattened after the blocks; built in one
+  # expression so that XLA makes it in one pass over the input.
+  rows = jnp.stack(
+    [
+      jnp.stack(
+        [lhs[:, dy : dy + out_height, start : start + window] for dy in range(kernel_height)], 2
+      )
+      for start in range(0, out_width, block)
+    ],
+    axis=2,
+  ).reshape(batch, out_height, out_width // block, kernel_height * window * in_features)
   out = jnp.matmul(
     rows,
     _toeplitz(rhs, block).reshape(-1, block * out_features),
