@@ -12,8 +12,10 @@ default) on random uint8 CIFAR-shaped data already in memory, for:
 
 Each framework first runs one untimed epoch (for JAX that is compile plus the
 first epoch, reported separately), then ``--repeats`` timed epochs of
-``--steps`` steps; the reported rate is the median. The two run back to back,
-never at the same time, each with its framework's default thread count.
+``--steps`` steps; the reported rate is the median. The timed epochs alternate
+between the two (jaxdiff, pytorch, jaxdiff, ...), never at the same time, so a
+drift in the machine's speed hits both alike; each uses its framework's default
+thread count.
 
   python benchmarks/cnn_throughput.py --batch-size 100 --steps 200 --repeats 3
   python benchmarks/cnn_throughput.py --skip-torch
@@ -27,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from common import header, random_data, report_rate, time_engine
+from common import alternate, engine_epochs, header, random_data, report_rate
 
 from jaxdiff import classification, parallel, train
 from jaxdiff.models import SimpleCNN
@@ -39,8 +41,8 @@ except ImportError:  # the JAX half is still worth running without torch
   torch = None
 
 
-def time_jaxdiff(images, labels, batch_size, steps, repeats):
-  """Seconds for compile + first epoch, and for each timed epoch."""
+def jaxdiff_epochs(images, labels, batch_size):
+  """A function that trains the engine one epoch per call and returns its seconds."""
   task = classification.classifier_task(SimpleCNN(), (32, 32, 3))
   trainer = train.Trainer(
     task,
@@ -49,7 +51,7 @@ def time_jaxdiff(images, labels, batch_size, steps, repeats):
     batch_size=batch_size,
   )
   state = trainer.init(jax.random.key(0)[None], learning_rate=jnp.asarray([1e-3]))
-  return time_engine(trainer, state, {"image": images, "label": labels}, repeats)
+  return engine_epochs(trainer, state, {"image": images, "label": labels})
 
 
 class TorchSimpleCNN(nn.Module if torch is not None else object):
@@ -77,8 +79,8 @@ class TorchSimpleCNN(nn.Module if torch is not None else object):
     return self.classifier(torch.flatten(self.features(x), 1))
 
 
-def time_torch(images, labels, batch_size, steps, repeats):
-  """Seconds for the warm-up epoch, and for each timed epoch."""
+def torch_epochs(images, labels, batch_size, steps):
+  """A function that trains the PyTorch twin one epoch per call and returns its seconds."""
   torch.manual_seed(0)
   # Stored as uint8 like the engine's device copy, so both pay for gather and normalization.
   x_all = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
@@ -100,8 +102,7 @@ def time_torch(images, labels, batch_size, steps, repeats):
       optimizer.step()
     return time.perf_counter() - started
 
-  first = epoch_seconds()
-  return first, [epoch_seconds() for _ in range(repeats)]
+  return epoch_seconds
 
 
 def main():
@@ -122,25 +123,25 @@ def main():
     flush=True,
   )
 
-  first, timings = time_jaxdiff(images, labels, flags.batch_size, flags.steps, flags.repeats)
-  jax_rate = report_rate(
-    "jaxdiff", flags.batch_size, flags.steps, timings, first, "compile+first epoch"
-  )
-
+  epochs = {"jaxdiff": jaxdiff_epochs(images, labels, flags.batch_size)}
   if flags.skip_torch:
     print("pytorch: skipped (--skip-torch)")
   elif torch is None:
     print("pytorch: skipped (torch is not installed; pip install torch)")
   else:
     print(f"pytorch threads: {torch.get_num_threads()}", flush=True)
-    first, timings = time_torch(images, labels, flags.batch_size, flags.steps, flags.repeats)
-    torch_rate = report_rate(
-      "pytorch", flags.batch_size, flags.steps, timings, first, "warm-up epoch"
-    )
-    print(f"ratio jaxdiff/pytorch: {jax_rate / torch_rate:.2f}")
-    return
+    epochs["pytorch"] = torch_epochs(images, labels, flags.batch_size, flags.steps)
+  timed = alternate(epochs, flags.repeats)
+  first_labels = {"jaxdiff": "compile+first epoch", "pytorch": "warm-up epoch"}
+  rates = {
+    name: report_rate(name, flags.batch_size, flags.steps, timings, first, first_labels[name])
+    for name, (first, timings) in timed.items()
+  }
   # Kept as the last line either way, so tools reading it always find it.
-  print("ratio jaxdiff/pytorch: n/a")
+  if "pytorch" in rates:
+    print(f"ratio jaxdiff/pytorch: {rates['jaxdiff'] / rates['pytorch']:.2f}")
+  else:
+    print("ratio jaxdiff/pytorch: n/a")
 
 
 if __name__ == "__main__":

@@ -50,23 +50,45 @@ def random_data(
   return images, labels
 
 
-def time_engine(trainer, state, arrays, repeats):
-  """Seconds for compile + the first epoch, and for each of ``repeats`` timed epochs."""
-  data = trainer.put_data(arrays)
-  jax.block_until_ready((state, data))  # keep the host-to-device copy out of the timings
+def engine_epochs(trainer, state, arrays):
+  """A function that trains the engine one more epoch per call and returns its seconds.
 
-  def epoch_seconds(state, epoch):
+  The data is copied to the devices first, outside every timing; the first call compiles.
+  """
+  data = trainer.put_data(arrays)
+  jax.block_until_ready((state, data))
+  epoch = 0
+
+  def epoch_seconds():
+    nonlocal state, epoch
     started = time.perf_counter()
     state, _ = trainer.train_epoch(state, data, epoch)
     jax.block_until_ready(state)
-    return state, time.perf_counter() - started
+    epoch += 1
+    return time.perf_counter() - started
 
-  state, first = epoch_seconds(state, 0)
-  timings = []
-  for epoch in range(1, repeats + 1):
-    state, seconds = epoch_seconds(state, epoch)
-    timings.append(seconds)
-  return first, timings
+  return epoch_seconds
+
+
+def time_engine(trainer, state, arrays, repeats):
+  """Seconds for compile + the first epoch, and for each of ``repeats`` timed epochs."""
+  epoch_seconds = engine_epochs(trainer, state, arrays)
+  first = epoch_seconds()
+  return first, [epoch_seconds() for _ in range(repeats)]
+
+
+def alternate(epochs, repeats):
+  """Times ``{name: epoch_seconds}`` in turns, so a drift in the machine's speed hits all alike.
+
+  Returns ``{name: (first, timings)}``: each one's untimed first epoch (compile, warm-up), run
+  in order before any timed one, and its ``repeats`` timed epochs, taken one name after another.
+  """
+  firsts = {name: epoch_seconds() for name, epoch_seconds in epochs.items()}
+  timings = {name: [] for name in epochs}
+  for _ in range(repeats):
+    for name, epoch_seconds in epochs.items():
+      timings[name].append(epoch_seconds())
+  return {name: (firsts[name], timings[name]) for name in epochs}
 
 
 def report_rate(name, batch_size, steps, timings, first, first_label, decimals=0):

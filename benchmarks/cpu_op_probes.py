@@ -104,23 +104,24 @@ def main():
   params = SimpleCNN().init(key, images)["params"]
   for use_cpu_ops in (False, True):
     model = SimpleCNN(cpu_ops=use_cpu_ops)
-    loss = lambda p, model=model: optax.softmax_cross_entropy_with_integer_labels(
+    # The images are an argument, not a constant XLA could fold the input's rearranging into.
+    loss = lambda p, images, model=model: optax.softmax_cross_entropy_with_integer_labels(
       model.apply({"params": p}, images), labels
     ).mean()
-    show(f"SimpleCNN loss gradient, batch 100, cpu_ops={use_cpu_ops}", jax.grad(loss), params)
+    show(f"SimpleCNN loss gradient, batch 100, cpu_ops={use_cpu_ops}", jax.grad(loss), params, images)  # fmt: skip
 
   noisy = jax.random.normal(key, (32, 28, 28, 1))
   steps = jax.random.randint(key, (32,), 0, 1000)
   for attention, label in ((None, "as built"), ((0,), "mid-block attention only")):
     unet = make_unet("tiny", attention_resolutions=attention)
     unet_params = unet.init(key, noisy, steps)["params"]
-    loss = lambda p, unet=unet: jnp.mean(unet.apply({"params": p}, noisy, steps) ** 2)
-    show(f"tiny U-Net loss gradient, batch 32, {label}", jax.grad(loss), unet_params)
+    loss = lambda p, x, unet=unet: jnp.mean(unet.apply({"params": p}, x, steps) ** 2)
+    show(f"tiny U-Net loss gradient, batch 32, {label}", jax.grad(loss), unet_params, noisy)
   unet = make_unet("tiny")
-  loss = lambda p: jnp.mean(unet.apply({"params": p}, noisy, steps) ** 2)
+  loss = lambda p, x: jnp.mean(unet.apply({"params": p}, x, steps) ** 2)
   with nn.intercept_methods(toeplitz_convolutions):
     unet_params = unet.init(key, noisy, steps)["params"]
-    show("tiny U-Net loss gradient, batch 32, convs as cpu_ops.conv_toeplitz", jax.grad(loss), unet_params)  # fmt: skip
+    show("tiny U-Net loss gradient, batch 32, convs as cpu_ops.conv_toeplitz", jax.grad(loss), unet_params, noisy)  # fmt: skip
   q, k, v = jax.random.normal(key, (3, 32, 196, 1, 16))
   attend = lambda q, k, v: jax.nn.dot_product_attention(q, k, v)
   show("one attention (32 x 196 tokens x 16), forward + gradient", lambda q, k, v: jax.vjp(attend, q, k, v)[1](q), q, k, v)  # fmt: skip
