@@ -305,7 +305,8 @@ class _Progress:
       return
     self._bar.update(count * len(metrics["loss"]))
     self._calls += 1
-    if self._calls % 50 == 1:  # reading a value waits for the device: not every step
+    # Reading a value waits for the device: not after every step, but after every scanned epoch.
+    if self._calls % 50 == 1 or count > 1:
       self._bar.set_postfix(
         loss=f"{float(jnp.nanmean(metrics['loss'])):.3f}",
         acc=f"{float(jnp.nanmean(metrics['accuracy'])):.3f}",

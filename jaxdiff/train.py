@@ -14,14 +14,19 @@ Design, in the order data flows:
   ``lax.pmean``-ed (see ``parallel.mean_value_and_grad``).
 * An epoch runs either as the jitted step called from Python with the state
   donated (``loop="step"``), or as one ``lax.scan`` (``loop="scan"``). A scan
-  removes per-step dispatch on GPU/TPU, but XLA:CPU ran the SimpleCNN step 3x
-  slower inside a scan body (31 ms vs 100-107 ms per step, jax 0.10.2), so
-  ``loop="auto"`` picks ``step`` on CPU and ``scan`` elsewhere.
+  removes per-step dispatch, but XLA:CPU runs convolutions 3-4x slower inside a
+  scan body (jax 0.10.2: the SimpleCNN with ``lax.conv``, 31 against 100-107 ms
+  per step; the tiny DDPM U-Net, 312 against 81 images/s). So ``loop="auto"``
+  picks ``step`` on CPU when the step computes a convolution and ``scan``
+  otherwise: the SimpleCNN's CPU formulation has none and trains faster as a
+  scan (21 770 against 19 392 images/s).
 * Runs go through the compiled program ``runs_per_call`` at a time. On
-  XLA:CPU a convolution vmapped over runs with their own weights is a grouped
-  convolution and ran 5x slower than the same runs one after another
-  (SimpleCNN, batch 100: 18 ms per step for one run, 286 ms for three
-  vmapped), so ``runs_per_call=None`` means one on CPU and all elsewhere.
+  XLA:CPU vmapped runs were always slower than the same runs one after another:
+  a convolution vmapped over per-run weights becomes a grouped convolution
+  (SimpleCNN with ``lax.conv``, 18 ms per step for one run, 286 ms for three),
+  and without convolutions the runs' intermediates outgrow the caches (eight
+  runs, 15 079 against 21 770 images/s). So ``runs_per_call=None`` means one
+  on CPU and all elsewhere.
 * A run whose loss turns non-finite keeps its last finite parameters, records
   the step, and stops updating; the other runs in the program carry on.
 * Checkpoints (orbax ``CheckpointManager``) hold the state, any extra arrays
@@ -38,6 +43,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -83,9 +89,16 @@ class TrainState(NamedTuple):
   diverged_at: jax.Array
 
 
-def default_loop(platform: str) -> str:
-  """The faster epoch loop on ``platform`` as measured (see the module docstring)."""
-  return "step" if platform == "cpu" else "scan"
+def default_loop(platform: str, convolves: bool) -> str:
+  """The faster epoch loop as measured (module docstring): a scan, unless XLA:CPU convolves."""
+  return "step" if platform == "cpu" and convolves else "scan"
+
+
+def computes_convolution(jaxpr: jax.extend.core.Jaxpr) -> bool:
+  """Whether ``jaxpr`` or any jaxpr nested in it has a ``conv_general_dilated``."""
+  return any(eqn.primitive.name == "conv_general_dilated" for eqn in jaxpr.eqns) or any(
+    computes_convolution(inner) for inner in jax.extend.core.subjaxprs(jaxpr)
+  )
 
 
 def default_runs_per_call(platform: str) -> int | None:
@@ -117,7 +130,9 @@ class Trainer:
       and its numeric arguments are given per run to :meth:`init`.
     mesh: the 1-D data mesh (``parallel.make_mesh()``).
     batch_size: the global batch, split evenly across the mesh.
-    loop: ``"step"``, ``"scan"`` or ``"auto"`` (by platform).
+    loop: ``"step"``, ``"scan"`` or ``"auto"``: by platform and, on CPU, by whether
+      the step computes a convolution (:func:`default_loop`), decided at the first
+      :meth:`train_epoch`, after which ``loop`` holds the choice.
     runs_per_call: runs vmapped into one call; ``None`` picks by platform and
       ``0`` means all runs at once.
 
@@ -146,8 +161,6 @@ class Trainer:
       raise ValueError(f"batch_size must be positive, got {self.batch_size}")
     parallel.check_divisible(self.batch_size, self.mesh)
     platform = self.mesh.devices.flat[0].platform
-    if self.loop == "auto":
-      self.loop = default_loop(platform)
     if self.runs_per_call is None:
       self.runs_per_call = default_runs_per_call(platform)
     self._inject = optax.inject_hyperparams(self.optimizer)
@@ -226,6 +239,9 @@ class Trainer:
       The new state and the per-step metrics as host arrays ``(steps, runs)``,
       ``"loss"`` among them.
     """
+    if self.loop == "auto":
+      platform = self.mesh.devices.flat[0].platform
+      self.loop = default_loop(platform, self._step_convolves(state, data))
     steps = self.steps_per_epoch(data)
     num_examples = len(next(iter(data.values())))
     indices = self._indices(state.key, jnp.int32(epoch), steps, num_examples)
@@ -256,6 +272,18 @@ class Trainer:
       if on_steps is not None:
         on_steps(1, metrics)
     return state, jax.tree.map(lambda *m: jnp.stack(m), *history)
+
+  def _step_convolves(self, state: TrainState, data: Mapping[str, jax.Array]) -> bool:
+    one_run = lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)
+    batch = {
+      name: jax.ShapeDtypeStruct((self.batch_size, *array.shape[1:]), array.dtype)
+      for name, array in data.items()
+    }
+    loss_and_grad = jax.value_and_grad(self.task.loss, has_aux=True)
+    traced = jax.make_jaxpr(loss_and_grad)(
+      jax.tree.map(one_run, state.params), batch, one_run(state.key)
+    )
+    return computes_convolution(traced.jaxpr)
 
   # ------------------------------------------------------- traced helpers
 

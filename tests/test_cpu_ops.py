@@ -96,6 +96,11 @@ def test_toeplitz_conv_is_a_matmul_where_it_applies_and_falls_back_elsewhere():
     cpu_ops.conv_padded_features, (2, 8, 8, 3), (5, 5, 3, 6), (2, 2)
   )
   assert "conv_general_dilated" in strided
+  # A kernel larger than the padded input falls back with the caller's padding, applied once.
+  x, w, pads = jnp.ones((1, 3, 3, 2)), jnp.ones((5, 5, 2, 4)), ((1, 0), (0, 0))
+  numbers = ("NHWC", "HWIO", "NHWC")
+  too_small = cpu_ops.conv_toeplitz(x, w, (1, 1), pads, dimension_numbers=numbers)
+  assert too_small.shape == lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=numbers).shape  # fmt: skip
 
 
 def pool_inputs():

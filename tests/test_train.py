@@ -124,6 +124,40 @@ def test_bad_engine_arguments():
     train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=8, loop="while")
 
 
+class TinyConvClassifier(nn.Module):
+  @nn.compact
+  def __call__(self, images):
+    return nn.Dense(3)(nn.Conv(2, (3, 3))(images).reshape(images.shape[0], -1))
+
+
+def test_computes_convolution_looks_into_nested_jaxprs():
+  x, w = jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 2))
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # fmt: skip
+  nested = jax.jit(lambda x, w: jax.lax.cond(True, conv, lambda x, w: jnp.zeros((1, 4, 4, 2)), x, w))  # fmt: skip
+  assert train.computes_convolution(jax.make_jaxpr(nested)(x, w).jaxpr)
+  no_conv = jax.jit(lambda x, w: jnp.tanh(x).sum() * w.sum())
+  assert not train.computes_convolution(jax.make_jaxpr(jax.grad(no_conv))(x, w).jaxpr)
+
+
+def test_default_loop():
+  assert train.default_loop("cpu", convolves=True) == "step"
+  assert train.default_loop("cpu", convolves=False) == "scan"
+  assert train.default_loop("gpu", convolves=True) == "scan"
+
+
+@pytest.mark.parametrize(
+  "model, chosen", [(TinyClassifier(), "scan"), (TinyConvClassifier(), "step")]
+)
+def test_auto_loop_on_cpu_steps_from_python_only_for_convolutions(arrays, model, chosen):
+  task = classification.classifier_task(model, (4, 4, 1))
+  trainer = train.Trainer(task, optax.sgd, mesh=parallel.make_mesh(), batch_size=16)
+  assert trainer.loop == "auto"
+  state = trainer.init(jax.random.key(0)[None], learning_rate=jnp.array([0.1]))
+  state, metrics = trainer.train_epoch(state, trainer.put_data(arrays), epoch=0, max_steps=1)
+  assert trainer.loop == chosen
+  assert metrics["loss"].shape == (1, 1) and np.isfinite(metrics["loss"]).all()
+
+
 def test_run_slices():
   assert train.run_slices(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
   assert train.run_slices(5, None) == [slice(0, 5)]

@@ -118,13 +118,14 @@ def conv_toeplitz(
     and kwargs.get("batch_group_count", 1) == 1
   )
   if covered:
+    pads = padding
     if isinstance(padding, str):
-      padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
-    (top, bottom), (left, right) = padding
-    lhs = lax.pad(
+      pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
+    (top, bottom), (left, right) = pads
+    padded = lax.pad(
       lhs, jnp.zeros((), lhs.dtype), [(0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)]
     )
-    covered = lhs.shape[1] >= rhs.shape[0] and lhs.shape[2] >= rhs.shape[1]
+    covered = padded.shape[1] >= rhs.shape[0] and padded.shape[2] >= rhs.shape[1]
   if not covered:
     return conv_padded_features(
       lhs,
@@ -139,7 +140,7 @@ def conv_toeplitz(
       preferred_element_type=preferred_element_type,
       **kwargs,
     )
-  batch, height, width, in_features = lhs.shape
+  batch, height, width, in_features = padded.shape
   kernel_height, kernel_width, _, out_features = rhs.shape
   out_height, out_width = height - kernel_height + 1, width - kernel_width + 1
   block = next(b for b in range(1, out_width + 1) if out_width % b == 0 and b >= kernel_width - 1)
@@ -149,7 +150,8 @@ def conv_toeplitz(
   rows = jnp.stack(
     [
       jnp.stack(
-        [lhs[:, dy : dy + out_height, start : start + window] for dy in range(kernel_height)], 2
+        [padded[:, dy : dy + out_height, start : start + window] for dy in range(kernel_height)],
+        axis=2,
       )
       for start in range(0, out_width, block)
     ],
