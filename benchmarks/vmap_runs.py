@@ -1,10 +1,11 @@
 """N seeds of the CIFAR SimpleCNN in one vmapped program vs the same N runs one after another.
 
 For each N in ``--runs`` (default 1, 4, 8) it trains N runs of SGD with momentum, batch 100
-each, on random uint8 data already on the device, with the jitted step called from Python:
+each, on random uint8 data already on the device, with the engine's epoch loop (``--loop``;
+by default its own choice, printed with the results):
 
-* sequential: ``Trainer(runs_per_call=1)``: each step calls the compiled step once per run;
-* vmapped: ``Trainer(runs_per_call=N)``: one compiled step holds all N runs (``jax.vmap``).
+* sequential: ``Trainer(runs_per_call=1)``: each call of the compiled step or epoch trains one run;
+* vmapped: ``Trainer(runs_per_call=N)``: one compiled step or epoch holds all N runs (``jax.vmap``).
 
 It prints the total images/s of all N runs for each (median of the timed epochs, after an
 untimed compile + first epoch), and the ratio vmapped ÷ sequential.
@@ -31,14 +32,14 @@ def images_per_second(task, mesh, arrays, num_runs, runs_per_call, flags):
     functools.partial(optax.sgd, momentum=0.9),
     mesh=mesh,
     batch_size=flags.batch_size,
-    loop="step",
+    loop=flags.loop,
     runs_per_call=runs_per_call,
   )
   state = trainer.init(
     jax.random.split(jax.random.key(0), num_runs), learning_rate=jnp.full(num_runs, 1e-3)
   )
   first, timings = time_engine(trainer, state, arrays, flags.repeats)
-  return num_runs * flags.steps * flags.batch_size / np.median(timings), first
+  return num_runs * flags.steps * flags.batch_size / np.median(timings), first, trainer.loop
 
 
 def main():
@@ -47,6 +48,8 @@ def main():
   parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
   parser.add_argument("--batch-size", type=int, default=100)
   parser.add_argument("--repeats", type=int, default=3, help="timed epochs after the first")
+  parser.add_argument("--loop", choices=train.LOOPS, default="auto",
+                      help="the engine's epoch loop (default: its own choice)")  # fmt: skip
   flags = parser.parse_args()
   try:
     run_counts = [int(n) for n in flags.runs.split(",")]
@@ -63,9 +66,9 @@ def main():
   images, labels = random_data(flags.steps * flags.batch_size)
   arrays = {"image": images, "label": labels}
   for num_runs in run_counts:
-    sequential, sequential_first = images_per_second(task, mesh, arrays, num_runs, 1, flags)
-    vmapped, vmapped_first = images_per_second(task, mesh, arrays, num_runs, num_runs, flags)
-    print(f"N={num_runs}: sequential {sequential:6.0f} images/s (first epoch "
+    sequential, sequential_first, loop = images_per_second(task, mesh, arrays, num_runs, 1, flags)
+    vmapped, vmapped_first, _ = images_per_second(task, mesh, arrays, num_runs, num_runs, flags)
+    print(f"N={num_runs}, loop={loop}: sequential {sequential:6.0f} images/s (first epoch "
           f"{sequential_first:.1f} s), vmapped {vmapped:6.0f} images/s (first epoch "
           f"{vmapped_first:.1f} s); vmapped/sequential {vmapped / sequential:.2f}", flush=True)  # fmt: skip
 
