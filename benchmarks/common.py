@@ -70,13 +70,6 @@ def engine_epochs(trainer, state, arrays):
   return epoch_seconds
 
 
-def time_engine(trainer, state, arrays, repeats):
-  """Seconds for compile + the first epoch, and for each of ``repeats`` timed epochs."""
-  epoch_seconds = engine_epochs(trainer, state, arrays)
-  first = epoch_seconds()
-  return first, [epoch_seconds() for _ in range(repeats)]
-
-
 def alternate(epochs, repeats):
   """Times ``{name: epoch_seconds}`` in turns, so a drift in the machine's speed hits all alike.
 

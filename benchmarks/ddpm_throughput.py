@@ -24,8 +24,10 @@ equal parameter counts. By default only the tiny size is checked (cheap);
 
 Each framework first runs one untimed epoch (for JAX that is compile plus the
 first epoch, reported separately), then ``--repeats`` timed epochs of
-``--steps`` steps; the reported rate is the median. The two run back to back,
-never at the same time, each with its framework's default thread count.
+``--steps`` steps; the reported rate is the median. The timed epochs alternate
+between the two (jaxdiff, pytorch, jaxdiff, ...), never at the same time, so a
+drift in the machine's speed hits both alike; each uses its framework's default
+thread count.
 
   python benchmarks/ddpm_throughput.py --sizes tiny,small --steps 50 --repeats 3
   python benchmarks/ddpm_throughput.py --image-shape 32,32,3 --size base --batch-size 64
@@ -40,7 +42,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import header, random_data, report_rate, time_engine
+from common import alternate, engine_epochs, header, random_data, report_rate
 
 from jaxdiff import ddpm
 from jaxdiff.diffusion_experiment import (
@@ -66,13 +68,12 @@ CHECK_TOLERANCE = 1e-4  # of the output scale
 # ----------------------------------------------------------------------------- jaxdiff
 
 
-def time_jaxdiff(images, config, repeats):
-  """Compile + first epoch seconds, each timed epoch's seconds, and the initial parameters."""
+def jaxdiff_epochs(images, config):
+  """The engine's epoch timer (``common.engine_epochs``) and the run's initial parameters."""
   trainer, state = make_trainer(config, images.shape[1:])
-  # Copied out before time_engine donates the state, so the twin starts from the same weights.
+  # Copied out before the engine donates the state, so the twin starts from the same weights.
   initial = jax.device_get(jax.tree.map(lambda leaf: leaf[0], state.params))
-  first, timings = time_engine(trainer, state, {"image": images}, repeats)
-  return first, timings, initial
+  return engine_epochs(trainer, state, {"image": images}), initial
 
 
 # ----------------------------------------------------------------------------- PyTorch twin
@@ -298,8 +299,8 @@ def check_twin(size, image_shape, batch=4):
   return diff
 
 
-def time_torch(images, config, steps, repeats, initial_params):
-  """Seconds for the warm-up epoch, and for each timed epoch."""
+def torch_epochs(images, config, steps, initial_params):
+  """A function training the PyTorch twin one epoch per call and returning its seconds."""
   torch.manual_seed(config.seed)
   image_shape = images.shape[1:]
   # Stored as uint8 like the engine's device copy, so both pay for gather and normalization.
@@ -341,8 +342,7 @@ def time_torch(images, config, steps, repeats, initial_params):
       ema_update(ema, params, None)
     return time.perf_counter() - started
 
-  first = epoch_seconds()
-  return first, [epoch_seconds() for _ in range(repeats)]
+  return epoch_seconds
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -417,23 +417,28 @@ def main():
   if run_torch:
     print(f"pytorch threads: {torch.get_num_threads()}", flush=True)
 
+  first_labels = {"jaxdiff": "compile+first epoch", "pytorch": "warm-up epoch"}
   for size in flags.sizes:
     size_config = dataclasses.replace(config, model_size=size)
-    first, timings, initial = time_jaxdiff(images, size_config, flags.repeats)
-    jax_rate = report_rate(
-      f"jaxdiff ({size})", flags.batch_size, flags.steps, timings, first, "compile+first epoch", 1
-    )
-    if not run_torch:
+    epochs = {}
+    epochs["jaxdiff"], initial = jaxdiff_epochs(images, size_config)
+    if run_torch:
+      epochs["pytorch"] = torch_epochs(images, size_config, flags.steps, initial)
+    rates = {
+      name: report_rate(
+        f"{name} ({size})", flags.batch_size, flags.steps, timings, first, first_labels[name], 1
+      )
+      for name, (first, timings) in alternate(epochs, flags.repeats).items()
+    }
+    # Kept as the last line of each size either way, so tools reading it always find it.
+    if run_torch:
+      print(
+        f"ratio jaxdiff/pytorch ({size}): {rates['jaxdiff'] / rates['pytorch']:.2f}", flush=True
+      )
+    else:
       why = "--skip-torch" if flags.skip_torch else "torch is not installed; pip install torch"
       print(f"pytorch ({size}): skipped ({why})")
-      # Kept as the last line of each size either way, so tools reading it always find it.
       print(f"ratio jaxdiff/pytorch ({size}): n/a", flush=True)
-      continue
-    first, timings = time_torch(images, size_config, flags.steps, flags.repeats, initial)
-    torch_rate = report_rate(
-      f"pytorch ({size})", flags.batch_size, flags.steps, timings, first, "warm-up epoch", 1
-    )
-    print(f"ratio jaxdiff/pytorch ({size}): {jax_rate / torch_rate:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 The cost claim of the seed article ("little overhead") is the ratio of each
 Langevin optimizer's step time to plain SGD's, measured here on a quiet machine
-with the same engine, model and batch as experiments/cifar.py.
+with the same engine, model and batch as experiments/cifar.py. The optimizers'
+timed epochs are taken in turns, so a drift in the machine's speed hits all alike.
 
   python benchmarks/optimizer_overhead.py --steps 200 --repeats 3
 """
@@ -12,8 +13,8 @@ import statistics
 
 import jax
 import jax.numpy as jnp
+from common import alternate, engine_epochs, header, random_data
 
-from common import header, random_data, time_engine
 from jaxdiff import classification, comparison, parallel, train
 from jaxdiff.models import SimpleCNN
 
@@ -30,7 +31,7 @@ def main():
   images, labels = random_data(flags.steps * flags.batch_size)
   task = classification.classifier_task(SimpleCNN(), (32, 32, 3))
   mesh = parallel.make_mesh()
-  baseline = None
+  epochs = {}
   for name, spec in comparison.OPTIMIZERS.items():
     trainer = train.Trainer(task, spec.factory, mesh=mesh, batch_size=flags.batch_size)
     hyperparams = {"learning_rate": jnp.asarray([comparison.DEFAULT_LEARNING_RATE])}
@@ -38,7 +39,9 @@ def main():
       hyperparams |= {"diffusion": jnp.asarray([comparison.DEFAULT_DIFFUSION]),
                       "key": jax.random.key(1)[None]}  # fmt: skip
     state = trainer.init(jax.random.key(0)[None], **hyperparams)
-    _, timings = time_engine(trainer, state, {"image": images, "label": labels}, flags.repeats)
+    epochs[name] = engine_epochs(trainer, state, {"image": images, "label": labels})
+  baseline = None
+  for name, (_, timings) in alternate(epochs, flags.repeats).items():
     milliseconds = 1000 * statistics.median(timings) / flags.steps
     baseline = baseline or milliseconds
     print(f"{name:14s} {milliseconds:6.2f} ms/step  x{milliseconds / baseline:.2f} of sgd")

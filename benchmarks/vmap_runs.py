@@ -8,7 +8,8 @@ by default its own choice, printed with the results):
 * vmapped: ``Trainer(runs_per_call=N)``: one compiled step or epoch holds all N runs (``jax.vmap``).
 
 It prints the total images/s of all N runs for each (median of the timed epochs, after an
-untimed compile + first epoch), and the ratio vmapped ÷ sequential.
+untimed compile + first epoch; the two ways' epochs taken in turns, so that a drift in the
+machine's speed hits both alike), and the ratio vmapped ÷ sequential.
 
   python benchmarks/vmap_runs.py --runs 1,4,8 --steps 20 --repeats 3
 """
@@ -20,13 +21,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from common import header, random_data, time_engine
+from common import alternate, engine_epochs, header, random_data
 
 from jaxdiff import classification, parallel, train
 from jaxdiff.models import SimpleCNN
 
 
-def images_per_second(task, mesh, arrays, num_runs, runs_per_call, flags):
+def runs_epochs(task, mesh, arrays, num_runs, runs_per_call, flags):
+  """The engine for ``num_runs`` runs, and a function timing one more epoch of them."""
   trainer = train.Trainer(
     task,
     functools.partial(optax.sgd, momentum=0.9),
@@ -38,8 +40,7 @@ def images_per_second(task, mesh, arrays, num_runs, runs_per_call, flags):
   state = trainer.init(
     jax.random.split(jax.random.key(0), num_runs), learning_rate=jnp.full(num_runs, 1e-3)
   )
-  first, timings = time_engine(trainer, state, arrays, flags.repeats)
-  return num_runs * flags.steps * flags.batch_size / np.median(timings), first, trainer.loop
+  return trainer, engine_epochs(trainer, state, arrays)
 
 
 def main():
@@ -66,11 +67,17 @@ def main():
   images, labels = random_data(flags.steps * flags.batch_size)
   arrays = {"image": images, "label": labels}
   for num_runs in run_counts:
-    sequential, sequential_first, loop = images_per_second(task, mesh, arrays, num_runs, 1, flags)
-    vmapped, vmapped_first, _ = images_per_second(task, mesh, arrays, num_runs, num_runs, flags)
-    print(f"N={num_runs}, loop={loop}: sequential {sequential:6.0f} images/s (first epoch "
-          f"{sequential_first:.1f} s), vmapped {vmapped:6.0f} images/s (first epoch "
-          f"{vmapped_first:.1f} s); vmapped/sequential {vmapped / sequential:.2f}", flush=True)  # fmt: skip
+    trainer, sequential = runs_epochs(task, mesh, arrays, num_runs, 1, flags)
+    _, vmapped = runs_epochs(task, mesh, arrays, num_runs, num_runs, flags)
+    timed = alternate({"sequential": sequential, "vmapped": vmapped}, flags.repeats)
+    rates = {
+      name: num_runs * flags.steps * flags.batch_size / np.median(timings)
+      for name, (_, timings) in timed.items()
+    }
+    print(f"N={num_runs}, loop={trainer.loop}: sequential {rates['sequential']:6.0f} images/s "
+          f"(first epoch {timed['sequential'][0]:.1f} s), vmapped {rates['vmapped']:6.0f} "
+          f"images/s (first epoch {timed['vmapped'][0]:.1f} s); "
+          f"vmapped/sequential {rates['vmapped'] / rates['sequential']:.2f}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
