@@ -16,16 +16,16 @@ Design, in the order data flows:
   donated (``loop="step"``), or as one ``lax.scan`` (``loop="scan"``). A scan
   removes per-step dispatch, but XLA:CPU runs convolutions 3-4x slower inside a
   scan body (jax 0.10.2: the SimpleCNN with ``lax.conv``, 31 against 100-107 ms
-  per step; the tiny DDPM U-Net, 312 against 81 images/s). So ``loop="auto"``
+  per step; the tiny DDPM U-Net, 267 against 79 images/s). So ``loop="auto"``
   picks ``step`` on CPU when the step computes a convolution and ``scan``
   otherwise: the SimpleCNN's CPU formulation has none and trains faster as a
-  scan (21 770 against 19 392 images/s).
+  scan (20 649 against 16 688 images/s; ``benchmarks/RESULTS.md``).
 * Runs go through the compiled program ``runs_per_call`` at a time. On
   XLA:CPU vmapped runs were always slower than the same runs one after another:
   a convolution vmapped over per-run weights becomes a grouped convolution
   (SimpleCNN with ``lax.conv``, 18 ms per step for one run, 286 ms for three),
   and without convolutions the runs' intermediates outgrow the caches (eight
-  runs, 15 079 against 21 770 images/s). So ``runs_per_call=None`` means one
+  runs, 14 903 against 20 649 images/s). So ``runs_per_call=None`` means one
   on CPU and all elsewhere.
 * A run whose loss turns non-finite keeps its last finite parameters, records
   the step, and stops updating; the other runs in the program carry on.

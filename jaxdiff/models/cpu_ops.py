@@ -9,8 +9,8 @@ which XLA:CPU runs near its matmul speed despite the zeros it multiplies;
 pads the output features to 16. ``lax.reduce_window`` max-pooling and its gradient
 (``select_and_scatter``) are generic windowed loops, while a 2x2 pool is a reshape and a max.
 These win for the seed CNN's 5x5 convolutions at 3–16 channels; the DDPM U-Net's 3x3
-convolutions at 8 and more channels ran slower as Toeplitz matmuls (a probe, 98 → 174 ms
-for the tiny U-Net's loss gradient), so it keeps the plain ops. Figures, measured on a
+convolutions at 8 and more channels ran slower as Toeplitz matmuls (the tiny U-Net's loss
+gradient, 116 → 222 ms), so it keeps the plain ops. Figures, measured on a
 2-core AMD EPYC with ``benchmarks/cpu_op_probes.py`` (jax 0.10.2), are in
 ``benchmarks/RESULTS.md``.
 """
