@@ -15,7 +15,9 @@ gradient, 116 → 222 ms), so it keeps the plain ops. Figures, measured on a
 ``benchmarks/RESULTS.md``.
 """
 
+import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -78,24 +80,15 @@ def conv_padded_features(
   return lax.slice_in_dim(out, 0, features, axis=output_feature_axis)
 
 
-def conv_toeplitz(
-  lhs: jax.Array,
-  rhs: jax.Array,
-  window_strides: Sequence[int],
-  padding,
-  lhs_dilation: Sequence[int] | None = None,
-  rhs_dilation: Sequence[int] | None = None,
-  dimension_numbers=None,
-  feature_group_count: int = 1,
-  precision=None,
-  preferred_element_type=None,
-  **kwargs,
-) -> jax.Array:
+_CONV_SIGNATURE = inspect.signature(lax.conv_general_dilated)
+
+
+def conv_toeplitz(lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
   """``lax.conv_general_dilated`` as one matmul with a banded (Toeplitz) kernel matrix.
 
-  Takes the arguments of ``lax.conv_general_dilated`` (so it can be passed as
-  ``flax.linen.Conv(conv_general_dilated=...)``) and returns the same array. A stride-1
-  NHWC/HWIO convolution is a sum over its window; laid out by rows it is a matmul: the
+  Takes the arguments of ``lax.conv_general_dilated``, bound by its signature (so it can be
+  passed as ``flax.linen.Conv(conv_general_dilated=...)``), and returns the same array. A
+  stride-1 NHWC/HWIO convolution is a sum over its window; laid out by rows it is a matmul: the
   output width is cut into blocks of ``block`` columns, each block's ``kh`` input rows of
   ``block + kw - 1`` columns are flattened into one vector, and a banded matrix built from
   the kernel (zero outside the window) maps it to the block's ``block × cout`` outputs.
@@ -108,38 +101,29 @@ def conv_toeplitz(
   Returns:
     The convolution, shaped as ``lax.conv_general_dilated`` would return it.
   """
+  bound = _CONV_SIGNATURE.bind(lhs, rhs, *args, **kwargs)
+  bound.apply_defaults()
+  given = bound.arguments
   nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
   covered = (
     lhs.ndim == 4
-    and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
-    and tuple(window_strides) == (1, 1)
-    and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
-    and feature_group_count == 1
-    and kwargs.get("batch_group_count", 1) == 1
+    and lax.conv_dimension_numbers(lhs.shape, rhs.shape, given["dimension_numbers"]) == nhwc
+    and tuple(given["window_strides"]) == (1, 1)
+    and all(tuple(given[name] or (1, 1)) == (1, 1) for name in ("lhs_dilation", "rhs_dilation"))
+    and given["feature_group_count"] == 1
+    and given["batch_group_count"] == 1
   )
   if covered:
-    pads = padding
-    if isinstance(padding, str):
-      pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
+    pads = given["padding"]
+    if isinstance(pads, str):
+      pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), pads)
     (top, bottom), (left, right) = pads
     padded = lax.pad(
       lhs, jnp.zeros((), lhs.dtype), [(0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)]
     )
     covered = padded.shape[1] >= rhs.shape[0] and padded.shape[2] >= rhs.shape[1]
   if not covered:
-    return conv_padded_features(
-      lhs,
-      rhs,
-      window_strides,
-      padding,
-      lhs_dilation=lhs_dilation,
-      rhs_dilation=rhs_dilation,
-      dimension_numbers=dimension_numbers,
-      feature_group_count=feature_group_count,
-      precision=precision,
-      preferred_element_type=preferred_element_type,
-      **kwargs,
-    )
+    return conv_padded_features(*bound.args, **bound.kwargs)
   batch, height, width, in_features = padded.shape
   kernel_height, kernel_width, _, out_features = rhs.shape
   out_height, out_width = height - kernel_height + 1, width - kernel_width + 1
@@ -160,8 +144,8 @@ def conv_toeplitz(
   out = jnp.matmul(
     rows,
     _toeplitz(rhs, block).reshape(-1, block * out_features),
-    precision=precision,
-    preferred_element_type=preferred_element_type,
+    precision=given["precision"],
+    preferred_element_type=given["preferred_element_type"],
   )
   return out.reshape(batch, out_height, out_width, out_features)
 
