@@ -123,7 +123,7 @@ def conv_toeplitz(lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any) -> 
     )
     covered = padded.shape[1] >= rhs.shape[0] and padded.shape[2] >= rhs.shape[1]
   if not covered:
-    return conv_padded_features(*bound.args, **bound.kwargs)
+    return conv_padded_features(**given)
   batch, height, width, in_features = padded.shape
   kernel_height, kernel_width, _, out_features = rhs.shape
   out_height, out_width = height - kernel_height + 1, width - kernel_width + 1
