@@ -11,11 +11,9 @@ default) on random uint8 CIFAR-shaped data already in memory, for:
   [-1, 1] inside the step.
 
 Each framework first runs one untimed epoch (for JAX that is compile plus the
-first epoch, reported separately), then ``--repeats`` timed epochs of
-``--steps`` steps; the reported rate is the median. The timed epochs alternate
-between the two (jaxdiff, pytorch, jaxdiff, ...), never at the same time, so a
-drift in the machine's speed hits both alike; each uses its framework's default
-thread count.
+first epoch, reported separately), then ``--repeats`` timed epochs of ``--steps``
+steps, taken in turns with the other's (``common.alternate``), each with its
+framework's default thread count; the reported rate is the median.
 
   python benchmarks/cnn_throughput.py --batch-size 100 --steps 200 --repeats 3
   python benchmarks/cnn_throughput.py --skip-torch

@@ -23,11 +23,9 @@ equal parameter counts. By default only the tiny size is checked (cheap);
 ``--check`` checks every size asked for and exits without timing.
 
 Each framework first runs one untimed epoch (for JAX that is compile plus the
-first epoch, reported separately), then ``--repeats`` timed epochs of
-``--steps`` steps; the reported rate is the median. The timed epochs alternate
-between the two (jaxdiff, pytorch, jaxdiff, ...), never at the same time, so a
-drift in the machine's speed hits both alike; each uses its framework's default
-thread count.
+first epoch, reported separately), then ``--repeats`` timed epochs of ``--steps``
+steps, taken in turns with the other's (``common.alternate``), each with its
+framework's default thread count; the reported rate is the median.
 
   python benchmarks/ddpm_throughput.py --sizes tiny,small --steps 50 --repeats 3
   python benchmarks/ddpm_throughput.py --image-shape 32,32,3 --size base --batch-size 64

@@ -44,6 +44,7 @@ def unet_engine(loop, runs_per_call, flags):
 
 
 ENGINES = {"cnn": cnn_engine, "unet-tiny": unet_engine}
+DEFAULT_BATCH_SIZES = {"cnn": 100, "unet-tiny": 32}
 
 
 def main():
@@ -51,11 +52,11 @@ def main():
   parser.add_argument("--model", choices=ENGINES, default="cnn")
   parser.add_argument("--runs", type=int, help="default: 3 (cnn), 1 (unet-tiny: its only choice)")
   parser.add_argument("--steps", type=int, default=100, help="steps per timed epoch")
-  parser.add_argument("--batch-size", type=int, help="default: 100 (cnn), 32 (unet-tiny)")
+  parser.add_argument("--batch-size", type=int, help=f"default: {DEFAULT_BATCH_SIZES}")
   parser.add_argument("--repeats", type=int, default=3)
   flags = parser.parse_args()
   cnn = flags.model == "cnn"
-  flags.batch_size = flags.batch_size or (100 if cnn else 32)
+  flags.batch_size = flags.batch_size or DEFAULT_BATCH_SIZES[flags.model]
   flags.runs = flags.runs or (3 if cnn else 1)
   if not cnn and flags.runs != 1:
     parser.error("--model unet-tiny trains one run: leave out --runs or give --runs 1")

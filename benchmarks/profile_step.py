@@ -21,7 +21,7 @@ import tempfile
 import jax
 import numpy as np
 from common import header
-from engine_loops import ENGINES
+from engine_loops import DEFAULT_BATCH_SIZES, ENGINES
 
 from jaxdiff import train
 
@@ -55,7 +55,7 @@ def main():
   flags = parser.parse_args()
   if min(flags.runs, flags.steps, flags.epochs, flags.top) <= 0:
     parser.error("--runs, --steps, --epochs and --top must be positive")
-  flags.batch_size = 100 if flags.model == "cnn" else 32
+  flags.batch_size = DEFAULT_BATCH_SIZES[flags.model]
   runs_per_call = 1 if flags.runs == 1 else 0
   trainer, state, arrays = ENGINES[flags.model](flags.loop, runs_per_call, flags)
   data = trainer.put_data(arrays)
