@@ -1,4 +1,5 @@
-"""Per-op timings behind jaxdiff's XLA:CPU formulations (``jaxdiff/models/cpu_ops.py``).
+"""Per-op timings behind jaxdiff's XLA:CPU formulations (``jaxdiff/models/cpu_ops.py``, and the
+U-Net's ``GroupNorm`` and ``dot_product_attention`` in ``jaxdiff/models/unet.py``).
 
 Each line is one jitted function on random float32 data, timed as the best of 5 rounds of
 ``--calls`` calls after a warm-up. Shapes are the seed CNN's at batch 100 and the tiny DDPM
@@ -8,6 +9,7 @@ U-Net's at batch 32.
 """
 
 import argparse
+import contextlib
 import time
 
 import flax.linen as nn
@@ -18,6 +20,7 @@ from common import header
 from jax import lax
 
 from jaxdiff.models import SimpleCNN, cpu_ops, make_unet
+from jaxdiff.models import unet as unet_layers
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -44,6 +47,22 @@ def toeplitz_convolutions(next_fun, args, kwargs, context):
   if isinstance(context.module, nn.Conv):
     object.__setattr__(context.module, "conv_general_dilated", cpu_ops.conv_toeplitz)
   return next_fun(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def plain_unet_layers():
+  """The U-Net built with Flax's GroupNorm and JAX's attention, as before jaxdiff's own.
+
+  Swaps the names ``jaxdiff.models.unet`` looks up when a U-Net is traced; the parameters stay
+  the same (the same names and shapes).
+  """
+  saved = unet_layers.GroupNorm, unet_layers.dot_product_attention
+  unet_layers.GroupNorm = lambda num_groups, dtype, name=None: nn.GroupNorm(num_groups, dtype=dtype, name=name)  # fmt: skip
+  unet_layers.dot_product_attention = jax.nn.dot_product_attention
+  try:
+    yield
+  finally:
+    unet_layers.GroupNorm, unet_layers.dot_product_attention = saved
 
 
 def main():
@@ -122,9 +141,21 @@ def main():
   with nn.intercept_methods(toeplitz_convolutions):
     unet_params = unet.init(key, noisy, steps)["params"]
     show("tiny U-Net loss gradient, batch 32, convs as cpu_ops.conv_toeplitz", jax.grad(loss), unet_params, noisy)  # fmt: skip
+  with plain_unet_layers():
+    show("tiny U-Net loss gradient, batch 32, Flax GroupNorm, JAX attention", jax.grad(loss), unet_params, noisy)  # fmt: skip
+  show("tiny U-Net loss gradient, batch 32, as built (again)", jax.grad(loss), unet_params, noisy)
+
   q, k, v = jax.random.normal(key, (3, 32, 196, 1, 16))
-  attend = lambda q, k, v: jax.nn.dot_product_attention(q, k, v)
-  show("one attention (32 x 196 tokens x 16), forward + gradient", lambda q, k, v: jax.vjp(attend, q, k, v)[1](q), q, k, v)  # fmt: skip
+  for name, attend in (("jax.nn", jax.nn.dot_product_attention), ("unet", unet_layers.dot_product_attention)):  # fmt: skip
+    show(f"one attention (32 x 196 tokens x 16), forward + gradient, {name}", lambda q, k, v, attend=attend: jax.vjp(attend, q, k, v)[1](q), q, k, v)  # fmt: skip
+  norm_input = jax.random.normal(key, (32, 28, 28, 8))
+  for name, norm in (
+    ("flax", nn.GroupNorm(4)),
+    ("unet", unet_layers.GroupNorm(4, dtype=jnp.float32)),
+  ):
+    norm_params = norm.init(key, norm_input)
+    show(f"GroupNorm 32x28x28x8, 4 groups, forward, {name}", norm.apply, norm_params, norm_input)
+    show(f"GroupNorm 32x28x28x8, 4 groups, forward + gradient, {name}", lambda p, x, norm=norm: jax.vjp(norm.apply, p, x)[1](x), norm_params, norm_input)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from jaxdiff.models.unet import UNET_SIZES, AttentionBlock, make_unet
+from jaxdiff.models.unet import UNET_SIZES, GroupNorm, dot_product_attention, make_unet
 
 MNIST_SHAPE = (2, 28, 28, 1)
 TIMESTEPS = jnp.array([3, 700], jnp.int32)
@@ -103,32 +103,58 @@ def test_unknown_size_names_the_valid_ones():
     make_unet("huge")
 
 
-def _plain_attention_block(params, x, num_heads, num_groups):
-  """AttentionBlock written with the textbook softmax, as the reference for the late-normalised one."""
-  batch, height, width, channels = x.shape
-  h = nn.GroupNorm(num_groups).apply({"params": params["GroupNorm_0"]}, x)
-  qkv = nn.Dense(3 * channels).apply({"params": params["qkv"]}, h.reshape(batch, -1, channels))
-  q, k, v = jnp.split(qkv.reshape(batch, height * width, 3 * num_heads, -1), 3, axis=2)
-  h = jax.nn.dot_product_attention(q, k, v).reshape(batch, height * width, channels)
-  h = nn.Dense(channels).apply({"params": params["out"]}, h)
-  return x + h.reshape(x.shape)
+def test_attention_equals_jax_dot_product_attention():
+  # Two heads, and a batch element at 4x the scale, whose logits reach 80 (exp overflows float32
+  # at 89), so that the softmax is peaked and its gradient cancels digits.
+  scales = jnp.array([1.0, 4.0])[:, None, None, None]
+  query, key, value = jax.random.normal(jax.random.key(0), (3, 2, 25, 2, 4)) * scales
+  cotangent = jax.random.normal(jax.random.key(1), value.shape)
 
-
-def test_attention_block_equals_the_plain_softmax_attention():
-  num_heads, num_groups = 2, 4
-  block = AttentionBlock(num_heads=num_heads, num_groups=num_groups, dtype=jnp.float32)
-  # Inputs at several scales, so that the logits span a wide range and the max shift matters.
-  x = (
-    jax.random.normal(jax.random.key(0), (2, 5, 5, 8)) * jnp.array([1.0, 30.0])[:, None, None, None]
-  )
-  params = block.init(jax.random.key(1), x)["params"]
-  cotangent = jax.random.normal(jax.random.key(2), x.shape)
-
-  def value_and_grads(apply):
-    out, vjp = jax.vjp(apply, params, x)
+  def value_and_grads(attend):
+    out, vjp = jax.vjp(attend, query, key, value)
     return out, vjp(cotangent)
 
-  fast = value_and_grads(lambda p, x: block.apply({"params": p}, x))
-  plain = value_and_grads(lambda p, x: _plain_attention_block(p, x, num_heads, num_groups))
-  # Both are float32 sums of 25 products reordered: agreement to a few float32 ulps of the scale.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), fast, plain)
+  ours = value_and_grads(dot_product_attention)
+  plain = value_and_grads(jax.nn.dot_product_attention)
+  # Both are float32 sums over 25 tokens in another order: agreement to 1e-5 of each array's
+  # scale, about a hundred float32 ulps, room for the cancellation in the peaked softmax.
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(plain)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+
+
+def test_attention_subtracts_the_maximum_logit():
+  # Logits near 1000, where exp alone overflows: a one-hot softmax picks one value row.
+  query, key, value = jax.random.normal(jax.random.key(0), (3, 1, 25, 1, 4)) * 30
+  out = dot_product_attention(query, key, value)
+  np.testing.assert_allclose(out, jax.nn.dot_product_attention(query, key, value), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_group_norm_equals_flax_group_norm(dtype):
+  ours, theirs = GroupNorm(4, dtype=dtype), nn.GroupNorm(4, dtype=dtype)
+  # A per-channel offset larger than the spread, so that E[x²] - E[x]² cancels digits as it will
+  # after a residual add.
+  x = jax.random.normal(jax.random.key(0), (2, 3, 5, 8)) + jnp.arange(8.0)
+  params = theirs.init(jax.random.key(1), x)["params"]
+  params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params)
+  assert jax.tree.structure(params) == jax.tree.structure(ours.init(jax.random.key(1), x)["params"])
+  cotangent = jax.random.normal(jax.random.key(3), x.shape)
+
+  def value_and_grads(module):
+    out, vjp = jax.vjp(lambda p, x: module.apply({"params": p}, x), params, x.astype(dtype))
+    return out, vjp(cotangent.astype(out.dtype))
+
+  ours_out, theirs_out = value_and_grads(ours), value_and_grads(theirs)
+  assert ours_out[0].dtype == theirs_out[0].dtype == dtype
+  # Same float32 statistics summed in another order: float32 rounding, or one bfloat16 ulp (2^-8
+  # relative) of each output where the result is rounded to bfloat16.
+  tolerance = 1e-5 if dtype == jnp.float32 else 2**-7
+  for a, b in zip(jax.tree.leaves(ours_out), jax.tree.leaves(theirs_out)):
+    np.testing.assert_allclose(
+      np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tolerance, atol=tolerance
+    )
+
+
+def test_group_norm_refuses_channels_that_do_not_split():
+  with pytest.raises(ValueError, match="6 channels do not split into 4 groups"):
+    GroupNorm(4, dtype=jnp.float32).init(jax.random.key(0), jnp.zeros((1, 2, 2, 6)))

@@ -23,6 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 Dtype = Any
 
@@ -54,6 +55,46 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> 
   return jnp.pad(embedding, ((0, 0), (0, dim % 2)))
 
 
+class GroupNorm(nn.Module):
+  """``flax.linen.GroupNorm`` over NHWC, the same parameters and function, from per-channel sums.
+
+  Flax reduces a (batch, height, width, groups, channels per group) view over three axes, the
+  last a few elements long, which XLA:CPU runs far below memory speed (forward and gradient at
+  32x28x28x8 in 4 groups: 0.57 ms, against 0.12 ms here; ``benchmarks/RESULTS.md``). Averaging
+  over the pixels first keeps the channels as the vectorised axis, and the groups then average a
+  small (batch, channels) array. As in Flax, the statistics are float32 and the variance is
+  ``E[x²] - E[x]²``.
+
+  Attributes:
+    num_groups: groups the channels split into; must divide them.
+    dtype: the output's dtype.
+    epsilon: added to the variance; Flax's default.
+  """
+
+  num_groups: int
+  dtype: Dtype
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    if channels % self.num_groups:
+      raise ValueError(f"{channels} channels do not split into {self.num_groups} groups")
+    scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    x = x.astype(jnp.float32)
+
+    def group_mean(values):  # (batch, height, width, channels) -> (batch, 1, 1, channels)
+      channel_means = values.mean(axis=(1, 2))
+      group_means = channel_means.reshape(len(x), self.num_groups, -1).mean(axis=-1)
+      return jnp.repeat(group_means, channels // self.num_groups, axis=1)[:, None, None, :]
+
+    mean = group_mean(x)
+    variance = jnp.maximum(group_mean(x * x) - mean * mean, 0.0)
+    multiplier = lax.rsqrt(variance + self.epsilon) * scale
+    return (x * multiplier + (bias - mean * multiplier)).astype(self.dtype)
+
+
 class ResBlock(nn.Module):
   """GroupNorm, SiLU, conv; add the time embedding; GroupNorm, SiLU, dropout, conv; residual."""
 
@@ -64,15 +105,39 @@ class ResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, time: jax.Array, deterministic: bool) -> jax.Array:
-    h = nn.silu(nn.GroupNorm(self.num_groups, dtype=self.dtype)(x))
+    h = nn.silu(GroupNorm(self.num_groups, dtype=self.dtype)(x))
     h = nn.Conv(self.features, (3, 3), dtype=self.dtype)(h)
     h = h + nn.Dense(self.features, dtype=self.dtype)(nn.silu(time))[:, None, None, :]
-    h = nn.silu(nn.GroupNorm(self.num_groups, dtype=self.dtype)(h))
+    h = nn.silu(GroupNorm(self.num_groups, dtype=self.dtype)(h))
     h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
     h = nn.Conv(self.features, (3, 3), dtype=self.dtype)(h)
     if x.shape[-1] != self.features:
       x = nn.Conv(self.features, (1, 1), dtype=self.dtype, name="skip")(x)
     return x + h
+
+
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+  """``jax.nn.dot_product_attention`` without mask or bias, the softmax normalised last.
+
+  The softmax is computed in float32 (bfloat16's 8-bit mantissa loses the small weights) and
+  divided by its sum after the product with the values, where the division touches
+  (tokens, head_dim) outputs instead of (tokens, tokens) weights: on XLA:CPU that division, its
+  gradient and their copies took far longer than the attention's matmuls (the profile is in
+  ``benchmarks/RESULTS.md``).
+  The subtracted maximum cancels out of the result, so it takes no gradient.
+
+  Args:
+    query, key, value: ``(batch, tokens, heads, head_dim)``.
+
+  Returns:
+    ``(batch, tokens, heads, head_dim)`` in ``value``'s dtype.
+  """
+  scaled = query / math.sqrt(query.shape[-1])
+  logits = jnp.einsum("bqhd,bkhd->bhqk", scaled, key).astype(jnp.float32)
+  weights = jnp.exp(logits - lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+  normaliser = jnp.swapaxes(weights.sum(axis=-1), 1, 2)[..., None]  # (batch, tokens, heads, 1)
+  attended = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value) / normaliser
+  return attended.astype(value.dtype)
 
 
 class AttentionBlock(nn.Module):
@@ -87,18 +152,10 @@ class AttentionBlock(nn.Module):
     batch, height, width, channels = x.shape
     if channels % self.num_heads:
       raise ValueError(f"{channels} channels do not split into {self.num_heads} heads")
-    head_dim = channels // self.num_heads
-    h = nn.GroupNorm(self.num_groups, dtype=self.dtype)(x).reshape(batch, height * width, channels)
+    h = GroupNorm(self.num_groups, dtype=self.dtype)(x).reshape(batch, height * width, channels)
     qkv = nn.Dense(3 * channels, dtype=self.dtype, name="qkv")(h)
-    q, k, v = jnp.split(qkv.reshape(batch, height * width, 3 * self.num_heads, head_dim), 3, axis=2)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q / math.sqrt(head_dim), k).astype(jnp.float32)
-    # The softmax, in float32 (bfloat16's 8-bit mantissa loses the small weights), is normalised
-    # after the product with the values: the division then touches (pixels, head_dim) outputs
-    # instead of (pixels, pixels) weights, which took a fifth of the tiny U-Net's CPU step
-    # (benchmarks/RESULTS.md). The subtracted maximum cancels out, so it needs no gradient.
-    weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
-    normaliser = jnp.swapaxes(weights.sum(axis=-1), 1, 2)[..., None]  # (batch, pixels, heads, 1)
-    h = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v) / normaliser
+    q, k, v = jnp.split(qkv.reshape(batch, height * width, 3 * self.num_heads, -1), 3, axis=2)
+    h = dot_product_attention(q, k, v)
     h = nn.Dense(channels, dtype=self.dtype, name="out")(h.reshape(batch, height * width, channels))
     return x + h.reshape(batch, height, width, channels)
 
@@ -203,7 +260,7 @@ class UNet(nn.Module):
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
         h = nn.Conv(h.shape[-1], (3, 3), dtype=self.dtype, name=f"up{level}_upsample")(h)
 
-    h = nn.silu(nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm_out")(h))
+    h = nn.silu(GroupNorm(self.num_groups, dtype=self.dtype, name="norm_out")(h))
     h = nn.Conv(
       self.out_channels or x.shape[-1],
       (3, 3),
