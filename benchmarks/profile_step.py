@@ -21,7 +21,7 @@ import tempfile
 import jax
 import numpy as np
 from common import header
-from engine_loops import DEFAULT_BATCH_SIZES, ENGINES
+from engine_loops import DEFAULT_BATCH_SIZES, ENGINES, refuse_runs_of_one_run_models
 
 from jaxdiff import train
 
@@ -53,6 +53,7 @@ def main():
   parser.add_argument("--loop", choices=train.LOOPS, default="auto")
   parser.add_argument("--top", type=int, default=15, help="thunks to list")
   flags = parser.parse_args()
+  refuse_runs_of_one_run_models(parser, flags)
   if min(flags.runs, flags.steps, flags.epochs, flags.top) <= 0:
     parser.error("--runs, --steps, --epochs and --top must be positive")
   flags.batch_size = DEFAULT_BATCH_SIZES[flags.model]
