@@ -60,10 +60,10 @@ class GroupNorm(nn.Module):
 
   Flax reduces a (batch, height, width, groups, channels per group) view over three axes, the
   last a few elements long, which XLA:CPU runs far below memory speed (forward and gradient at
-  32x28x28x8 in 4 groups: about 0.6 ms, against 0.1 ms here; ``benchmarks/RESULTS.md``). Averaging
-  over the pixels first keeps the channels as the vectorised axis, and the groups then average a
-  small (batch, channels) array. As in Flax, the statistics are float32 and the variance is
-  ``E[x²] - E[x]²``.
+  32x28x28x8 in 4 groups: about 0.6 ms, against 0.1 ms here; ``benchmarks/RESULTS.md``).
+  Averaging over the pixels first keeps the channels as the vectorised axis, and the groups then
+  average a small (batch, channels) array. As in Flax, the statistics are float32 and the
+  variance is ``E[x²] - E[x]²``.
 
   Attributes:
     num_groups: groups the channels split into; must divide them.
@@ -123,8 +123,8 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array) ->
   divided by its sum after the product with the values, where the division touches
   (tokens, head_dim) outputs instead of (tokens, tokens) weights: on XLA:CPU that division, its
   gradient and their copies took far longer than the attention's matmuls (the profile is in
-  ``benchmarks/RESULTS.md``).
-  The subtracted maximum cancels out of the result, so it takes no gradient.
+  ``benchmarks/RESULTS.md``). The subtracted maximum cancels out of the result, so it takes no
+  gradient.
 
   Args:
     query, key, value: ``(batch, tokens, heads, head_dim)``.
