@@ -49,7 +49,7 @@ from jaxdiff.diffusion_experiment import (
   check_image_shape,
   make_trainer,
 )
-from jaxdiff.models.unet import UNET_SIZES, UNet, make_unet
+from jaxdiff.models.unet import UNET_SIZES, GroupNorm, UNet, make_unet
 
 try:
   import torch
@@ -59,7 +59,7 @@ try:
 except ImportError:  # the JAX half is still worth running without torch
   torch = None
 
-GROUP_NORM_EPSILON = 1e-6  # flax.linen.GroupNorm's default; PyTorch's is 1e-5
+GROUP_NORM_EPSILON = GroupNorm.epsilon  # the U-Net's; PyTorch's default is 1e-5
 CHECK_TOLERANCE = 1e-4  # of the output scale
 
 

@@ -103,6 +103,12 @@ def test_unknown_size_names_the_valid_ones():
     make_unet("huge")
 
 
+def _value_and_grads(fn, cotangent, *args):
+  """``fn(*args)`` and the gradients of all its arguments, pulled back from ``cotangent``."""
+  out, vjp = jax.vjp(fn, *args)
+  return out, vjp(cotangent.astype(out.dtype))
+
+
 def test_attention_equals_jax_dot_product_attention():
   # Two heads, and a batch element at 4x the scale, whose logits reach 80 (exp overflows float32
   # at 89), so that the softmax is peaked and its gradient cancels digits.
@@ -110,12 +116,8 @@ def test_attention_equals_jax_dot_product_attention():
   query, key, value = jax.random.normal(jax.random.key(0), (3, 2, 25, 2, 4)) * scales
   cotangent = jax.random.normal(jax.random.key(1), value.shape)
 
-  def value_and_grads(attend):
-    out, vjp = jax.vjp(attend, query, key, value)
-    return out, vjp(cotangent)
-
-  ours = value_and_grads(dot_product_attention)
-  plain = value_and_grads(jax.nn.dot_product_attention)
+  ours = _value_and_grads(dot_product_attention, cotangent, query, key, value)
+  plain = _value_and_grads(jax.nn.dot_product_attention, cotangent, query, key, value)
   # Both are float32 sums over 25 tokens in another order: agreement to 1e-5 of each array's
   # scale, about a hundred float32 ulps, room for the cancellation in the peaked softmax.
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(plain)):
@@ -140,11 +142,11 @@ def test_group_norm_equals_flax_group_norm(dtype):
   assert jax.tree.structure(params) == jax.tree.structure(ours.init(jax.random.key(1), x)["params"])
   cotangent = jax.random.normal(jax.random.key(3), x.shape)
 
-  def value_and_grads(module):
-    out, vjp = jax.vjp(lambda p, x: module.apply({"params": p}, x), params, x.astype(dtype))
-    return out, vjp(cotangent.astype(out.dtype))
-
-  ours_out, theirs_out = value_and_grads(ours), value_and_grads(theirs)
+  variables = {"params": params}
+  ours_out, theirs_out = (
+    _value_and_grads(module.apply, cotangent, variables, x.astype(dtype))
+    for module in (ours, theirs)
+  )
   assert ours_out[0].dtype == theirs_out[0].dtype == dtype
   # Same float32 statistics summed in another order: float32 rounding, or where the results are
   # rounded to bfloat16, one bfloat16 ulp (2^-7 relative) when the two round differently.
