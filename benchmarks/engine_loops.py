@@ -5,7 +5,7 @@ N runs (one per call, or all vmapped into one call), it prints milliseconds per 
 runs on random uint8 data already on the device: the median of ``--repeats`` timed epochs after
 an untimed first one (compile), the configurations' epochs taken in turns so that a drift in
 the machine's speed hits all alike. ``--model`` picks the CIFAR SimpleCNN (SGD, batch 100) or
-the tiny DDPM U-Net as the DDPM experiment trains it (batch 32, one run: its engine is built
+a DDPM U-Net (tiny or small) as the DDPM experiment trains it (batch 32, one run: its engine is built
 for one).
 
   python benchmarks/engine_loops.py --runs 3 --steps 100
@@ -14,6 +14,7 @@ for one).
 
 import argparse
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -35,16 +36,20 @@ def cnn_engine(loop, runs_per_call, flags):
   return trainer, state, {"image": images, "label": labels}
 
 
-def unet_engine(loop, runs_per_call, flags):
-  config = diffusion_experiment.DiffusionConfig(model_size="tiny", batch_size=flags.batch_size)
+def unet_engine(size, loop, runs_per_call, flags):
+  config = diffusion_experiment.DiffusionConfig(model_size=size, batch_size=flags.batch_size)
   trainer, state = diffusion_experiment.make_trainer(config, (28, 28, 1))
   trainer = dataclasses.replace(trainer, loop=loop, runs_per_call=runs_per_call)
   images, _ = random_data(flags.steps * flags.batch_size, (28, 28, 1))
   return trainer, state, {"image": images}
 
 
-ENGINES = {"cnn": cnn_engine, "unet-tiny": unet_engine}
-DEFAULT_BATCH_SIZES = {"cnn": 100, "unet-tiny": 32}
+ENGINES = {
+  "cnn": cnn_engine,
+  "unet-tiny": functools.partial(unet_engine, "tiny"),
+  "unet-small": functools.partial(unet_engine, "small"),
+}
+DEFAULT_BATCH_SIZES = {"cnn": 100, "unet-tiny": 32, "unet-small": 32}
 
 
 def refuse_runs_of_one_run_models(parser, flags):
@@ -56,7 +61,7 @@ def refuse_runs_of_one_run_models(parser, flags):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", choices=ENGINES, default="cnn")
-  parser.add_argument("--runs", type=int, help="default: 3 (cnn), 1 (unet-tiny: its only choice)")
+  parser.add_argument("--runs", type=int, help="default: 3 (cnn), 1 (the U-Nets: their only choice)")
   parser.add_argument("--steps", type=int, default=100, help="steps per timed epoch")
   parser.add_argument("--batch-size", type=int, help=f"default: {DEFAULT_BATCH_SIZES}")
   parser.add_argument("--repeats", type=int, default=3)

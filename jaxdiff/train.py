@@ -328,6 +328,13 @@ class Trainer:
 
   def _local_step(self, state, data, indices, step):
     step_indices = jax.lax.dynamic_index_in_dim(indices, step, axis=1, keepdims=False)
+    if len(state.step) == 1:
+      # vmap over a single run is not free: it batches every weight, and XLA:CPU then lays
+      # out the U-Net's convolutions and their gradients worse (small U-Net loss gradient
+      # 396 -> 446 ms; benchmarks/RESULTS.md).
+      first = lambda tree: jax.tree.map(lambda leaf: leaf[0], tree)  # noqa: E731
+      new_state, metrics = self._run_step(first(state), data, step_indices[0])
+      return jax.tree.map(lambda leaf: leaf[None], (new_state, metrics))
     return jax.vmap(self._run_step, in_axes=(0, None, 0))(state, data, step_indices)
 
   def _local_epoch(self, state, data, indices):
