@@ -1,5 +1,7 @@
 """The XLA:CPU formulations in jaxdiff.models.cpu_ops equal the plain lax/flax ops."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,7 @@ import optax
 import pytest
 from jax import lax
 
+from jaxdiff import classification, parallel, train
 from jaxdiff.models import SimpleCNN, cpu_ops
 
 EPS = float(jnp.finfo(jnp.float32).eps)
@@ -45,22 +48,40 @@ def test_cpu_conv_equals_lax_conv_with_gradients(
   def conv_with(fn, lhs, rhs):
     return fn(lhs, rhs, strides, padding, dimension_numbers=numbers, feature_group_count=groups)
 
-  reference = jax.jit(lambda x, w: conv_with(lax.conv_general_dilated, x, w))
-  fast = jax.jit(lambda x, w: conv_with(cpu_conv, x, w))
-  expected, reference_vjp = jax.vjp(reference, lhs, rhs)
-  actual, fast_vjp = jax.vjp(fast, lhs, rhs)
-  cotangent = jax.random.normal(jax.random.key(1), expected.shape)
+  reference = lambda x, w: conv_with(lax.conv_general_dilated, x, w)
+  fast = lambda x, w: conv_with(cpu_conv, x, w)
+  assert_same_convolution(reference, fast, lhs, rhs)
 
+
+def assert_same_convolution(reference, fast, lhs, rhs, fast_compiler_options=None):
+  """``fast(lhs, rhs)`` equals the convolution ``reference`` in value and both gradients.
+
+  Each side's value and gradients are compiled as one program, ``fast``'s with
+  ``fast_compiler_options``.
+  """
+
+  def value_and_gradients(conv):
+    def compute(lhs, rhs, cotangent):
+      value, vjp = jax.vjp(conv, lhs, rhs)
+      return (value, *vjp(cotangent))
+
+    return compute
+
+  cotangent = jax.random.normal(jax.random.key(1), jax.eval_shape(reference, lhs, rhs).shape)
+  expected = jax.jit(value_and_gradients(reference))(lhs, rhs, cotangent)
+  actual = jax.jit(value_and_gradients(fast), compiler_options=fast_compiler_options)(
+    lhs, rhs, cotangent
+  )
   # The two differ at most in float32 summation order (the Toeplitz matmul adds products
   # with exact zeros too, which round nothing). Each output sums n products, so
   # each result is within n·ε·Σ|terms| of the exact value; Σ|terms| is the same op applied
   # to absolute values. n is at most the larger of the window (forward, input gradient) and
   # batch × output pixels (kernel gradient); the bound below is twice that, one per path.
-  terms = max(np.prod(rhs.shape), np.prod(expected.shape))
-  abs_out, abs_vjp = jax.vjp(reference, jnp.abs(lhs), jnp.abs(rhs))
-  bounds = [abs_out, *abs_vjp(jnp.abs(cotangent))]
-  results = zip([expected, *reference_vjp(cotangent)], [actual, *fast_vjp(cotangent)], bounds)
-  for want, got, bound in results:
+  terms = max(np.prod(rhs.shape), np.prod(expected[0].shape))
+  bounds = jax.jit(value_and_gradients(reference))(
+    jnp.abs(lhs), jnp.abs(rhs), jnp.abs(cotangent)
+  )
+  for want, got, bound in zip(expected, actual, bounds):
     assert got.shape == want.shape and got.dtype == want.dtype
     assert np.all(np.abs(np.asarray(got) - np.asarray(want)) <= 2 * terms * EPS * bound)
 
@@ -101,6 +122,55 @@ def test_toeplitz_conv_is_a_matmul_where_it_applies_and_falls_back_elsewhere():
   numbers = ("NHWC", "HWIO", "NHWC")
   too_small = cpu_ops.conv_toeplitz(x, w, (1, 1), pads, dimension_numbers=numbers)
   assert too_small.shape == lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=numbers).shape  # fmt: skip
+
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def same_conv(x, w):
+  return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
+
+
+def ynn_convolutions(compiled_hlo: str) -> int:
+  """How many of a compiled program's YNNPACK fusions compute a convolution."""
+  called = re.findall(r"calls=%?([\w.\-]+),[^\n]*__ynn_fusion", compiled_hlo)
+  bodies = [compiled_hlo.split(f"%{name} (")[1].split("\n}\n")[0] for name in called]
+  return sum("convolution(" in body for body in bodies)
+
+
+def test_compiler_options_leave_convolutions_to_xla_with_the_same_values():
+  options = cpu_ops.compiler_options()
+  assert options, "this jaxlib rejects the options: update cpu_ops._YNN_FUSION_TYPES"
+  # 32 channels: a size where the two kernels differ in speed (benchmarks/RESULTS.md).
+  lhs = jax.random.normal(jax.random.key(6), (2, 8, 8, 32))
+  rhs = jax.random.normal(jax.random.key(7), (3, 3, 32, 32))
+  compiled = jax.jit(same_conv, compiler_options=options).lower(lhs, rhs).compile()
+  assert ynn_convolutions(compiled.as_text()) == 0
+  assert_same_convolution(same_conv, same_conv, lhs, rhs, fast_compiler_options=options)
+
+
+def test_compiler_options_are_empty_where_jaxlib_rejects_them(monkeypatch):
+  monkeypatch.setattr(cpu_ops, "_YNN_FUSION_TYPES", "LIBRARY_FUSION_TYPE_NO_SUCH_TYPE")
+  cpu_ops.compiler_options.cache_clear()
+  try:
+    assert cpu_ops.compiler_options() == {}
+  finally:
+    cpu_ops.compiler_options.cache_clear()
+
+
+def test_engine_compiles_its_cpu_step_with_the_compiler_options():
+  class ConvClassifier(nn.Module):
+    @nn.compact
+    def __call__(self, images):
+      return nn.Dense(3)(nn.Conv(32, (3, 3))(images).reshape(images.shape[0], -1))
+
+  task = classification.classifier_task(ConvClassifier(), (8, 8, 1))
+  trainer = train.Trainer(task, optax.sgd, mesh=parallel.make_mesh(), batch_size=4, loop="step")
+  state = trainer.init(jax.random.key(0)[None], learning_rate=jnp.array([0.1]))
+  data = trainer.put_data({"image": np.zeros((8, 8, 8, 1), np.uint8), "label": np.zeros(8, np.int32)})  # fmt: skip
+  indices = trainer._indices(state.key, 0, trainer.steps_per_epoch(data), 8)
+  compiled = trainer._step.lower(state, data, indices, np.int32(0)).compile().as_text()
+  assert "convolution(" in compiled and ynn_convolutions(compiled) == 0
 
 
 def pool_inputs():

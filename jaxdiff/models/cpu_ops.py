@@ -10,11 +10,13 @@ pads the output features to 16. ``lax.reduce_window`` max-pooling and its gradie
 (``select_and_scatter``) are generic windowed loops, while a 2x2 pool is a reshape and a max.
 These win for the seed CNN's 5x5 convolutions at 3–16 channels; the DDPM U-Net's 3x3
 convolutions at 8 and more channels ran slower as Toeplitz matmuls (the tiny U-Net's loss
-gradient, 116 → 222 ms), so it keeps the plain ops. Figures, measured on a
-2-core AMD EPYC with ``benchmarks/cpu_op_probes.py`` (jax 0.10.2), are in
-``benchmarks/RESULTS.md``.
+gradient, 116 → 222 ms), so it keeps the plain ops. Those run faster with XLA's own
+convolution kernels than with YNNPACK's, which jaxlib 0.10 picks by default:
+:func:`compiler_options` asks for them. Figures, measured on a 2-core AMD EPYC with
+``benchmarks/cpu_op_probes.py`` (jax 0.10.2), are in ``benchmarks/RESULTS.md``.
 """
 
+import functools
 import inspect
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +32,33 @@ FEATURE_MULTIPLE = 16
 def enabled(choice: bool | None) -> bool:
   """``choice``, or where it is ``None``, whether JAX's default backend is the CPU."""
   return jax.default_backend() == "cpu" if choice is None else choice
+
+
+# jaxlib 0.10.2's default YNNPACK fusion types (individual dots, reductions and convolutions),
+# less the convolutions. The option takes a list, not a change to the default.
+_YNN_FUSION_TYPES = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+
+
+@functools.cache
+def compiler_options() -> dict[str, str]:
+  """XLA:CPU compiler options for jaxdiff's compiled training steps: ``jax.jit(compiler_options=)``.
+
+  They leave convolutions to XLA's own kernels instead of YNNPACK's. At 32-128 channels those
+  take about 0.6x the time (a 3x3 convolution 32x28x28x64 -> 64: forward 7.8 -> 4.8 ms, kernel
+  gradient 14.0 -> 6.6 ms; ``benchmarks/RESULTS.md``), and no slower at 8-16. The option is
+  experimental, so it is set per compiled function rather than process-wide in ``XLA_FLAGS``,
+  and only where this jaxlib accepts it: a trivial function is compiled with it once.
+
+  Returns:
+    The options, or ``{}`` where this jaxlib rejects them or has no CPU backend.
+  """
+  options = {"xla_cpu_experimental_ynn_fusion_type": _YNN_FUSION_TYPES}
+  try:
+    probe = jax.device_put(jnp.zeros(()), jax.devices("cpu")[0])
+    jax.jit(jnp.negative, compiler_options=options).lower(probe).compile()
+  except (RuntimeError, ValueError):  # JaxRuntimeError is a RuntimeError
+    return {}
+  return options
 
 
 def conv_padded_features(
