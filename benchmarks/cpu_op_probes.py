@@ -2,8 +2,9 @@
 U-Net's ``GroupNorm`` and ``dot_product_attention`` in ``jaxdiff/models/unet.py``).
 
 Each line is one jitted function on random float32 data, timed as the best of 5 rounds of
-``--calls`` calls after a warm-up. Shapes are the seed CNN's at batch 100 and the tiny DDPM
-U-Net's at batch 32.
+``--calls`` calls (3 for the small U-Net) after a warm-up. Shapes are the seed CNN's at batch
+100 and the DDPM U-Nets' at batch 32; the U-Net's 3x3 convolutions are timed with XLA:CPU's
+default kernels (YNNPACK) and with ``cpu_ops.compiler_options()`` (XLA's own).
 
   python benchmarks/cpu_op_probes.py
 """
@@ -25,8 +26,8 @@ from jaxdiff.models import unet as unet_layers
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def milliseconds(fn, *args, calls):
-  fn = jax.jit(fn)
+def milliseconds(fn, *args, calls, compiler_options=None):
+  fn = jax.jit(fn, compiler_options=compiler_options)
   jax.block_until_ready(fn(*args))
   rounds = []
   for _ in range(5):
@@ -74,8 +75,9 @@ def main():
   print(header(), flush=True)
   key = jax.random.key(0)
 
-  def show(label, fn, *args):
-    print(f"{label:58s} {milliseconds(fn, *args, calls=flags.calls):8.3f} ms", flush=True)
+  def show(label, fn, *args, calls=flags.calls, compiler_options=None):
+    ms = milliseconds(fn, *args, calls=calls, compiler_options=compiler_options)
+    print(f"{label:58s} {ms:8.3f} ms", flush=True)
 
   a = jax.random.normal(key, (1024, 1024))
   ms = milliseconds(jnp.matmul, a, a, calls=flags.calls)
@@ -144,6 +146,27 @@ def main():
   with plain_unet_layers():
     show("tiny U-Net loss gradient, batch 32, Flax GroupNorm, JAX attention", jax.grad(loss), unet_params, noisy)  # fmt: skip
   show("tiny U-Net loss gradient, batch 32, as built (again)", jax.grad(loss), unet_params, noisy)
+
+  # The U-Net's 3x3 convolutions with XLA:CPU's default kernels (YNNPACK in jaxlib 0.10) and
+  # with XLA's own, which cpu_ops.compiler_options() asks for.
+  kernels = (("YNNPACK", None), ("XLA", cpu_ops.compiler_options()))
+  conv3 = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
+  for batch, size, features_in, features_out in ((32, 28, 64, 64), (32, 28, 32, 32), (32, 14, 128, 64), (32, 28, 16, 8)):  # fmt: skip
+    x = jax.random.normal(key, (batch, size, size, features_in))
+    w = jax.random.normal(key, (3, 3, features_in, features_out))
+    g = jax.random.normal(key, (batch, size, size, features_out))
+    shape = f"{batch}x{size}x{size}x{features_in}->{features_out}"
+    for name, options in kernels:
+      show(f"conv 3x3 {shape} forward, {name}", conv3, x, w, compiler_options=options)
+      show(f"conv 3x3 {shape} kernel gradient, {name}", lambda x, g, w=w: jax.vjp(lambda w: conv3(x, w), w)[1](g), x, g, compiler_options=options)  # fmt: skip
+      show(f"conv 3x3 {shape} input gradient, {name}", lambda w, g, x=x: jax.vjp(lambda x: conv3(x, w), x)[1](g), w, g, compiler_options=options)  # fmt: skip
+  small = make_unet("small")
+  small_params = small.init(key, noisy, steps)["params"]
+  small_loss = lambda p, x: jnp.mean(small.apply({"params": p}, x, steps) ** 2)
+  one_run = jax.tree.map(lambda leaf: leaf[None], small_params)
+  for name, options in kernels:
+    show(f"small U-Net loss gradient, batch 32, {name} convolutions", jax.grad(small_loss), small_params, noisy, calls=3, compiler_options=options)  # fmt: skip
+    show(f"small U-Net loss gradient, batch 32, {name}, vmapped over 1 run", jax.vmap(jax.grad(small_loss), in_axes=(0, None)), one_run, noisy, calls=3, compiler_options=options)  # fmt: skip
 
   q, k, v = jax.random.normal(key, (3, 32, 196, 1, 16))
   for name, attend in (("jax.nn", jax.nn.dot_product_attention), ("unet", unet_layers.dot_product_attention)):  # fmt: skip

@@ -30,6 +30,7 @@ framework's default thread count; the reported rate is the median.
   python benchmarks/ddpm_throughput.py --sizes tiny,small --steps 50 --repeats 3
   python benchmarks/ddpm_throughput.py --image-shape 32,32,3 --size base --batch-size 64
   python benchmarks/ddpm_throughput.py --check --sizes tiny,small,base
+  python benchmarks/ddpm_throughput.py --sizes tiny,small --profile-torch
 """
 
 import argparse
@@ -343,6 +344,19 @@ def torch_epochs(images, config, steps, initial_params):
   return epoch_seconds
 
 
+def print_torch_profile(size, epoch_seconds, steps, top=12):
+  """Trains the twin one more epoch under ``torch.profiler``; prints its costliest ops per step."""
+  from torch.profiler import ProfilerActivity, profile
+
+  with profile(activities=[ProfilerActivity.CPU]) as profiler:
+    epoch_seconds()
+  events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+  total = sum(event.self_cpu_time_total for event in events)
+  print(f"pytorch profile ({size}): {total / steps / 1000:.1f} ms of self CPU time per step; top ops:")  # fmt: skip
+  for event in events[:top]:
+    print(f"  {event.self_cpu_time_total / steps / 1000:8.2f} ms {event.count / steps:6.1f} calls  {event.key}")  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -364,6 +378,11 @@ def parse_flags():
     "--check", action="store_true", help="check the twin at every size, then exit"
   )
   parser.add_argument("--skip-torch", action="store_true", help="time jaxdiff only")
+  parser.add_argument(
+    "--profile-torch",
+    action="store_true",
+    help="after the timings, profile one more epoch of the twin (torch.profiler)",
+  )
   flags = parser.parse_args()
   if flags.batch_size <= 0 or flags.steps <= 0 or flags.repeats <= 0:
     parser.error("--batch-size, --steps and --repeats must be positive")
@@ -386,8 +405,8 @@ def parse_flags():
       check_image_shape(flags.image_shape, size)
     except ImageShapeError as error:
       parser.error(str(error))
-  if flags.check and torch is None:
-    parser.error("--check needs torch (pip install torch)")
+  if (flags.check or flags.profile_torch) and (torch is None or flags.skip_torch):
+    parser.error("--check and --profile-torch need torch (pip install torch), not --skip-torch")
   return flags
 
 
@@ -429,6 +448,8 @@ def main():
       for name, (first, timings) in alternate(epochs, flags.repeats).items()
     }
     # Kept as the last line of each size either way, so tools reading it always find it.
+    if flags.profile_torch:
+      print_torch_profile(size, epochs["pytorch"], flags.steps)
     if run_torch:
       print(
         f"ratio jaxdiff/pytorch ({size}): {rates['jaxdiff'] / rates['pytorch']:.2f}", flush=True

@@ -30,7 +30,7 @@ Design, in the order data flows:
   on CPU and all elsewhere.
 * On CPU the step and epoch are compiled with ``cpu_ops.compiler_options()``,
   which leave convolutions to XLA's own kernels rather than YNNPACK's (the small
-  U-Net's step, 409 against 310 ms).
+  U-Net's loss gradient, 327 against 433 ms).
 * A run whose loss turns non-finite keeps its last finite parameters, records
   the step, and stops updating; the other runs in the program carry on.
 * Checkpoints (orbax ``CheckpointManager``) hold the state, any extra arrays
@@ -339,7 +339,7 @@ class Trainer:
     if len(state.step) == 1:
       # vmap over a single run is not free: it batches every weight, and XLA:CPU then lays
       # out the U-Net's convolutions and their gradients worse (small U-Net loss gradient
-      # 396 -> 446 ms; benchmarks/RESULTS.md).
+      # 327 -> 378 ms; benchmarks/RESULTS.md).
       first = lambda tree: jax.tree.map(lambda leaf: leaf[0], tree)  # noqa: E731
       new_state, metrics = self._run_step(first(state), data, step_indices[0])
       return jax.tree.map(lambda leaf: leaf[None], (new_state, metrics))

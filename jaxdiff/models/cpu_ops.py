@@ -44,8 +44,8 @@ def compiler_options() -> dict[str, str]:
   """XLA:CPU compiler options for jaxdiff's compiled training steps: ``jax.jit(compiler_options=)``.
 
   They leave convolutions to XLA's own kernels instead of YNNPACK's. At 32-128 channels those
-  take about 0.6x the time (a 3x3 convolution 32x28x28x64 -> 64: forward 7.8 -> 4.8 ms, kernel
-  gradient 14.0 -> 6.6 ms; ``benchmarks/RESULTS.md``), and no slower at 8-16. The option is
+  take 0.4-0.7x the time (a 3x3 convolution 32x28x28x64 -> 64: forward 8.6 -> 5.4 ms, kernel
+  gradient 14.8 -> 7.2 ms; ``benchmarks/RESULTS.md``), and the same at 8-16. The option is
   experimental, so it is set per compiled function rather than process-wide in ``XLA_FLAGS``,
   and only where this jaxlib accepts it: a trivial function is compiled with it once.
 
