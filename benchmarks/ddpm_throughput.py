@@ -447,9 +447,9 @@ def main():
       )
       for name, (first, timings) in alternate(epochs, flags.repeats).items()
     }
-    # Kept as the last line of each size either way, so tools reading it always find it.
     if flags.profile_torch:
       print_torch_profile(size, epochs["pytorch"], flags.steps)
+    # Kept as the last line of each size either way, so tools reading it always find it.
     if run_torch:
       print(
         f"ratio jaxdiff/pytorch ({size}): {rates['jaxdiff'] / rates['pytorch']:.2f}", flush=True

@@ -5,8 +5,8 @@ N runs (one per call, or all vmapped into one call), it prints milliseconds per 
 runs on random uint8 data already on the device: the median of ``--repeats`` timed epochs after
 an untimed first one (compile), the configurations' epochs taken in turns so that a drift in
 the machine's speed hits all alike. ``--model`` picks the CIFAR SimpleCNN (SGD, batch 100) or
-a DDPM U-Net (tiny or small) as the DDPM experiment trains it (batch 32, one run: its engine is built
-for one).
+the tiny or small DDPM U-Net as the DDPM experiment trains it (batch 32, one run: its engine is
+built for one).
 
   python benchmarks/engine_loops.py --runs 3 --steps 100
   python benchmarks/engine_loops.py --model unet-tiny --steps 20
@@ -61,7 +61,9 @@ def refuse_runs_of_one_run_models(parser, flags):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", choices=ENGINES, default="cnn")
-  parser.add_argument("--runs", type=int, help="default: 3 (cnn), 1 (the U-Nets: their only choice)")
+  parser.add_argument(
+    "--runs", type=int, help="default: 3 (cnn), 1 (the U-Nets: their only choice)"
+  )
   parser.add_argument("--steps", type=int, default=100, help="steps per timed epoch")
   parser.add_argument("--batch-size", type=int, help=f"default: {DEFAULT_BATCH_SIZES}")
   parser.add_argument("--repeats", type=int, default=3)

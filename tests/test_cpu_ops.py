@@ -78,9 +78,7 @@ def assert_same_convolution(reference, fast, lhs, rhs, fast_compiler_options=Non
   # to absolute values. n is at most the larger of the window (forward, input gradient) and
   # batch × output pixels (kernel gradient); the bound below is twice that, one per path.
   terms = max(np.prod(rhs.shape), np.prod(expected[0].shape))
-  bounds = jax.jit(value_and_gradients(reference))(
-    jnp.abs(lhs), jnp.abs(rhs), jnp.abs(cotangent)
-  )
+  bounds = jax.jit(value_and_gradients(reference))(jnp.abs(lhs), jnp.abs(rhs), jnp.abs(cotangent))
   for want, got, bound in zip(expected, actual, bounds):
     assert got.shape == want.shape and got.dtype == want.dtype
     assert np.all(np.abs(np.asarray(got) - np.asarray(want)) <= 2 * terms * EPS * bound)
