@@ -7,6 +7,7 @@ Each line is one jitted function on random float32 data, timed as the best of 5 
 default kernels (YNNPACK) and with ``cpu_ops.compiler_options()`` (XLA's own).
 
   python benchmarks/cpu_op_probes.py
+  python benchmarks/cpu_op_probes.py --only "small U-Net"
 """
 
 import argparse
@@ -20,6 +21,7 @@ import optax
 from common import header
 from jax import lax
 
+from jaxdiff import ddpm
 from jaxdiff.models import SimpleCNN, cpu_ops, make_unet
 from jaxdiff.models import unet as unet_layers
 
@@ -69,6 +71,7 @@ def plain_unet_layers():
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--calls", type=int, default=20, help="calls per timed round")
+  parser.add_argument("--only", default="", help="time only the lines whose label contains this")
   flags = parser.parse_args()
   if flags.calls <= 0:
     parser.error("--calls must be positive")
@@ -76,6 +79,8 @@ def main():
   key = jax.random.key(0)
 
   def show(label, fn, *args, calls=flags.calls, compiler_options=None):
+    if flags.only not in label:
+      return
     ms = milliseconds(fn, *args, calls=calls, compiler_options=compiler_options)
     print(f"{label:58s} {ms:8.3f} ms", flush=True)
 
@@ -167,6 +172,12 @@ def main():
   for name, options in kernels:
     show(f"small U-Net loss gradient, batch 32, {name} convolutions", jax.grad(small_loss), small_params, noisy, calls=3, compiler_options=options)  # fmt: skip
     show(f"small U-Net loss gradient, batch 32, {name}, vmapped over 1 run", jax.vmap(jax.grad(small_loss), in_axes=(0, None)), one_run, noisy, calls=3, compiler_options=options)  # fmt: skip
+  # The DDPM experiment's sampler: a lax.scan of the U-Net's forward pass.
+  schedule = ddpm.make_schedule("linear", 1000)
+  denoise = lambda x, t: small.apply({"params": small_params}, x, t)
+  ddim = lambda key: ddpm.sample_ddim(denoise, schedule, key, (64, 28, 28, 1), num_steps=10)
+  for name, options in kernels:
+    show(f"small U-Net DDIM sampling, 10 steps, batch 64, {name}", ddim, key, calls=1, compiler_options=options)  # fmt: skip
 
   q, k, v = jax.random.normal(key, (3, 32, 196, 1, 16))
   for name, attend in (("jax.nn", jax.nn.dot_product_attention), ("unet", unet_layers.dot_product_attention)):  # fmt: skip

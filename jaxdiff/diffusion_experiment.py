@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from jaxdiff import ddpm, langevin, parallel, report, sample_quality, train
 from jaxdiff.data import DataError, Dataset, load_dataset
+from jaxdiff.models import cpu_ops
 from jaxdiff.models.unet import UNET_SIZES, make_unet
 
 SAMPLERS = ("ddpm", "ddim")
@@ -222,6 +223,8 @@ def run_experiment(
   shape = (config.num_samples,) + data.image_shape
   sampling_started = time.perf_counter()
   trajectory_steps = _trajectory_timesteps(config.num_timesteps)
+  # The samplers' convolutions, like training's, run faster on XLA:CPU's own kernels.
+  options = cpu_ops.compiler_options()
   samples, trajectory = jax.jit(
     lambda key: (
       ddpm.sample_ddpm(
@@ -229,7 +232,8 @@ def run_experiment(
       )  # fmt: skip
       if config.sampler == "ddpm"
       else (ddpm.sample_ddim(denoise, schedule, key, shape, num_steps=config.sample_steps), None)
-    )
+    ),
+    compiler_options=options,
   )(jax.random.fold_in(root, 3))
   samples = np.asarray(jax.block_until_ready(samples))
   sampling_seconds = time.perf_counter() - sampling_started
@@ -237,7 +241,8 @@ def run_experiment(
     _, trajectory = jax.jit(
       lambda key: ddpm.sample_ddpm(
         denoise, schedule, key, (1,) + data.image_shape, return_trajectory_at=trajectory_steps
-      )  # fmt: skip
+      ),  # fmt: skip
+      compiler_options=options,
     )(jax.random.fold_in(root, 4))
   samples_uint8 = ddpm.to_uint8(samples)
 

@@ -177,7 +177,7 @@ class Trainer:
       out_shardings=jax.sharding.NamedSharding(self.mesh, P(None, None, parallel.DATA_AXIS)),
     )
     specs = (P(), P(), P(None, None, parallel.DATA_AXIS))
-    options = cpu_ops.compiler_options() if platform == "cpu" else None
+    options = cpu_ops.compiler_options(platform)
     self._step = jax.jit(
       jax.shard_map(self._local_step, mesh=self.mesh, in_specs=specs + (P(),), out_specs=P()),
       donate_argnums=0,

@@ -147,7 +147,8 @@ def test_compiler_options_leave_convolutions_to_xla_with_the_same_values():
   assert_same_convolution(same_conv, same_conv, lhs, rhs, fast_compiler_options=options)
 
 
-def test_compiler_options_are_empty_where_jaxlib_rejects_them(monkeypatch):
+def test_compiler_options_are_empty_off_the_cpu_and_where_jaxlib_rejects_them(monkeypatch):
+  assert cpu_ops.compiler_options("gpu") == {} and cpu_ops.compiler_options("tpu") == {}
   monkeypatch.setattr(cpu_ops, "_YNN_FUSION_TYPES", "LIBRARY_FUSION_TYPE_NO_SUCH_TYPE")
   cpu_ops.compiler_options.cache_clear()
   try:

@@ -40,18 +40,25 @@ _YNN_FUSION_TYPES = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDU
 
 
 @functools.cache
-def compiler_options() -> dict[str, str]:
-  """XLA:CPU compiler options for jaxdiff's compiled training steps: ``jax.jit(compiler_options=)``.
+def compiler_options(platform: str | None = None) -> dict[str, str]:
+  """XLA compiler options for jaxdiff's compiled programs: ``jax.jit(compiler_options=...)``.
 
-  They leave convolutions to XLA's own kernels instead of YNNPACK's. At 32-128 channels those
-  take 0.4-0.7x the time (a 3x3 convolution 32x28x28x64 -> 64: forward 8.6 -> 5.4 ms, kernel
-  gradient 14.8 -> 7.2 ms; ``benchmarks/RESULTS.md``), and the same at 8-16. The option is
-  experimental, so it is set per compiled function rather than process-wide in ``XLA_FLAGS``,
-  and only where this jaxlib accepts it: a trivial function is compiled with it once.
+  On the CPU they leave convolutions to XLA's own kernels instead of YNNPACK's. At 32-128
+  channels those take 0.4-0.7x the time (a 3x3 convolution 32x28x28x64 -> 64: forward 8.6 ->
+  5.4 ms, kernel gradient 14.8 -> 7.2 ms; ``benchmarks/RESULTS.md``), and the same at 8-16. The
+  option is experimental, so it is set per compiled function rather than process-wide in
+  ``XLA_FLAGS``, and only where this jaxlib accepts it: a trivial function is compiled with it
+  once.
+
+  Args:
+    platform: where the program runs (``"cpu"``, ``"gpu"``, ``"tpu"``); ``None`` means JAX's
+      default backend.
 
   Returns:
-    The options, or ``{}`` where this jaxlib rejects them or has no CPU backend.
+    The options; ``{}`` off the CPU, and where this jaxlib rejects them.
   """
+  if (platform or jax.default_backend()) != "cpu":
+    return {}
   options = {"xla_cpu_experimental_ynn_fusion_type": _YNN_FUSION_TYPES}
   try:
     probe = jax.device_put(jnp.zeros(()), jax.devices("cpu")[0])
