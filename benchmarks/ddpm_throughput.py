@@ -405,8 +405,10 @@ def parse_flags():
       check_image_shape(flags.image_shape, size)
     except ImageShapeError as error:
       parser.error(str(error))
-  if (flags.check or flags.profile_torch) and (torch is None or flags.skip_torch):
-    parser.error("--check and --profile-torch need torch (pip install torch), not --skip-torch")
+  if flags.check and torch is None:
+    parser.error("--check needs torch (pip install torch)")
+  if flags.profile_torch and (torch is None or flags.skip_torch):
+    parser.error("--profile-torch needs torch (pip install torch), and not --skip-torch")
   return flags
 
 

@@ -14,22 +14,22 @@ from jaxdiff import classification, parallel, train
 from jaxdiff.models import SimpleCNN, cpu_ops
 
 EPS = float(jnp.finfo(jnp.float32).eps)
+NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def conv_cases():
   key = jax.random.key(0)
   lhs_key, rhs_key = jax.random.split(key)
-  nhwc = ("NHWC", "HWIO", "NHWC")
   cases = {
     # (lhs shape, rhs shape, strides, padding, dimension numbers, feature groups)
-    "seed conv1, 3 -> 6 features": ((4, 32, 32, 3), (5, 5, 3, 6), (1, 1), "VALID", nhwc, 1),
-    "seed conv2, already 16": ((4, 14, 14, 6), (5, 5, 6, 16), (1, 1), "VALID", nhwc, 1),
-    "SAME, prime output width": ((2, 6, 7, 2), (3, 3, 2, 5), (1, 1), "SAME", nhwc, 1),
-    "explicit uneven padding": ((2, 9, 8, 3), (2, 4, 3, 4), (1, 1), ((1, 0), (2, -1)), nhwc, 1),
-    "1x1 kernel": ((2, 5, 6, 4), (1, 1, 4, 3), (1, 1), "VALID", nhwc, 1),
-    "stride 2, SAME, 20 features": ((3, 9, 9, 4), (3, 3, 4, 20), (2, 2), "SAME", nhwc, 1),
+    "seed conv1, 3 -> 6 features": ((4, 32, 32, 3), (5, 5, 3, 6), (1, 1), "VALID", NHWC, 1),
+    "seed conv2, already 16": ((4, 14, 14, 6), (5, 5, 6, 16), (1, 1), "VALID", NHWC, 1),
+    "SAME, prime output width": ((2, 6, 7, 2), (3, 3, 2, 5), (1, 1), "SAME", NHWC, 1),
+    "explicit uneven padding": ((2, 9, 8, 3), (2, 4, 3, 4), (1, 1), ((1, 0), (2, -1)), NHWC, 1),
+    "1x1 kernel": ((2, 5, 6, 4), (1, 1, 4, 3), (1, 1), "VALID", NHWC, 1),
+    "stride 2, SAME, 20 features": ((3, 9, 9, 4), (3, 3, 4, 20), (2, 2), "SAME", NHWC, 1),
     "lax default NCHW/OIHW": ((2, 3, 12, 12), (5, 3, 3, 3), (1, 1), "VALID", None, 1),
-    "grouped, run unpadded": ((2, 8, 8, 4), (3, 3, 2, 6), (1, 1), "SAME", nhwc, 2),
+    "grouped, run unpadded": ((2, 8, 8, 4), (3, 3, 2, 6), (1, 1), "SAME", NHWC, 2),
   }
   for name, (lhs_shape, rhs_shape, strides, padding, numbers, groups) in cases.items():
     lhs = jax.random.normal(lhs_key, lhs_shape)
@@ -93,7 +93,7 @@ def test_padded_conv_runs_unpadded_where_padding_would_change_nothing():
         w,
         (1, 1),
         "VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        dimension_numbers=NHWC,
         feature_group_count=groups,
       )
     )(lhs, rhs)
@@ -101,9 +101,9 @@ def test_padded_conv_runs_unpadded_where_padding_would_change_nothing():
 
 
 def conv_primitives(fn, lhs_shape, rhs_shape, strides):
-  jaxpr = jax.make_jaxpr(
-    lambda x, w: fn(x, w, strides, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  )(jnp.ones(lhs_shape), jnp.ones(rhs_shape))
+  jaxpr = jax.make_jaxpr(lambda x, w: fn(x, w, strides, "SAME", dimension_numbers=NHWC))(
+    jnp.ones(lhs_shape), jnp.ones(rhs_shape)
+  )
   return {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
 
 
@@ -117,12 +117,8 @@ def test_toeplitz_conv_is_a_matmul_where_it_applies_and_falls_back_elsewhere():
   assert "conv_general_dilated" in strided
   # A kernel larger than the padded input falls back with the caller's padding, applied once.
   x, w, pads = jnp.ones((1, 3, 3, 2)), jnp.ones((5, 5, 2, 4)), ((1, 0), (0, 0))
-  numbers = ("NHWC", "HWIO", "NHWC")
-  too_small = cpu_ops.conv_toeplitz(x, w, (1, 1), pads, dimension_numbers=numbers)
-  assert too_small.shape == lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=numbers).shape  # fmt: skip
-
-
-NHWC = ("NHWC", "HWIO", "NHWC")
+  too_small = cpu_ops.conv_toeplitz(x, w, (1, 1), pads, dimension_numbers=NHWC)
+  assert too_small.shape == lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=NHWC).shape  # fmt: skip
 
 
 def same_conv(x, w):
