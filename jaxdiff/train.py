@@ -42,6 +42,7 @@ Design, in the order data flows:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -171,10 +172,9 @@ class Trainer:
     self._inject = optax.inject_hyperparams(self.optimizer)
     replicated = parallel.replicated_sharding(self.mesh)
     self._init = jax.jit(jax.vmap(self._init_run), out_shardings=replicated)
-    self._indices = jax.jit(
-      self._epoch_indices,
-      static_argnums=(2, 3),
-      out_shardings=jax.sharding.NamedSharding(self.mesh, P(None, None, parallel.DATA_AXIS)),
+    self._init_params = _params_initializer(self.task.init, replicated)
+    self._indices = _epoch_index_sampler(
+      self.batch_size, jax.sharding.NamedSharding(self.mesh, P(None, None, parallel.DATA_AXIS))
     )
     specs = (P(), P(), P(None, None, parallel.DATA_AXIS))
     options = cpu_ops.compiler_options(platform)
@@ -207,7 +207,8 @@ class Trainer:
       name: value if _has_run_axis(value, num_runs) else _broadcast(value, num_runs)
       for name, value in hyperparams.items()
     }
-    return self._init(keys, per_run)
+    init_keys, run_keys = jnp.unstack(jax.vmap(jax.random.split)(keys), axis=1)
+    return self._init(self._init_params(init_keys), run_keys, per_run)
 
   def put_data(self, arrays: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     """Copies whole data arrays (same leading length) to every device."""
@@ -220,7 +221,7 @@ class Trainer:
 
   def steps_per_epoch(self, data: Mapping[str, jax.Array]) -> int:
     """Full batches per epoch; the remainder of each permutation is left out."""
-    return len(next(iter(data.values()))) // self.batch_size
+    return _num_examples(data) // self.batch_size
 
   def train_epoch(
     self,
@@ -247,12 +248,9 @@ class Trainer:
       The new state and the per-step metrics as host arrays ``(steps, runs)``,
       ``"loss"`` among them.
     """
-    if self.loop == "auto":
-      platform = self.mesh.devices.flat[0].platform
-      self.loop = default_loop(platform, self._step_convolves(state, data))
+    self._choose_loop(state, data)
     steps = self.steps_per_epoch(data)
-    num_examples = len(next(iter(data.values())))
-    indices = self._indices(state.key, jnp.int32(epoch), steps, num_examples)
+    indices = self._indices(state.key, jnp.int32(epoch), steps, _num_examples(data))
     stop = steps if max_steps is None else min(steps, start_step + max_steps)
     states, metrics = [], []
     for runs in run_slices(len(state.step), self.runs_per_call):
@@ -264,6 +262,29 @@ class Trainer:
       metrics.append(jax.tree.map(lambda m: m.T, run_metrics))  # runs first, to concatenate
     state = concatenate_runs(states)
     return state, jax.tree.map(lambda m: np.asarray(m).T, jax.device_get(concatenate_runs(metrics)))
+
+  def compile(self, state: TrainState, data: Mapping[str, jax.Array]) -> None:
+    """Compiles the programs of a whole epoch of ``state`` on ``data``, without training.
+
+    :meth:`train_epoch` then finds them in JAX's cache. XLA compiles without
+    holding the GIL, so trainers for different optimizers can compile in
+    parallel threads, which the first epochs of a comparison otherwise spend
+    one after another.
+    """
+    self._choose_loop(state, data)
+    steps = self.steps_per_epoch(data)
+    indices = self._indices(state.key, jnp.int32(0), steps, _num_examples(data))
+    sizes_done = set()
+    for runs in run_slices(len(state.step), self.runs_per_call):
+      run_indices = indices[runs]
+      if len(run_indices) in sizes_done:
+        continue
+      sizes_done.add(len(run_indices))
+      run_state = jax.tree.map(lambda leaf: leaf[runs], state)
+      if self.loop == "scan":
+        self._epoch.lower(run_state, data, run_indices).compile()
+      else:
+        self._step.lower(run_state, data, run_indices, np.int32(0)).compile()
 
   def _train_runs(self, state, data, indices, start, stop, on_steps):
     if self.loop == "scan":
@@ -281,6 +302,11 @@ class Trainer:
         on_steps(1, metrics)
     return state, jax.tree.map(lambda *m: jnp.stack(m), *history)
 
+  def _choose_loop(self, state: TrainState, data: Mapping[str, jax.Array]) -> None:
+    if self.loop == "auto":
+      platform = self.mesh.devices.flat[0].platform
+      self.loop = default_loop(platform, self._step_convolves(state, data))
+
   def _step_convolves(self, state: TrainState, data: Mapping[str, jax.Array]) -> bool:
     one_run = lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)
     batch = {
@@ -295,20 +321,11 @@ class Trainer:
 
   # ------------------------------------------------------- traced helpers
 
-  def _init_run(self, key: jax.Array, hyperparams: dict[str, Any]) -> TrainState:
-    init_key, run_key = jax.random.split(key)
-    params = self.task.init(init_key)
+  def _init_run(
+    self, params: Params, run_key: jax.Array, hyperparams: dict[str, Any]
+  ) -> TrainState:
     opt_state = self._inject(**hyperparams).init(params)
     return TrainState(params, opt_state, run_key, jnp.int32(0), jnp.int32(-1))
-
-  def _epoch_indices(
-    self, keys: jax.Array, epoch: jax.Array, steps: int, num_examples: int
-  ) -> jax.Array:
-    def run_order(key):
-      order = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
-      return order[: steps * self.batch_size].reshape(steps, self.batch_size)
-
-    return jax.vmap(run_order)(keys).astype(jnp.int32)
 
   def _run_step(self, state: TrainState, data: Batch, indices: jax.Array):
     batch = {name: array[indices] for name, array in data.items()}
@@ -350,6 +367,38 @@ class Trainer:
       return self._local_step(state, data, indices, step)
 
     return jax.lax.scan(body, state, jnp.arange(indices.shape[1]))
+
+
+@functools.cache
+def _params_initializer(init: Callable[[jax.Array], Params], sharding: jax.sharding.Sharding):
+  """``jit(vmap(init))``, one per task: trainers of different optimizers share its compilation.
+
+  Initialising parameters is most of an init program's compilation (the SimpleCNN on CPU, about
+  2 s), and a comparison builds one trainer per optimizer for the same task.
+  """
+  return jax.jit(jax.vmap(init), out_shardings=sharding)
+
+
+@functools.cache
+def _epoch_index_sampler(batch_size: int, sharding: jax.sharding.Sharding):
+  """The jitted ``(keys, epoch, steps, num_examples) -> (runs, steps, batch)`` batch indices.
+
+  Each run draws its own permutation of the examples from its key and the epoch number. One
+  per batch size and sharding, so that trainers of different optimizers share its compilation.
+  """
+
+  def epoch_indices(keys: jax.Array, epoch: jax.Array, steps: int, num_examples: int):
+    def run_order(key):
+      order = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+      return order[: steps * batch_size].reshape(steps, batch_size)
+
+    return jax.vmap(run_order)(keys).astype(jnp.int32)
+
+  return jax.jit(epoch_indices, static_argnums=(2, 3), out_shardings=sharding)
+
+
+def _num_examples(data: Mapping[str, jax.Array]) -> int:
+  return len(next(iter(data.values())))
 
 
 def _has_run_axis(value: Any, num_runs: int) -> bool:

@@ -1,5 +1,8 @@
 """The training engine on a tiny classifier: loops, devices, runs, divergence, checkpoints."""
 
+import contextlib
+import logging
+import re
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -181,3 +184,55 @@ def test_an_epoch_in_two_parts_equals_one_epoch(arrays, loop):
   )
   for leaf, ref in zip(jax.tree.leaves(part.params), jax.tree.leaves(whole.params)):
     np.testing.assert_array_equal(leaf, ref)
+
+
+@contextlib.contextmanager
+def _compiled_programs():
+  """Names of the jitted functions that XLA compiles inside the block."""
+  names = []
+
+  class Collect(logging.Handler):
+    def emit(self, record):
+      match = re.match(r"Finished XLA compilation of jit\((\w+)\)", record.getMessage())
+      if match:
+        names.append(match.group(1))
+
+  handler = Collect()
+  logger = logging.getLogger("jax")
+  logger.addHandler(handler)
+  try:
+    with jax.log_compiles(True):
+      yield names
+  finally:
+    logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize("loop, runs_per_call", [("step", 2), ("scan", 2), ("scan", 0)])
+def test_compile_ahead_leaves_the_epoch_program_compiled(arrays, loop, runs_per_call):
+  """Three runs two per call are slices of 2 and 1 runs: two programs to compile ahead."""
+  trainer = train.Trainer(TASK, optax.sgd, mesh=parallel.make_mesh(), batch_size=16, loop=loop,
+                          runs_per_call=runs_per_call)  # fmt: skip
+  data = trainer.put_data(arrays)
+  state = trainer.init(jax.random.split(jax.random.key(4), 3), learning_rate=jnp.array(0.1))
+  program = "_local_step" if loop == "step" else "_local_epoch"
+  with _compiled_programs() as ahead:
+    trainer.compile(state, data)
+  assert ahead.count(program) == (2 if runs_per_call == 2 else 1), ahead
+  with _compiled_programs() as during_epoch:
+    state, metrics = trainer.train_epoch(state, data, epoch=0)
+  assert program not in during_epoch, during_epoch
+  assert metrics["loss"].shape == (4, 3) and np.isfinite(metrics["loss"]).all()
+
+
+def test_trainers_of_one_task_share_the_parameter_initialisation(arrays):
+  mesh = parallel.make_mesh()
+  keys = jax.random.split(jax.random.key(5), 2)
+  sgd = train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=16)
+  adam = train.Trainer(TASK, optax.adam, mesh=mesh, batch_size=16)
+  assert sgd._init_params is adam._init_params
+  sgd_state = sgd.init(keys, learning_rate=jnp.array(0.1))
+  adam_state = adam.init(keys, learning_rate=jnp.array(0.1))
+  for leaf, other in zip(jax.tree.leaves(sgd_state.params), jax.tree.leaves(adam_state.params)):
+    np.testing.assert_array_equal(leaf, other)
+  first_seed, second_seed = np.asarray(sgd_state.params["Dense_0"]["kernel"])
+  assert not np.array_equal(first_seed, second_seed)
