@@ -20,6 +20,8 @@ def parse_flags(argv):
   parser.add_argument("--sampler", default="ddpm", help="ddpm (ancestral) or ddim (eta = 0)")
   parser.add_argument("--sample-steps", type=cli.positive_int, default=100, help="DDIM steps")
   parser.add_argument("--model-size", default="small", help="U-Net size: tiny, small or base")
+  parser.add_argument("--compute-dtype", default="float32",
+                      help="the U-Net's computation dtype: float32 or bfloat16 (GPU/TPU)")  # fmt: skip
   parser.add_argument("--lr", type=cli.positive_float, default=2e-4)
   parser.add_argument("--ema-decay", type=float, default=0.995,
                       help="EMA of the parameters used for sampling and evaluation")  # fmt: skip
@@ -41,6 +43,7 @@ def parse_flags(argv):
       sampler=flags.sampler,
       sample_steps=flags.sample_steps,
       model_size=flags.model_size,
+      compute_dtype=flags.compute_dtype,
       learning_rate=flags.lr,
       ema_decay=flags.ema_decay,
       langevin_diffusion=flags.langevin_diffusion,

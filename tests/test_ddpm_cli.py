@@ -93,6 +93,7 @@ def test_outputs_and_resume(tmp_path, tiny_mnist, cache_env):
     (["--steps", "-3"], "--steps"),
     (["--sampler", "euler"], "euler"),
     (["--model-size", "huge"], "huge"),
+    (["--compute-dtype", "float16"], "float16"),
   ],
 )
 def test_bad_flags_give_one_line_and_exit_2(tmp_path, tiny_mnist, cache_env, args, message):
