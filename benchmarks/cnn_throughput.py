@@ -8,7 +8,8 @@ default) on random uint8 CIFAR-shaped data already in memory, for:
 * pytorch: the seed article's loop (zero_grad, loss, backward, step) on the
   same architecture, float32 NCHW, with the same per-step work as the engine:
   a random permutation per epoch, a gather of uint8 rows, and normalization to
-  [-1, 1] inside the step.
+  [-1, 1] inside the step. It runs where JAX runs (``common.torch_device``):
+  on CUDA, with the data already on the GPU, when JAX's device is a GPU.
 
 Each framework first runs one untimed epoch (for JAX that is compile plus the
 first epoch, reported separately), then ``--repeats`` timed epochs of ``--steps``
@@ -27,7 +28,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from common import alternate, engine_epochs, header, random_data, report_rate
+from common import (
+  alternate,
+  engine_epochs,
+  header,
+  random_data,
+  report_rate,
+  torch_device,
+  torch_synchronize,
+)
 
 from jaxdiff import classification, parallel, train
 from jaxdiff.models import SimpleCNN
@@ -77,19 +86,19 @@ class TorchSimpleCNN(nn.Module if torch is not None else object):
     return self.classifier(torch.flatten(self.features(x), 1))
 
 
-def torch_epochs(images, labels, batch_size, steps):
+def torch_epochs(images, labels, batch_size, steps, device):
   """A function that trains the PyTorch twin one epoch per call and returns its seconds."""
   torch.manual_seed(0)
   # Stored as uint8 like the engine's device copy, so both pay for gather and normalization.
-  x_all = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-  y_all = torch.from_numpy(labels.astype(np.int64))
-  net = TorchSimpleCNN()
+  x_all = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
+  y_all = torch.from_numpy(labels.astype(np.int64)).to(device)
+  net = TorchSimpleCNN().to(device)
   criterion = nn.CrossEntropyLoss()
   optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
 
   def epoch_seconds():
     started = time.perf_counter()
-    order = torch.randperm(len(x_all))
+    order = torch.randperm(len(x_all), device=device)
     for step in range(steps):
       batch = order[step * batch_size : (step + 1) * batch_size]
       x = (x_all[batch].float() / 255 - 0.5) / 0.5
@@ -98,6 +107,7 @@ def torch_epochs(images, labels, batch_size, steps):
       loss = criterion(net(x), y)
       loss.backward()
       optimizer.step()
+    torch_synchronize(torch, device)
     return time.perf_counter() - started
 
   return epoch_seconds
@@ -127,8 +137,9 @@ def main():
   elif torch is None:
     print("pytorch: skipped (torch is not installed; pip install torch)")
   else:
-    print(f"pytorch threads: {torch.get_num_threads()}", flush=True)
-    epochs["pytorch"] = torch_epochs(images, labels, flags.batch_size, flags.steps)
+    device = torch_device(torch)
+    print(f"pytorch {torch.__version__} on {device}, threads: {torch.get_num_threads()}", flush=True)  # fmt: skip
+    epochs["pytorch"] = torch_epochs(images, labels, flags.batch_size, flags.steps, device)
   timed = alternate(epochs, flags.repeats)
   first_labels = {"jaxdiff": "compile+first epoch", "pytorch": "warm-up epoch"}
   rates = {

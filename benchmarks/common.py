@@ -40,6 +40,26 @@ def header() -> str:
   )
 
 
+def torch_device(torch):
+  """Where the PyTorch twin runs: on CUDA when JAX runs on a GPU, else on the CPU.
+
+  On CUDA, float32 matrix products are allowed TF32, as JAX's default precision does on
+  the GPU (PyTorch's own default already lets cuDNN convolutions use it).
+  """
+  if jax.default_backend() != "gpu":
+    return torch.device("cpu")
+  if not torch.cuda.is_available():
+    raise SystemExit("JAX runs on a GPU but this torch has no CUDA: install a CUDA build of torch")
+  torch.set_float32_matmul_precision("high")
+  return torch.device("cuda")
+
+
+def torch_synchronize(torch, device) -> None:
+  """Waits for the twin's queued GPU work, so that host clocks time it."""
+  if device.type == "cuda":
+    torch.cuda.synchronize(device)
+
+
 def random_data(
   examples: int, image_shape: tuple[int, ...] = (32, 32, 3)
 ) -> tuple[np.ndarray, np.ndarray]:

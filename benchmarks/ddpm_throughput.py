@@ -9,11 +9,16 @@ in memory, for each U-Net size asked for, with:
   clipping, Adam under a linear warm-up, the parameter EMA), one epoch per
   ``train_epoch`` call;
 * pytorch: a ``torch.nn.Module`` that mirrors ``jaxdiff.models.unet.UNet``
-  layer by layer, float32 NCHW on the CPU, starting from the same initial
-  parameters, with the same per-step work: a random permutation per epoch, a
+  layer by layer, NCHW, where JAX runs (``common.torch_device``: CUDA when
+  JAX's device is a GPU), starting from the same initial parameters, with the
+  same per-step work: a random permutation per epoch, a
   gather of uint8 rows mapped to [-1, 1], t ~ U{0, ..., T - 1} and Gaussian
   noise, q_sample with the same schedule, the noise-prediction MSE, backward,
   clipping, Adam with the same warm-up, and the EMA update.
+
+``--dtype bfloat16`` computes both U-Nets in bfloat16 with float32 parameters:
+jaxdiff's ``DiffusionConfig.compute_dtype``, and ``torch.autocast`` for the twin
+(its GroupNorms and loss stay float32 there, as jaxdiff's statistics do).
 
 Before timing, the twin is checked to be the same function: the Flax
 parameters (perturbed, so that no zero or unit initialisation hides a
@@ -29,6 +34,7 @@ framework's default thread count; the reported rate is the median.
 
   python benchmarks/ddpm_throughput.py --sizes tiny,small --steps 50 --repeats 3
   python benchmarks/ddpm_throughput.py --image-shape 32,32,3 --size base --batch-size 64
+  python benchmarks/ddpm_throughput.py --image-shape 32,32,3 --size base --dtype bfloat16
   python benchmarks/ddpm_throughput.py --check --sizes tiny,small,base
   python benchmarks/ddpm_throughput.py --sizes tiny,small --profile-torch
 """
@@ -41,10 +47,19 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import alternate, engine_epochs, header, random_data, report_rate
+from common import (
+  alternate,
+  engine_epochs,
+  header,
+  random_data,
+  report_rate,
+  torch_device,
+  torch_synchronize,
+)
 
 from jaxdiff import ddpm
 from jaxdiff.diffusion_experiment import (
+  COMPUTE_DTYPES,
   DiffusionConfig,
   ImageShapeError,
   check_image_shape,
@@ -271,7 +286,9 @@ def check_twin(size, image_shape, batch=4):
   )
   x = jax.random.normal(x_key, (batch, *image_shape))
   t = jax.random.randint(t_key, (batch,), 0, 1000, dtype=jnp.int32)
-  expected = np.asarray(model.apply({"params": params}, x, t))
+  # Full float32 products: on a GPU JAX's default precision would round through TF32.
+  with jax.default_matmul_precision("float32"):
+    expected = np.asarray(model.apply({"params": params}, x, t))
 
   net = TorchUNet(model, image_shape)
   load_flax_params(net, params)
@@ -298,17 +315,25 @@ def check_twin(size, image_shape, batch=4):
   return diff
 
 
-def torch_epochs(images, config, steps, initial_params):
+def torch_epochs(images, config, steps, initial_params, device):
   """A function training the PyTorch twin one epoch per call and returning its seconds."""
   torch.manual_seed(config.seed)
   image_shape = images.shape[1:]
   # Stored as uint8 like the engine's device copy, so both pay for gather and normalization.
-  x_all = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+  x_all = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
   net = TorchUNet(make_unet(config.model_size), image_shape)
   load_flax_params(net, initial_params)
+  net.to(device)
   schedule = ddpm.make_schedule(config.schedule, config.num_timesteps)
-  sqrt_alpha_bars = torch.tensor(np.asarray(schedule.sqrt_alpha_bars))
-  sqrt_one_minus_alpha_bars = torch.tensor(np.asarray(schedule.sqrt_one_minus_alpha_bars))
+  sqrt_alpha_bars = torch.tensor(np.asarray(schedule.sqrt_alpha_bars), device=device)
+  sqrt_one_minus_alpha_bars = torch.tensor(
+    np.asarray(schedule.sqrt_one_minus_alpha_bars), device=device
+  )
+  autocast = torch.autocast(
+    device.type,
+    dtype=torch.bfloat16,
+    enabled=config.compute_dtype == "bfloat16",
+  )
 
   params = list(net.parameters())
   optimizer = torch.optim.Adam(params, lr=config.learning_rate)
@@ -322,30 +347,35 @@ def torch_epochs(images, config, steps, initial_params):
 
   def epoch_seconds():
     started = time.perf_counter()
-    order = torch.randperm(len(x_all))
+    order = torch.randperm(len(x_all), device=device)
     for step in range(steps):
       batch = order[step * batch_size : (step + 1) * batch_size]
       x0 = x_all[batch].float() / 127.5 - 1.0
-      t = torch.randint(0, config.num_timesteps, (batch_size,))
+      t = torch.randint(0, config.num_timesteps, (batch_size,), device=device)
       noise = torch.randn_like(x0)
       x_t = (
         sqrt_alpha_bars[t].view(-1, 1, 1, 1) * x0
         + sqrt_one_minus_alpha_bars[t].view(-1, 1, 1, 1) * noise
       )
       optimizer.zero_grad()
-      loss = F.mse_loss(net(x_t, t), noise)
+      with autocast:
+        loss = F.mse_loss(net(x_t, t), noise)
       loss.backward()
       nn.utils.clip_grad_norm_(params, config.grad_clip)
       optimizer.step()
       warmup.step()
       ema_update(ema, params, None)
+    torch_synchronize(torch, device)
     return time.perf_counter() - started
 
   return epoch_seconds
 
 
 def print_torch_profile(size, epoch_seconds, steps, top=12):
-  """Trains the twin one more epoch under ``torch.profiler``; prints its costliest ops per step."""
+  """Trains the twin one more epoch under ``torch.profiler``; prints its costliest ops per step.
+
+  The ranking is by self CPU time, which on CUDA is the time spent launching kernels.
+  """
   from torch.profiler import ProfilerActivity, profile
 
   with profile(activities=[ProfilerActivity.CPU]) as profiler:
@@ -372,6 +402,8 @@ def parse_flags():
     "--image-shape", default="28,28,1", help="height,width,channels (default 28,28,1: MNIST)"
   )
   parser.add_argument("--batch-size", type=int, default=32)
+  parser.add_argument("--dtype", choices=COMPUTE_DTYPES, default="float32",
+                      help="computation dtype of both U-Nets (parameters stay float32)")  # fmt: skip
   parser.add_argument("--steps", type=int, default=50, help="steps per epoch")
   parser.add_argument("--repeats", type=int, default=3, help="timed epochs after the first")
   parser.add_argument(
@@ -424,17 +456,18 @@ def main():
   if run_torch:
     # Cheap at the tiny size, and the timings below mean nothing if the twin differs.
     check_twin("tiny", flags.image_shape)
-  config = DiffusionConfig(batch_size=flags.batch_size)
+  config = DiffusionConfig(batch_size=flags.batch_size, compute_dtype=flags.dtype)
   images, _ = random_data(flags.steps * flags.batch_size, flags.image_shape)
   print(
     f"DDPM U-Net, {'x'.join(map(str, flags.image_shape))} images, batch {flags.batch_size}, "
     f"clip {config.grad_clip} + Adam lr {config.learning_rate:g} (warm-up "
     f"{config.warmup_steps}) + EMA {config.ema_decay}, T {config.num_timesteps} "
-    f"{config.schedule}, float32, one run, {flags.steps} steps per epoch",
+    f"{config.schedule}, {config.compute_dtype}, one run, {flags.steps} steps per epoch",
     flush=True,
   )
   if run_torch:
-    print(f"pytorch threads: {torch.get_num_threads()}", flush=True)
+    device = torch_device(torch)
+    print(f"pytorch {torch.__version__} on {device}, threads: {torch.get_num_threads()}", flush=True)  # fmt: skip
 
   first_labels = {"jaxdiff": "compile+first epoch", "pytorch": "warm-up epoch"}
   for size in flags.sizes:
@@ -442,7 +475,7 @@ def main():
     epochs = {}
     epochs["jaxdiff"], initial = jaxdiff_epochs(images, size_config)
     if run_torch:
-      epochs["pytorch"] = torch_epochs(images, size_config, flags.steps, initial)
+      epochs["pytorch"] = torch_epochs(images, size_config, flags.steps, initial, device)
     rates = {
       name: report_rate(
         f"{name} ({size})", flags.batch_size, flags.steps, timings, first, first_labels[name], 1
