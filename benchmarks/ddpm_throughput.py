@@ -97,7 +97,7 @@ def torch_timestep_embedding(t, dim, max_period=10_000.0):
   """unet.timestep_embedding in PyTorch: ``(B,) -> (B, dim)`` float32."""
   half = dim // 2
   frequencies = torch.exp(
-    -math.log(max_period) * torch.arange(half, dtype=torch.float32) / (half - 1)
+    -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - 1)
   )
   angles = t.float()[:, None] * frequencies[None, :]
   embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
