@@ -503,7 +503,9 @@ def test_bfloat16_compute_keeps_float32_parameters_gradients_and_loss():
     dtype: DiffusionConfig(model_size="tiny", compute_dtype=dtype).make_model()
     for dtype in ("float32", "bfloat16")
   }
-  tasks = {dtype: ddpm.diffusion_task(model, schedule, (8, 8, 1)) for dtype, model in models.items()}
+  tasks = {
+    dtype: ddpm.diffusion_task(model, schedule, (8, 8, 1)) for dtype, model in models.items()
+  }
   params = tasks["float32"].init(jax.random.key(17))
   # A fresh U-Net's zero output layer predicts zero in any dtype: perturb every leaf.
   leaves, treedef = jax.tree.flatten(params)
