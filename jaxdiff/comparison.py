@@ -10,6 +10,7 @@ training (the posterior average, how SGLD is meant to be used).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -134,6 +135,29 @@ class _Runs:
     return len(self.settings)
 
 
+class PhaseClock:
+  """Wall seconds spent in each phase of an experiment, summed over its occurrences.
+
+  Example:
+    >>> clock = PhaseClock()
+    >>> with clock("train"):
+    ...   state = train(state)
+    >>> clock.seconds  # {"train": 12.3}
+  """
+
+  def __init__(self):
+    self.seconds: dict[str, float] = {}
+
+  @contextlib.contextmanager
+  def __call__(self, phase: str):
+    started = time.perf_counter()
+    try:
+      yield
+    finally:
+      elapsed = time.perf_counter() - started
+      self.seconds[phase] = self.seconds.get(phase, 0.0) + elapsed
+
+
 def run_comparison(
   config: ComparisonConfig,
   data: Dataset,
@@ -142,15 +166,19 @@ def run_comparison(
   resume: bool = False,
   quiet: bool = False,
   log: Callable[[str], None] = print,
+  clock: PhaseClock | None = None,
 ) -> list[dict[str, Any]]:
   """Trains every optimizer of ``config`` and returns one record per run.
 
   Checkpoints go to ``out_dir/checkpoints/<optimizer>`` after every epoch;
   with ``resume`` each optimizer continues from its latest checkpoint.
+  ``clock``, if given, sums the wall seconds spent compiling, training,
+  scoring and checkpointing.
 
   Returns:
     Run records in the schema of :func:`jaxdiff.report.summarize`.
   """
+  clock = clock or PhaseClock()
   root = jax.random.key(config.seed)
   data = training_subset(data, config.train_size, jax.random.fold_in(root, 0))
   mesh = parallel.make_mesh()
@@ -173,17 +201,18 @@ def run_comparison(
     for runs in optimizers
   ]
   device_data = trainers[0].put_data({"image": data.x_train, "label": data.y_train})
-  # The trainers share the compiled parameter initialisation: one after another, only the
-  # first compiles it.
-  states = [_initial_state(runs, trainer, root) for runs, trainer in zip(optimizers, trainers)]
-  # Compiling is most of a short comparison's time; the optimizers' programs compile at once.
-  with ThreadPoolExecutor(len(trainers)) as pool:
-    list(pool.map(lambda trainer, state: trainer.compile(state, device_data), trainers, states))
+  with clock("compile"):
+    # The trainers share the compiled parameter initialisation: one after another, only the
+    # first compiles it.
+    states = [_initial_state(runs, trainer, root) for runs, trainer in zip(optimizers, trainers)]
+    # Compiling is most of a short comparison's time; the optimizers' programs compile at once.
+    with ThreadPoolExecutor(len(trainers)) as pool:
+      list(pool.map(lambda trainer, state: trainer.compile(state, device_data), trainers, states))
   records = []
   for runs, trainer, state in zip(optimizers, trainers, states):
     records += _train_optimizer(
       config, runs, trainer, state, predict, data, device_data,
-      Path(out_dir) / "checkpoints" / runs.name, resume, quiet, log,
+      Path(out_dir) / "checkpoints" / runs.name, resume, quiet, log, clock,
     )  # fmt: skip
   return records
 
@@ -199,7 +228,7 @@ def _initial_state(runs: _Runs, trainer: train.Trainer, root: jax.Array) -> trai
 
 
 def _train_optimizer(config, runs, trainer, state, predict, data, device_data, checkpoint_dir,
-                     resume, quiet, log) -> list[dict[str, Any]]:  # fmt: skip
+                     resume, quiet, log, clock) -> list[dict[str, Any]]:  # fmt: skip
   spec = OPTIMIZERS[runs.name]
   num_classes = data.num_classes
   # Summed test-set probabilities over the last half's epochs: the posterior average.
@@ -222,10 +251,12 @@ def _train_optimizer(config, runs, trainer, state, predict, data, device_data, c
   reported_divergence = set(np.flatnonzero(np.asarray(state.diverged_at) >= 0).tolist())
   for epoch in range(start, config.epochs):
     started = time.perf_counter()
-    state, metrics = trainer.train_epoch(state, device_data, epoch, on_steps=progress.on_steps)
-    jax.block_until_ready(state)
+    with clock("train"):
+      state, metrics = trainer.train_epoch(state, device_data, epoch, on_steps=progress.on_steps)
+      jax.block_until_ready(state)
     history["epoch_seconds"].append((time.perf_counter() - started) / steps)
-    probs = predict(state.params, data.x_test)
+    with clock("score"):
+      probs = predict(state.params, data.x_test)
     if spec.langevin and epoch >= config.epochs // 2:
       extras["posterior_sum"] = extras["posterior_sum"] + probs
       extras["snapshots"] = extras["snapshots"] + 1
@@ -250,12 +281,14 @@ def _train_optimizer(config, runs, trainer, state, predict, data, device_data, c
           f"{int(state.diverged_at[run])}: non-finite loss; it keeps its last finite "
           "parameters and stops, the other runs go on"
         )
-    checkpoints.save(epoch + 1, state, extras, history)
+    with clock("checkpoint"):
+      checkpoints.save(epoch + 1, state, extras, history)
   progress.close()
   checkpoints.close()
   # A run resumed after its last epoch has no fresh predictions of its own.
-  test_probs = probs if probs is not None else predict(state.params, data.x_test)
-  train_probs = predict(state.params, data.x_train)
+  with clock("score"):
+    test_probs = probs if probs is not None else predict(state.params, data.x_test)
+    train_probs = predict(state.params, data.x_train)
   return [
     _record(runs, run, state, extras, history, test_probs[run], train_probs[run], data, spec)
     for run in range(runs.num_runs)
@@ -374,12 +407,16 @@ def run_experiment(
   from jaxdiff.data import load_dataset  # pylint: disable=g-import-not-at-top
 
   started = time.perf_counter()
-  data = load_dataset(data_source, name="cifar10" if data_source == "tfds" else None)
+  clock = PhaseClock()
+  with clock("load"):
+    data = load_dataset(data_source, name="cifar10" if data_source == "tfds" else None)
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  records = run_comparison(config, data, out, resume=resume, quiet=quiet)
+  records = run_comparison(config, data, out, resume=resume, quiet=quiet, clock=clock)
   train_size = config.train_size or len(data.x_train)
+  # The rest of the wall time: the data's device copy, progress, this report's own writing.
   env = {**parallel.environment(), "wall_time_s": time.perf_counter() - started,
+         "phase_seconds": {phase: round(s, 1) for phase, s in clock.seconds.items()},
          "date": time.strftime("%Y-%m-%d")}  # fmt: skip
   settings = {
     **dataclasses.asdict(config),

@@ -48,6 +48,12 @@ def test_smoke_run_writes_every_output(tmp_path, tiny_cifar):
   langevin = [run for run in report["runs"] if run["optimizer"] == "langevin"]
   assert langevin[0]["temperature"] == pytest.approx(0.01 * 200)
   assert report["config"]["train_size"] == 200
+  env = report["environment"]
+  phases = env["phase_seconds"]
+  assert set(phases) == {"load", "compile", "train", "score", "checkpoint"}
+  # Rounded to 0.1 s each; the phases are disjoint parts of the wall time.
+  assert all(seconds >= 0 for seconds in phases.values()) and phases["compile"] > 0
+  assert sum(phases.values()) <= env["wall_time_s"] + 0.05 * len(phases)
   markdown = (out / "report.md").read_text()
   assert "T = N·D" in markdown and "## Claims" in markdown
   assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
