@@ -47,15 +47,19 @@ try:
 except ImportError:  # the JAX half is still worth running without torch
   torch = None
 
+CPU_OPS = {"auto": None, "on": True, "off": False}  # SimpleCNN.cpu_ops
 
-def jaxdiff_epochs(images, labels, batch_size):
+
+def jaxdiff_epochs(images, labels, flags):
   """A function that trains the engine one epoch per call and returns its seconds."""
-  task = classification.classifier_task(SimpleCNN(), (32, 32, 3))
+  model = SimpleCNN(cpu_ops=CPU_OPS[flags.cpu_ops])
+  task = classification.classifier_task(model, (32, 32, 3))
   trainer = train.Trainer(
     task,
     functools.partial(optax.sgd, momentum=0.9),
     mesh=parallel.make_mesh(),
-    batch_size=batch_size,
+    batch_size=flags.batch_size,
+    scan_unroll=flags.scan_unroll,
   )
   state = trainer.init(jax.random.key(0)[None], learning_rate=jnp.asarray([1e-3]))
   return engine_epochs(trainer, state, {"image": images, "label": labels})
@@ -119,19 +123,23 @@ def main():
   parser.add_argument("--steps", type=int, default=200, help="steps per epoch")
   parser.add_argument("--repeats", type=int, default=3, help="timed epochs after the first")
   parser.add_argument("--skip-torch", action="store_true", help="time jaxdiff only")
+  parser.add_argument("--cpu-ops", choices=CPU_OPS, default="auto",
+                      help="SimpleCNN's CPU formulation: by backend (auto), always, never")  # fmt: skip
+  parser.add_argument("--scan-unroll", type=int, default=1,
+                      help="steps per iteration of the engine's epoch scan")  # fmt: skip
   flags = parser.parse_args()
-  if flags.batch_size <= 0 or flags.steps <= 0 or flags.repeats <= 0:
-    parser.error("--batch-size, --steps and --repeats must be positive")
+  if min(flags.batch_size, flags.steps, flags.repeats, flags.scan_unroll) <= 0:
+    parser.error("--batch-size, --steps, --repeats and --scan-unroll must be positive")
 
   print(header(), flush=True)
   images, labels = random_data(flags.steps * flags.batch_size)
   print(
-    f"SimpleCNN, SGD momentum 0.9, batch {flags.batch_size}, one run, "
-    f"{flags.steps} steps per epoch",
+    f"SimpleCNN (cpu_ops {flags.cpu_ops}), SGD momentum 0.9, batch {flags.batch_size}, one run, "
+    f"{flags.steps} steps per epoch, scan unroll {flags.scan_unroll}",
     flush=True,
   )
 
-  epochs = {"jaxdiff": jaxdiff_epochs(images, labels, flags.batch_size)}
+  epochs = {"jaxdiff": jaxdiff_epochs(images, labels, flags)}
   if flags.skip_torch:
     print("pytorch: skipped (--skip-torch)")
   elif torch is None:

@@ -33,10 +33,11 @@ def arrays():
   return {"image": images.astype(np.uint8), "label": labels}
 
 
-def _train(arrays, epochs=2, devices=None, loop="step", runs_per_call=1, learning_rates=None):
+def _train(arrays, epochs=2, devices=None, loop="step", runs_per_call=1, learning_rates=None,
+           scan_unroll=1):  # fmt: skip
   mesh = parallel.make_mesh(devices)
   trainer = train.Trainer(TASK, jaxdiff.langevin_sgd, mesh=mesh, batch_size=16, loop=loop,
-                          runs_per_call=runs_per_call)  # fmt: skip
+                          runs_per_call=runs_per_call, scan_unroll=scan_unroll)  # fmt: skip
   keys = jax.random.split(jax.random.key(0), NUM_RUNS)
   lrs = learning_rates if learning_rates is not None else [0.05, 0.1, 0.2]
   state = trainer.init(keys, learning_rate=jnp.asarray(lrs), diffusion=jnp.asarray([0.0, 1e-4, 1e-3]),
@@ -66,6 +67,12 @@ def test_training_reduces_the_loss(reference):
 def test_scan_epoch_matches_the_step_loop(arrays, reference):
   _, losses = _train(arrays, loop="scan")
   # Same program, compiled inside a scan: float reassociation only.
+  np.testing.assert_allclose(losses, reference[1], rtol=1e-5, atol=1e-6)
+
+
+def test_unrolled_scan_matches_the_step_loop(arrays, reference):
+  # Three steps per iteration of an epoch of four: a remainder step too.
+  _, losses = _train(arrays, loop="scan", scan_unroll=3)
   np.testing.assert_allclose(losses, reference[1], rtol=1e-5, atol=1e-6)
 
 
@@ -125,6 +132,8 @@ def test_bad_engine_arguments():
     train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=0)
   with pytest.raises(ValueError, match="loop"):
     train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=8, loop="while")
+  with pytest.raises(ValueError, match="scan_unroll must be positive"):
+    train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=8, scan_unroll=0)
 
 
 class TinyConvClassifier(nn.Module):
