@@ -31,6 +31,12 @@ Design, in the order data flows:
 * On CPU the step and epoch are compiled with ``cpu_ops.compiler_options()``,
   which leave convolutions to XLA's own kernels rather than YNNPACK's (the small
   U-Net's loss gradient, 327 against 433 ms).
+* Compilation is most of a short run's time. Trainers of one task share the
+  compiled parameter initialisation and batch-index draw, and
+  ``Trainer.compile`` compiles an epoch's programs ahead of it: XLA compiles
+  without the GIL, so the comparison compiles its optimizers' programs in
+  parallel threads (six optimizers, 2 epochs of 2 000 CIFAR images on 2 CPU
+  cores: 37-38 s of wall time instead of 47-51 s; ``benchmarks/RESULTS.md``).
 * A run whose loss turns non-finite keeps its last finite parameters, records
   the step, and stops updating; the other runs in the program carry on.
 * Checkpoints (orbax ``CheckpointManager``) hold the state, any extra arrays
