@@ -58,6 +58,7 @@ def main(argv=None):
   from jaxdiff import comparison, parallel  # pylint: disable=g-import-not-at-top
 
   parallel.select_platform(flags.platform)
+  cli.use_compilation_cache()
   comparison.run_experiment(config, flags.data, flags.out, resume=flags.resume, quiet=flags.quiet,
                             notes=flags.note)  # fmt: skip
 

@@ -61,6 +61,7 @@ def main(argv=None):
   from jaxdiff import diffusion_experiment, parallel  # pylint: disable=g-import-not-at-top
 
   parallel.select_platform(flags.platform)
+  cli.use_compilation_cache()
   diffusion_experiment.run_experiment(config, flags.data, flags.out, resume=flags.resume,
                                       quiet=flags.quiet)  # fmt: skip
 

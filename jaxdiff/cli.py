@@ -35,6 +35,19 @@ def add_common_flags(parser: argparse.ArgumentParser, default_out: str) -> None:
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def use_compilation_cache() -> None:
+  """Keeps compiled programs on disk, in ``xla/`` under jaxdiff's cache (``$JAXDIFF_CACHE``).
+
+  JAX's persistent compilation cache: a rerun of an experiment with the same shapes loads its
+  programs instead of compiling them again, which is most of a short run's time.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from jaxdiff.data import default_cache_dir  # pylint: disable=g-import-not-at-top
+
+  jax.config.update("jax_compilation_cache_dir", str(default_cache_dir() / "xla"))
+
+
 def positive_int(text: str) -> int:
   value = int(text)
   if value <= 0:

@@ -32,6 +32,30 @@ def tiny_cifar(tmp_path_factory):
   return path
 
 
+@pytest.fixture(scope="module")
+def jaxdiff_cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(monkeypatch, jaxdiff_cache):
+  """The CLIs' caches (compiled programs among them) go to a temporary folder, not ~/.cache."""
+  monkeypatch.setenv("JAXDIFF_CACHE", str(jaxdiff_cache))
+
+
+def test_compiled_programs_are_kept_in_the_cache_folder(tmp_path):
+  code = (
+    "import jax; from jaxdiff import cli; cli.use_compilation_cache(); "
+    "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0); "
+    "jax.jit(lambda x: x * 2)(1.0).block_until_ready()"
+  )
+  env = {**os.environ, "JAXDIFF_CACHE": str(tmp_path)}
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env=env)  # fmt: skip
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert any((tmp_path / "xla").iterdir())
+
+
 def _cli(*args, timeout=600):
   return subprocess.run([sys.executable, str(CLI), *map(str, args)], capture_output=True,
                         text=True, timeout=timeout, cwd=ROOT)  # fmt: skip
