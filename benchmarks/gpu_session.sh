@@ -34,6 +34,9 @@ step decode 120 $PY -c "from jaxdiff.data import load_dataset; load_dataset('$DA
 step cifar_default 300 $PY experiments/cifar.py --data "$DATA" --out /tmp/cifar_default --quiet
 cp /tmp/cifar_default/report.md "$OUT/cifar_report.md" 2>/dev/null
 grep -o "wall time s [0-9.]*\|phase seconds[^;]*" /tmp/cifar_default/report.md 2>/dev/null | tee -a "$log"
+# Again with the compiled programs in JAX's persistent cache (under $JAXDIFF_CACHE/xla).
+step cifar_default_warm 300 $PY experiments/cifar.py --data "$DATA" --out /tmp/cifar_warm --quiet
+grep -o "wall time s [0-9.]*\|phase seconds[^;]*" /tmp/cifar_warm/report.md 2>/dev/null | tee -a "$log"
 step cnn_throughput 180 $PY benchmarks/cnn_throughput.py --steps 500 --repeats 5
 # Candidates for the CNN's GPU path, jaxdiff only: fewer loop iterations, matmuls for the
 # convolutions, cuBLAS instead of autotuned Triton GEMMs.
