@@ -75,10 +75,11 @@ def run_main(
   """Runs ``main``; a user error becomes one line on stderr and exit code 2."""
   from jaxdiff.data import DataError  # pylint: disable=g-import-not-at-top
   from jaxdiff.parallel import BatchShardingError, PlatformError  # pylint: disable=g-import-not-at-top
+  from jaxdiff.train import CheckpointsExistError  # pylint: disable=g-import-not-at-top
 
   try:
     main(argv)
-  except (DataError, PlatformError, BatchShardingError) as error:
+  except (DataError, PlatformError, BatchShardingError, CheckpointsExistError) as error:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
   return 0

@@ -177,7 +177,12 @@ def run_comparison(
 
   Returns:
     Run records in the schema of :func:`jaxdiff.report.summarize`.
+
+  Raises:
+    jaxdiff.train.CheckpointsExistError: not ``resume``, and ``out_dir`` holds checkpoints.
   """
+  if not resume:
+    train.check_no_checkpoints(Path(out_dir) / "checkpoints")
   clock = clock or PhaseClock()
   root = jax.random.key(config.seed)
   data = training_subset(data, config.train_size, jax.random.fold_in(root, 0))

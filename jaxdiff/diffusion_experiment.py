@@ -171,7 +171,13 @@ def train_diffusion(
   quiet: bool = False,
   log=print,
 ) -> tuple[Any, dict[str, Any]]:
-  """Trains the DDPM; returns the EMA parameters and the training history."""
+  """Trains the DDPM; returns the EMA parameters and the training history.
+
+  Raises:
+    jaxdiff.train.CheckpointsExistError: not ``resume``, and ``out_dir`` holds checkpoints.
+  """
+  if not resume:
+    train.check_no_checkpoints(Path(out_dir) / "checkpoints")
   trainer, state = make_trainer(config, data.image_shape)
   # Per call of the engine: (steps, seconds); the first includes compilation.
   history: dict[str, Any] = {"loss": [], "epochs": []}

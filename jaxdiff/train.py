@@ -420,6 +420,24 @@ def _broadcast(value: Any, num_runs: int) -> jax.Array:
   return jnp.broadcast_to(jnp.asarray(value), (num_runs,) + np.shape(value))
 
 
+class CheckpointsExistError(FileExistsError):
+  """A fresh run would write its checkpoints over an earlier run's."""
+
+
+def check_no_checkpoints(directory: str | Path) -> None:
+  """Raises :class:`CheckpointsExistError` if ``directory`` holds anything.
+
+  Call before a fresh (not resumed) run: its checkpoints would otherwise collide with an
+  earlier run's in the middle of training.
+  """
+  directory = Path(directory)
+  if directory.is_dir() and any(directory.iterdir()):
+    raise CheckpointsExistError(
+      f"{directory} holds an earlier run's checkpoints: resume that run (--resume), or write "
+      "to another output folder"
+    )
+
+
 class Checkpoints:
   """Per-epoch orbax checkpoints of a :class:`TrainState`, extra arrays and history.
 

@@ -82,6 +82,13 @@ def test_smoke_run_writes_every_output(tmp_path, tiny_cifar):
   assert "T = N·D" in markdown and "## Claims" in markdown
   assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+  # A fresh run into a folder with checkpoints stops before training, and says what to do.
+  again = _cli("--data", tiny_cifar, "--out", out, "--train-size", 200, "--epochs", 1, "--quiet")
+  assert again.returncode == 2, again.stderr[-3000:]
+  lines = [line for line in again.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and "--resume" in lines[0], again.stderr
+  assert json.loads((out / "report.json").read_text()) == report
+
 
 @pytest.mark.parametrize(
   "args,message",

@@ -84,6 +84,13 @@ def test_outputs_and_resume(tmp_path, tiny_mnist, cache_env):
   straight_report = json.loads((straight / "report.json").read_text())
   assert report["test_bits_per_dim"] == straight_report["test_bits_per_dim"]
 
+  # A fresh run into a folder with checkpoints stops before training, and says what to do.
+  again = _cli(cache_env, "--data", tiny_mnist, "--out", straight, "--steps", 12, *TINY_RUN)
+  assert again.returncode == 2, again.stderr[-3000:]
+  lines = [line for line in again.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and "--resume" in lines[0], again.stderr
+  assert json.loads((straight / "report.json").read_text()) == straight_report
+
 
 @pytest.mark.parametrize(
   "args,message",

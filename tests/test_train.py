@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
