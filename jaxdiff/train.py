@@ -380,7 +380,7 @@ class Trainer:
     return jax.lax.scan(body, state, jnp.arange(indices.shape[1]), unroll=self.scan_unroll)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=32)  # bounded: each entry holds compiled programs
 def _params_initializer(init: Callable[[jax.Array], Params], sharding: jax.sharding.Sharding):
   """``jit(vmap(init))``, one per task: trainers of different optimizers share its compilation.
 
@@ -390,7 +390,7 @@ def _params_initializer(init: Callable[[jax.Array], Params], sharding: jax.shard
   return jax.jit(jax.vmap(init), out_shardings=sharding)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=32)  # bounded: each entry holds compiled programs
 def _epoch_index_sampler(batch_size: int, sharding: jax.sharding.Sharding):
   """The jitted ``(keys, epoch, steps, num_examples) -> (runs, steps, batch)`` batch indices.
 
