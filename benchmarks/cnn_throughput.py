@@ -146,7 +146,6 @@ def main():
     print("pytorch: skipped (torch is not installed; pip install torch)")
   else:
     device = torch_device(torch)
-    print(f"pytorch {torch.__version__} on {device}, threads: {torch.get_num_threads()}", flush=True)  # fmt: skip
     epochs["pytorch"] = torch_epochs(images, labels, flags.batch_size, flags.steps, device)
   timed = alternate(epochs, flags.repeats)
   first_labels = {"jaxdiff": "compile+first epoch", "pytorch": "warm-up epoch"}

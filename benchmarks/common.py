@@ -41,17 +41,21 @@ def header() -> str:
 
 
 def torch_device(torch):
-  """Where the PyTorch twin runs: on CUDA when JAX runs on a GPU, else on the CPU.
+  """Where the PyTorch twin runs, printed with torch's version and threads: CUDA when JAX runs
+  on a GPU, else the CPU.
 
   On CUDA, float32 matrix products are allowed TF32, as JAX's default precision does on
   the GPU (PyTorch's own default already lets cuDNN convolutions use it).
   """
   if jax.default_backend() != "gpu":
-    return torch.device("cpu")
-  if not torch.cuda.is_available():
+    device = torch.device("cpu")
+  elif not torch.cuda.is_available():
     raise SystemExit("JAX runs on a GPU but this torch has no CUDA: install a CUDA build of torch")
-  torch.set_float32_matmul_precision("high")
-  return torch.device("cuda")
+  else:
+    torch.set_float32_matmul_precision("high")
+    device = torch.device("cuda")
+  print(f"pytorch {torch.__version__} on {device}, threads: {torch.get_num_threads()}", flush=True)
+  return device
 
 
 def torch_synchronize(torch, device) -> None:

@@ -467,7 +467,6 @@ def main():
   )
   if run_torch:
     device = torch_device(torch)
-    print(f"pytorch {torch.__version__} on {device}, threads: {torch.get_num_threads()}", flush=True)  # fmt: skip
 
   first_labels = {"jaxdiff": "compile+first epoch", "pytorch": "warm-up epoch"}
   for size in flags.sizes:
