@@ -47,6 +47,7 @@ Design, in the order data flows:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping
@@ -442,7 +443,10 @@ class Checkpoints:
   """Per-epoch orbax checkpoints of a :class:`TrainState`, extra arrays and history.
 
   Each save is atomic (orbax writes a temporary directory and renames it), so
-  a run killed at any moment leaves the previous complete checkpoint.
+  a run killed at any moment leaves the previous complete checkpoint. Saves are
+  asynchronous: :meth:`save` returns once the arrays are copied to the host, and
+  orbax writes them in a background thread while training goes on; the next save
+  and :meth:`close` wait for it.
 
   Args:
     directory: where the numbered checkpoints go.
@@ -456,7 +460,7 @@ class Checkpoints:
     self._manager = ocp.CheckpointManager(
       Path(directory).resolve(),
       options=ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True
+        max_to_keep=max_to_keep, enable_async_checkpointing=True, create=True
       ),
     )
 
@@ -465,17 +469,21 @@ class Checkpoints:
     return self._manager.latest_step()
 
   def save(self, epoch: int, state: TrainState, extras: Any, history: dict) -> None:
-    """Saves the state after ``epoch`` epochs, with ``extras`` arrays and JSON ``history``."""
+    """Saves the state after ``epoch`` epochs, with ``extras`` arrays and JSON ``history``.
+
+    Returns before the files are written (the class docstring); ``state`` may then be
+    donated, and ``history`` changed (it is copied), but ``extras`` must not be changed in
+    place.
+    """
     ocp = self._ocp
     self._manager.save(
       epoch,
       args=ocp.args.Composite(
         arrays=ocp.args.StandardSave({"state": state, "extras": extras}),
-        history=ocp.args.JsonSave(history),
+        history=ocp.args.JsonSave(copy.deepcopy(history)),
       ),
       force=True,
     )
-    self._manager.wait_until_finished()
 
   def restore(self, epoch: int, state: TrainState, extras: Any) -> tuple[TrainState, Any, dict]:
     """Restores ``epoch`` into the shapes, dtypes and shardings of ``state`` and ``extras``."""
@@ -490,4 +498,5 @@ class Checkpoints:
     return restored.arrays["state"], restored.arrays["extras"], restored.history
 
   def close(self) -> None:
+    """Waits for the last save to be written, then releases orbax's threads."""
     self._manager.close()

@@ -121,6 +121,34 @@ def test_toeplitz_conv_is_a_matmul_where_it_applies_and_falls_back_elsewhere():
   assert too_small.shape == lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=NHWC).shape  # fmt: skip
 
 
+@pytest.mark.parametrize(
+  "lhs_shape, rhs_shape, block",
+  [
+    ((3, 32, 32, 3), (5, 5, 3, 6), 28),  # seed conv1, whole rows: XLA:GPU's choice
+    ((3, 32, 32, 3), (5, 5, 3, 6), 7),
+    ((3, 32, 32, 3), (5, 5, 3, 6), 1),
+    ((3, 14, 14, 6), (5, 5, 6, 16), 10),  # seed conv2, whole rows
+  ],
+)
+def test_toeplitz_conv_equals_lax_conv_at_every_block_width(lhs_shape, rhs_shape, block):
+  lhs = jax.random.normal(jax.random.key(2), lhs_shape)
+  rhs = jax.random.normal(jax.random.key(3), rhs_shape)
+  conv = lambda fn, **kw: lambda x, w: fn(x, w, (1, 1), "VALID", dimension_numbers=NHWC, **kw)  # noqa: E731
+  fast = conv(cpu_ops.conv_toeplitz, block=block)
+  assert_same_convolution(conv(lax.conv_general_dilated), fast, lhs, rhs)
+
+
+def test_toeplitz_block_per_platform_and_bad_blocks():
+  assert cpu_ops.toeplitz_block(28, 5, "cpu") == 4  # measured fastest on XLA:CPU
+  assert cpu_ops.toeplitz_block(10, 5, "cpu") == 5
+  assert cpu_ops.toeplitz_block(2, 5, "cpu") == 2  # no divisor reaches kw - 1: whole rows
+  assert cpu_ops.toeplitz_block(28, 5, "gpu") == 28
+  x, w = jnp.ones((1, 8, 8, 1)), jnp.ones((3, 3, 1, 2))
+  for block in (0, 4, 7):
+    with pytest.raises(ValueError, match="divisor of the output width 6"):
+      cpu_ops.conv_toeplitz(x, w, (1, 1), "VALID", dimension_numbers=NHWC, block=block)
+
+
 def same_conv(x, w):
   return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
 

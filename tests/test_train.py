@@ -119,10 +119,38 @@ def test_checkpoint_round_trip_is_bitwise(tmp_path, arrays, reference):
   checkpoints.close()
   assert history == {"epochs": [1, 2]}
   np.testing.assert_array_equal(restored_extras["sum"], extras["sum"])
-  for leaf, ref in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
-    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-      leaf, ref = jax.random.key_data(leaf), jax.random.key_data(ref)
+  for leaf, ref in zip(_host_leaves(restored), _host_leaves(state)):
     np.testing.assert_array_equal(leaf, ref)
+
+
+def _host_leaves(tree):
+  """The leaves as NumPy arrays, keys as their key data."""
+  to_host = lambda leaf: np.asarray(  # noqa: E731
+    jax.random.key_data(leaf) if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key) else leaf
+  )
+  return [to_host(leaf) for leaf in jax.tree.leaves(tree)]
+
+
+def test_an_asynchronous_save_keeps_what_it_was_given_while_training_goes_on(tmp_path, arrays):
+  trainer = train.Trainer(TASK, optax.sgd, mesh=parallel.make_mesh(), batch_size=16, loop="step")
+  state = trainer.init(jax.random.split(jax.random.key(0), 2), learning_rate=jnp.asarray([0.1, 0.2]))
+  data = trainer.put_data(arrays)
+  saved, saved_params = _host_leaves(state), _host_leaves(state.params)
+  history = {"epochs": [1]}
+  checkpoints = train.Checkpoints(tmp_path / "ckpt")
+  checkpoints.save(1, state, {}, history)
+  # Before the files are written: the training step donates the saved state's buffers, and
+  # the history grows.
+  state, _ = trainer.train_epoch(state, data, 0)
+  history["epochs"].append(2)
+  checkpoints.close()
+  assert not any(map(np.array_equal, _host_leaves(state.params), saved_params))  # it trained
+  reopened = train.Checkpoints(tmp_path / "ckpt")
+  restored, _, restored_history = reopened.restore(1, state, {})
+  reopened.close()
+  assert restored_history == {"epochs": [1]}
+  for leaf, want in zip(_host_leaves(restored), saved):
+    np.testing.assert_array_equal(leaf, want)
 
 
 def test_bad_engine_arguments():

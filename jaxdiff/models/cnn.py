@@ -16,8 +16,9 @@ class SimpleCNN(nn.Module):
   Attributes:
     num_classes: size of the output layer.
     cpu_ops: compute the convolutions and pools with :mod:`jaxdiff.models.cpu_ops`, the
-      formulations that are faster on XLA:CPU (same function, same parameters). ``None``
-      chooses them when JAX's default backend is the CPU, when the model is traced.
+      matmul formulations written for XLA:CPU (same function, same parameters). ``None``
+      chooses them where they were measured faster, on the CPU and the GPU
+      (``cpu_ops.MEASURED_FASTER_ON``), when the model is traced.
   """
 
   num_classes: int = 10

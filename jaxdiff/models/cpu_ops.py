@@ -29,9 +29,18 @@ FEATURE_MULTIPLE = 16
 """Output features are padded to a multiple of this: one AVX-512 register of float32."""
 
 
+MEASURED_FASTER_ON = ("cpu", "gpu")
+"""Backends where the seed CNN trained faster with these formulations (``benchmarks/RESULTS.md``).
+
+On XLA:GPU, too, cuDNN's kernels for 3-16 channels were slow (the vmapped runs' grouped
+convolutions slower still), and the matmuls need no convolution autotuning when compiling.
+"""
+
+
 def enabled(choice: bool | None) -> bool:
-  """``choice``, or where it is ``None``, whether JAX's default backend is the CPU."""
-  return jax.default_backend() == "cpu" if choice is None else choice
+  """``choice``, or where it is ``None``, whether JAX's default backend is one of
+  :data:`MEASURED_FASTER_ON`."""
+  return jax.default_backend() in MEASURED_FASTER_ON if choice is None else choice
 
 
 # jaxlib 0.10.2's default YNNPACK fusion types (individual dots, reductions and convolutions),
@@ -119,7 +128,9 @@ def conv_padded_features(
 _CONV_SIGNATURE = inspect.signature(lax.conv_general_dilated)
 
 
-def conv_toeplitz(lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
+def conv_toeplitz(
+  lhs: jax.Array, rhs: jax.Array, *args: Any, block: int | None = None, **kwargs: Any
+) -> jax.Array:
   """``lax.conv_general_dilated`` as one matmul with a banded (Toeplitz) kernel matrix.
 
   Takes the arguments of ``lax.conv_general_dilated``, bound by its signature (so it can be
@@ -130,12 +141,19 @@ def conv_toeplitz(lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any) -> 
   the kernel (zero outside the window) maps it to the block's ``block × cout`` outputs.
   The products with those zeros are wasted work, a factor ``(block + kw - 1) / kw``, but a
   dense matmul runs many times faster on XLA:CPU than its convolution kernels do at few
-  channels. ``block`` is the smallest divisor of the output width not below ``kw - 1``, so
-  the overlapping column windows copy the input at most twice. Other convolutions (strided,
-  dilated, grouped, other layouts) go to :func:`conv_padded_features`.
+  channels. Other convolutions (strided, dilated, grouped, other layouts) go to
+  :func:`conv_padded_features`.
+
+  Args:
+    lhs, rhs, *args, **kwargs: the arguments of ``lax.conv_general_dilated``.
+    block: output columns per row of the matmul, a divisor of the output width; ``None``
+      takes :func:`toeplitz_block`'s choice for JAX's default backend.
 
   Returns:
     The convolution, shaped as ``lax.conv_general_dilated`` would return it.
+
+  Raises:
+    ValueError: ``block`` does not divide the output width.
   """
   bound = _CONV_SIGNATURE.bind(lhs, rhs, *args, **kwargs)
   bound.apply_defaults()
@@ -163,7 +181,10 @@ def conv_toeplitz(lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any) -> 
   batch, height, width, in_features = padded.shape
   kernel_height, kernel_width, _, out_features = rhs.shape
   out_height, out_width = height - kernel_height + 1, width - kernel_width + 1
-  block = next(b for b in range(1, out_width + 1) if out_width % b == 0 and b >= kernel_width - 1)
+  if block is None:
+    block = toeplitz_block(out_width, kernel_width)
+  elif block <= 0 or out_width % block:
+    raise ValueError(f"block must be a positive divisor of the output width {out_width}: {block}")
   window = block + kernel_width - 1
   # (batch, out_height, blocks, kh, window, in), flattened after the blocks; built in one
   # expression so that XLA makes it in one pass over the input.
@@ -184,6 +205,22 @@ def conv_toeplitz(lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any) -> 
     preferred_element_type=given["preferred_element_type"],
   )
   return out.reshape(batch, out_height, out_width, out_features)
+
+
+def toeplitz_block(out_width: int, kernel_width: int, platform: str | None = None) -> int:
+  """:func:`conv_toeplitz`'s output columns per matmul row on ``platform`` (default: JAX's).
+
+  On the CPU, the smallest divisor of the output width not below ``kw - 1``: the overlapping
+  column windows then copy the input at most twice, and the matrix stays small enough for the
+  cache (the seed CNN's conv1 ran fastest at 4 of the widths 2-28). Elsewhere the whole output
+  row: each matmul row is then ``kh`` whole input rows, contiguous in memory, where the
+  narrow blocks' many strided windows made XLA:GPU's copy into the row matrix a sixth of
+  the seed CNN's step (``benchmarks/RESULTS.md``).
+  """
+  if (platform or jax.default_backend()) != "cpu":
+    return out_width
+  divisors = (b for b in range(1, out_width + 1) if out_width % b == 0 and b >= kernel_width - 1)
+  return next(divisors, out_width)
 
 
 def _toeplitz(kernel: jax.Array, block: int) -> jax.Array:
