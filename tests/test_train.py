@@ -133,7 +133,9 @@ def _host_leaves(tree):
 
 def test_an_asynchronous_save_keeps_what_it_was_given_while_training_goes_on(tmp_path, arrays):
   trainer = train.Trainer(TASK, optax.sgd, mesh=parallel.make_mesh(), batch_size=16, loop="step")
-  state = trainer.init(jax.random.split(jax.random.key(0), 2), learning_rate=jnp.asarray([0.1, 0.2]))
+  state = trainer.init(
+    jax.random.split(jax.random.key(0), 2), learning_rate=jnp.asarray([0.1, 0.2])
+  )
   data = trainer.put_data(arrays)
   saved, saved_params = _host_leaves(state), _host_leaves(state.params)
   history = {"epochs": [1]}
