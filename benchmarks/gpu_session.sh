@@ -3,7 +3,7 @@
 # jax[cuda], flax, optax, orbax, chex and a CUDA torch but no TFDS and no network. Run from the
 # repository root with the CIFAR-10 JPEG archive at $DATA (default tmp/data/cifar10-jpeg.tar.gz);
 # logs and reports go to $OUT (default runs/gpu_session). Each step has its own time limit, so
-# one failure still leaves the others' numbers. All of it takes about 9 minutes on an H200 (each
+# one failure still leaves the others' numbers. All of it takes about 10 minutes on an H200 (each
 # DDPM step about 2.5, mostly compiling the base U-Net); name steps to run only those:
 #   bash benchmarks/gpu_session.sh cifar_default cifar_default_warm cnn_throughput
 set -u
@@ -32,24 +32,26 @@ step environment 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_ver
 step decode 120 $PY -c "from jaxdiff.data import load_dataset; load_dataset('$DATA')"
 # The issue's target: the whole default comparison, compilation included, in <= 30 s. The
 # report's environment line gives the wall time per phase.
-step cifar_default 300 $PY experiments/cifar.py --data "$DATA" --out /tmp/cifar_default --quiet
+step cifar_default 300 env JAX_LOG_COMPILES=1 $PY experiments/cifar.py --data "$DATA" --out /tmp/cifar_default --quiet
 cp /tmp/cifar_default/report.md "$OUT/cifar_report.md" 2>/dev/null
 grep -o "wall time s [0-9.]*\|phase seconds[^;]*" /tmp/cifar_default/report.md 2>/dev/null | tee -a "$log"
+grep -o "Finished XLA compilation of .*" "$log" | sort -k7 -n | tail -12  # the slowest compiles
 # Again with the compiled programs in JAX's persistent cache (under $JAXDIFF_CACHE/xla).
 step cifar_default_warm 300 $PY experiments/cifar.py --data "$DATA" --out /tmp/cifar_warm --quiet
 grep -o "wall time s [0-9.]*\|phase seconds[^;]*" /tmp/cifar_warm/report.md 2>/dev/null | tee -a "$log"
 step cnn_throughput 180 $PY benchmarks/cnn_throughput.py --steps 500 --repeats 5
-# Candidates for the CNN's GPU path, jaxdiff only: fewer loop iterations, matmuls for the
-# convolutions, cuBLAS instead of autotuned Triton GEMMs.
-step cnn_unroll 120 $PY benchmarks/cnn_throughput.py --steps 500 --repeats 5 --skip-torch \
-  --scan-unroll 10
-step cnn_cpu_ops 120 $PY benchmarks/cnn_throughput.py --steps 500 --repeats 5 --skip-torch \
-  --cpu-ops on
-step cnn_no_triton_gemm 120 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=false \
-  $PY benchmarks/cnn_throughput.py --steps 500 --repeats 5 --skip-torch
+# Kernels per step and GPU busy time, for one run and for a comparison's three, with the
+# default formulation and with cuDNN's convolutions (lax.conv); every kernel and the HLO go to
+# $OUT.
+for runs in 1 3; do
+  for ops in auto off; do
+    step "kernels_${ops}_runs_$runs" 90 $PY benchmarks/gpu_step_kernels.py --runs $runs \
+      --cpu-ops $ops --top 15 --out "$OUT"
+  done
+done
 step vmap_runs 180 $PY benchmarks/vmap_runs.py --runs 1,8 --steps 200 --repeats 3
 step ddpm_base_bf16 300 $PY benchmarks/ddpm_throughput.py --image-shape 32,32,3 --size base \
   --batch-size 128 --steps 50 --repeats 3 --dtype bfloat16
 step ddpm_base_f32 300 $PY benchmarks/ddpm_throughput.py --image-shape 32,32,3 --size base \
   --batch-size 128 --steps 50 --repeats 3 --dtype float32
-grep -E "^=== .*wall|ratio|images/s|^N=|phase seconds|wall time" "$log"
+grep -E "^=== .*wall|ratio|images/s|^N=|phase seconds|wall time|us/step" "$log"
