@@ -17,8 +17,8 @@ convolution kernels than with YNNPACK's, which jaxlib 0.10 picks by default:
 
 The seed CNN trains faster with these formulations on XLA:GPU too (one H200, jax 0.11.2):
 cuDNN's kernels for its two convolutions (3-16 channels) and their gradients took over half
-of a 0.2 ms step, and three vmapped runs' grouped convolutions more. There :func:`conv_toeplitz` multiplies whole
-output rows at once (:func:`toeplitz_block`).
+of a 0.2 ms step, and three vmapped runs' grouped convolutions more. There
+:func:`conv_toeplitz` multiplies whole output rows at once (:func:`toeplitz_block`).
 """
 
 import functools
