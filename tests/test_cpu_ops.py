@@ -133,9 +133,12 @@ def test_toeplitz_conv_is_a_matmul_where_it_applies_and_falls_back_elsewhere():
 def test_toeplitz_conv_equals_lax_conv_at_every_block_width(lhs_shape, rhs_shape, block):
   lhs = jax.random.normal(jax.random.key(2), lhs_shape)
   rhs = jax.random.normal(jax.random.key(3), rhs_shape)
-  conv = lambda fn, **kw: lambda x, w: fn(x, w, (1, 1), "VALID", dimension_numbers=NHWC, **kw)  # noqa: E731
-  fast = conv(cpu_ops.conv_toeplitz, block=block)
-  assert_same_convolution(conv(lax.conv_general_dilated), fast, lhs, rhs)
+
+  def valid_conv(fn, **kwargs):
+    return lambda x, w: fn(x, w, (1, 1), "VALID", dimension_numbers=NHWC, **kwargs)
+
+  fast = valid_conv(cpu_ops.conv_toeplitz, block=block)
+  assert_same_convolution(valid_conv(lax.conv_general_dilated), fast, lhs, rhs)
 
 
 def test_toeplitz_block_per_platform_and_bad_blocks():
