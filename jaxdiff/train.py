@@ -265,10 +265,9 @@ class Trainer:
     indices = self._indices(state.key, jnp.int32(epoch), steps, _num_examples(data))
     stop = steps if max_steps is None else min(steps, start_step + max_steps)
     states, metrics = [], []
-    for runs in run_slices(len(state.step), self.runs_per_call):
-      run_state = jax.tree.map(lambda leaf: leaf[runs], state)
+    for run_state, run_indices in self._calls(state, indices):
       run_state, run_metrics = self._train_runs(
-        run_state, data, indices[runs], start_step, stop, on_steps
+        run_state, data, run_indices, start_step, stop, on_steps
       )
       states.append(run_state)
       metrics.append(jax.tree.map(lambda m: m.T, run_metrics))  # runs first, to concatenate
@@ -287,16 +286,19 @@ class Trainer:
     steps = self.steps_per_epoch(data)
     indices = self._indices(state.key, jnp.int32(0), steps, _num_examples(data))
     sizes_done = set()
-    for runs in run_slices(len(state.step), self.runs_per_call):
-      run_indices = indices[runs]
+    for run_state, run_indices in self._calls(state, indices):
       if len(run_indices) in sizes_done:
         continue
       sizes_done.add(len(run_indices))
-      run_state = jax.tree.map(lambda leaf: leaf[runs], state)
       if self.loop == "scan":
         self._epoch.lower(run_state, data, run_indices).compile()
       else:
         self._step.lower(run_state, data, run_indices, np.int32(0)).compile()
+
+  def _calls(self, state: TrainState, indices: jax.Array):
+    """``(state, indices)`` of the runs of each compiled call: ``runs_per_call`` at a time."""
+    for runs in run_slices(len(state.step), self.runs_per_call):
+      yield jax.tree.map(lambda leaf, runs=runs: leaf[runs], state), indices[runs]
 
   def _train_runs(self, state, data, indices, start, stop, on_steps):
     if self.loop == "scan":
