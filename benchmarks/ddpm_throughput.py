@@ -37,16 +37,25 @@ framework's default thread count; the reported rate is the median.
   python benchmarks/ddpm_throughput.py --image-shape 32,32,3 --size base --dtype bfloat16
   python benchmarks/ddpm_throughput.py --check --sizes tiny,small,base
   python benchmarks/ddpm_throughput.py --sizes tiny,small --profile-torch
+  python benchmarks/ddpm_throughput.py --sizes tiny,small --convolutions
+
+``--convolutions`` then times each of the U-Net's convolutions alone, as its training step
+computes it (the forward pass and the kernel's and input's gradients; no input gradient for
+the first, whose input is the noisy image), jaxdiff's compiled way against PyTorch's, and
+sums them over the step: how much of the gap between the two steps is convolution.
 """
 
 import argparse
+import collections
 import dataclasses
 import math
+import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from common import (
   alternate,
   engine_epochs,
@@ -65,6 +74,7 @@ from jaxdiff.diffusion_experiment import (
   check_image_shape,
   make_trainer,
 )
+from jaxdiff.models import cpu_ops
 from jaxdiff.models.unet import UNET_SIZES, GroupNorm, UNet, make_unet
 
 try:
@@ -387,6 +397,134 @@ def print_torch_profile(size, epoch_seconds, steps, top=12):
     print(f"  {event.self_cpu_time_total / steps / 1000:8.2f} ms {event.count / steps:6.1f} calls  {event.key}")  # fmt: skip
 
 
+# ----------------------------------------------------------------------------- convolutions
+
+
+@dataclasses.dataclass(frozen=True)
+class Convolution:
+  """One convolution of the U-Net: NHWC input and HWIO kernel shapes, strides, padding."""
+
+  input_shape: tuple[int, ...]
+  kernel_shape: tuple[int, ...]
+  strides: tuple[int, ...]
+  padding: tuple[tuple[int, int], ...]
+  input_gradient: bool  # False for the first convolution: the noisy image takes no gradient
+
+  def __str__(self):
+    kh, kw, cin, cout = self.kernel_shape
+    batch, height, width, _ = self.input_shape
+    stride = f" stride {self.strides[0]}" if max(self.strides) > 1 else ""
+    return f"{kh}x{kw} {batch}x{height}x{width}x{cin}->{cout}{stride}"
+
+
+def unet_convolutions(size, image_shape, batch_size):
+  """``{Convolution: how many times one forward pass of the U-Net computes it}``."""
+  model = make_unet(size)
+  images = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32)
+  timesteps = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), images, timesteps)
+  closed = jax.make_jaxpr(model.apply)(variables, images, timesteps)
+  network_input = closed.jaxpr.invars[-2]
+  counts = collections.Counter()
+
+  def visit(jaxpr):
+    for equation in jaxpr.eqns:
+      if equation.primitive.name == "conv_general_dilated":
+        lhs, rhs = equation.invars[:2]
+        if equation.params["dimension_numbers"] != lax.conv_dimension_numbers(
+          lhs.aval.shape, rhs.aval.shape, ("NHWC", "HWIO", "NHWC")
+        ):
+          raise ValueError(f"expected NHWC convolutions, got {equation.params}")
+        padding = tuple(tuple(pair) for pair in equation.params["padding"])
+        counts[Convolution(lhs.aval.shape, rhs.aval.shape, tuple(equation.params["window_strides"]),
+                           padding, lhs is not network_input)] += 1  # fmt: skip
+      for value in equation.params.values():
+        inner = getattr(value, "jaxpr", value)  # a ClosedJaxpr's, or a Jaxpr
+        if hasattr(inner, "eqns"):
+          visit(inner)
+
+  visit(closed.jaxpr)
+  return counts
+
+
+def jax_convolution_seconds(conv, calls):
+  """A function timing ``calls`` forward-and-gradient calls of ``conv``, compiled as the
+  engine compiles (``cpu_ops.compiler_options``), returning seconds per call."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(conv.input_shape), jnp.float32)
+  w = jnp.asarray(rng.standard_normal(conv.kernel_shape), jnp.float32)
+
+  def forward(x, w):
+    return lax.conv_general_dilated(
+      x, w, conv.strides, conv.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+  output_grad = jnp.ones(jax.eval_shape(forward, x, w).shape, jnp.float32)
+
+  def forward_and_gradients(x, w):
+    if conv.input_gradient:
+      y, vjp = jax.vjp(forward, x, w)
+      return y, vjp(output_grad)
+    y, vjp = jax.vjp(lambda w: forward(x, w), w)
+    return y, vjp(output_grad)
+
+  compiled = jax.jit(forward_and_gradients, compiler_options=cpu_ops.compiler_options())
+  return repeat_seconds(lambda: jax.block_until_ready(compiled(x, w)), calls)
+
+
+def torch_convolution_seconds(conv, calls, device):
+  """:func:`jax_convolution_seconds` for PyTorch's ``conv2d``, NCHW, on ``device``."""
+  batch, height, width, cin = conv.input_shape
+  kh, kw, _, cout = conv.kernel_shape
+  (top, bottom), (left, right) = conv.padding
+  x = torch.randn(batch, cin, height, width, device=device, requires_grad=conv.input_gradient)
+  w = torch.randn(cout, cin, kh, kw, device=device, requires_grad=True)
+  y_shape = F.conv2d(F.pad(x.detach(), (left, right, top, bottom)), w.detach(), stride=conv.strides).shape  # fmt: skip
+  output_grad = torch.ones(y_shape, device=device)
+  symmetric = top == bottom and left == right
+
+  def call():
+    # Symmetric padding inside the convolution, as the twin's layers pad; asymmetric (Flax's
+    # "SAME" at stride 2) by F.pad first, as the twin's downsampling does.
+    if symmetric:
+      y = F.conv2d(x, w, stride=conv.strides, padding=(top, left))
+    else:
+      y = F.conv2d(F.pad(x, (left, right, top, bottom)), w, stride=conv.strides)
+    y.backward(output_grad)
+    torch_synchronize(torch, device)
+
+  return repeat_seconds(call, calls)
+
+
+def repeat_seconds(call, calls):
+  """A function running ``call`` ``calls`` times and returning the seconds per call."""
+
+  def seconds():
+    started = time.perf_counter()
+    for _ in range(calls):
+      call()
+    return (time.perf_counter() - started) / calls
+
+  return seconds
+
+
+def print_convolutions(size, image_shape, batch_size, repeats, device, calls=10):
+  """Times each convolution of the U-Net, forward and gradients, in both frameworks (module
+  docstring); prints each and their sums over one training step."""
+  print(f"convolutions of the {size} U-Net, forward + gradients, ms per call (median of {repeats} rounds of {calls} calls, in turns):")  # fmt: skip
+  totals = collections.Counter()
+  for conv, count in sorted(
+    unet_convolutions(size, image_shape, batch_size).items(),
+    key=lambda item: (item[0].input_shape, item[0].kernel_shape, item[0].strides),
+  ):
+    timed = alternate({"jaxdiff": jax_convolution_seconds(conv, calls),
+                       "pytorch": torch_convolution_seconds(conv, calls, device)}, repeats)  # fmt: skip
+    ms = {name: 1000 * statistics.median(timings) for name, (_, timings) in timed.items()}
+    totals.update({name: count * value for name, value in ms.items()})
+    print(f"  {count:2d} x {str(conv) + ('' if conv.input_gradient else ', no input gradient'):38s} jaxdiff {ms['jaxdiff']:7.3f}  pytorch {ms['pytorch']:7.3f}", flush=True)  # fmt: skip
+  print(f"convolutions per step ({size}): jaxdiff {totals['jaxdiff']:.1f} ms, pytorch {totals['pytorch']:.1f} ms", flush=True)  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -415,6 +553,11 @@ def parse_flags():
     action="store_true",
     help="after the timings, profile one more epoch of the twin (torch.profiler)",
   )
+  parser.add_argument(
+    "--convolutions",
+    action="store_true",
+    help="after the timings, time each convolution alone in both frameworks (module docstring)",
+  )
   flags = parser.parse_args()
   if flags.batch_size <= 0 or flags.steps <= 0 or flags.repeats <= 0:
     parser.error("--batch-size, --steps and --repeats must be positive")
@@ -441,6 +584,9 @@ def parse_flags():
     parser.error("--check needs torch (pip install torch)")
   if flags.profile_torch and (torch is None or flags.skip_torch):
     parser.error("--profile-torch needs torch (pip install torch), and not --skip-torch")
+  if flags.convolutions and (torch is None or flags.skip_torch or flags.dtype != "float32"):
+    parser.error("--convolutions times float32 in both frameworks: it needs torch (pip install "
+                 "torch), and neither --skip-torch nor --dtype bfloat16")  # fmt: skip
   return flags
 
 
@@ -483,6 +629,8 @@ def main():
     }
     if flags.profile_torch:
       print_torch_profile(size, epochs["pytorch"], flags.steps)
+    if flags.convolutions:
+      print_convolutions(size, flags.image_shape, flags.batch_size, flags.repeats, device)
     # Kept as the last line of each size either way, so tools reading it always find it.
     if run_torch:
       print(
