@@ -48,6 +48,7 @@ sums them over the step: how much of the gap between the two steps is convolutio
 import argparse
 import collections
 import dataclasses
+import functools
 import math
 import statistics
 import time
@@ -464,8 +465,8 @@ def jax_convolution_seconds(conv, calls):
   def forward_and_gradients(x, w):
     if conv.input_gradient:
       y, vjp = jax.vjp(forward, x, w)
-      return y, vjp(output_grad)
-    y, vjp = jax.vjp(lambda w: forward(x, w), w)
+    else:
+      y, vjp = jax.vjp(functools.partial(forward, x), w)
     return y, vjp(output_grad)
 
   compiled = jax.jit(forward_and_gradients, compiler_options=cpu_ops.compiler_options())
@@ -484,6 +485,8 @@ def torch_convolution_seconds(conv, calls, device):
   symmetric = top == bottom and left == right
 
   def call():
+    # Fresh gradients, as after the twin's zero_grad, rather than sums into the last ones.
+    x.grad = w.grad = None
     # Symmetric padding inside the convolution, as the twin's layers pad; asymmetric (Flax's
     # "SAME" at stride 2) by F.pad first, as the twin's downsampling does.
     if symmetric:
