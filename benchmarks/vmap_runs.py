@@ -9,13 +9,16 @@ by default its own choice, printed with the results):
 
 It prints the total images/s of all N runs for each (median of the timed epochs, after an
 untimed compile + first epoch; the two ways' epochs taken in turns, so that a drift in the
-machine's speed hits both alike), and the ratio vmapped ÷ sequential.
+machine's speed hits both alike), the cores each kept busy (the process's CPU time over the
+wall time of its timed epochs: batching runs can only gain where one run leaves cores idle),
+and the ratio vmapped ÷ sequential.
 
   python benchmarks/vmap_runs.py --runs 1,4,8 --steps 20 --repeats 3
 """
 
 import argparse
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +44,19 @@ def runs_epochs(task, mesh, arrays, num_runs, runs_per_call, flags):
     jax.random.split(jax.random.key(0), num_runs), learning_rate=jnp.full(num_runs, 1e-3)
   )
   return trainer, engine_epochs(trainer, state, arrays)
+
+
+def counting_cores(epoch_seconds):
+  """``epoch_seconds`` that also records, per call, the process's CPU seconds over wall seconds."""
+  busy = []
+
+  def timed_epoch():
+    cpu_started = time.process_time()
+    seconds = epoch_seconds()
+    busy.append((time.process_time() - cpu_started) / seconds)
+    return seconds
+
+  return timed_epoch, busy
 
 
 def main():
@@ -69,14 +85,20 @@ def main():
   for num_runs in run_counts:
     trainer, sequential = runs_epochs(task, mesh, arrays, num_runs, 1, flags)
     _, vmapped = runs_epochs(task, mesh, arrays, num_runs, num_runs, flags)
-    timed = alternate({"sequential": sequential, "vmapped": vmapped}, flags.repeats)
+    epochs, busy = {}, {}
+    for name, epoch_seconds in (("sequential", sequential), ("vmapped", vmapped)):
+      epochs[name], busy[name] = counting_cores(epoch_seconds)
+    timed = alternate(epochs, flags.repeats)
     rates = {
       name: num_runs * flags.steps * flags.batch_size / np.median(timings)
       for name, (_, timings) in timed.items()
     }
+    # The first call of each is the untimed compile + first epoch: its cores are left out.
+    cores = {name: np.median(values[1:]) for name, values in busy.items()}
     print(f"N={num_runs}, loop={trainer.loop}: sequential {rates['sequential']:6.0f} images/s "
-          f"(first epoch {timed['sequential'][0]:.1f} s), vmapped {rates['vmapped']:6.0f} "
-          f"images/s (first epoch {timed['vmapped'][0]:.1f} s); "
+          f"(first epoch {timed['sequential'][0]:.1f} s, {cores['sequential']:.2f} cores busy), "
+          f"vmapped {rates['vmapped']:6.0f} images/s (first epoch {timed['vmapped'][0]:.1f} s, "
+          f"{cores['vmapped']:.2f} cores busy); "
           f"vmapped/sequential {rates['vmapped'] / rates['sequential']:.2f}", flush=True)  # fmt: skip
 
 
