@@ -87,6 +87,7 @@ except ImportError:  # the JAX half is still worth running without torch
   torch = None
 
 GROUP_NORM_EPSILON = GroupNorm.epsilon  # the U-Net's; PyTorch's default is 1e-5
+NHWC = ("NHWC", "HWIO", "NHWC")  # the U-Net's convolution layout
 CHECK_TOLERANCE = 1e-4  # of the output scale
 
 
@@ -411,6 +412,15 @@ class Convolution:
   padding: tuple[tuple[int, int], ...]
   input_gradient: bool  # False for the first convolution: the noisy image takes no gradient
 
+  def apply(self, x, w):
+    return lax.conv_general_dilated(x, w, self.strides, self.padding, dimension_numbers=NHWC)
+
+  @property
+  def output_shape(self):
+    """NHWC."""
+    shapes = (jax.ShapeDtypeStruct(shape, jnp.float32) for shape in (self.input_shape, self.kernel_shape))  # fmt: skip
+    return jax.eval_shape(self.apply, *shapes).shape
+
   def __str__(self):
     kh, kw, cin, cout = self.kernel_shape
     batch, height, width, _ = self.input_shape
@@ -433,7 +443,7 @@ def unet_convolutions(size, image_shape, batch_size):
       if equation.primitive.name == "conv_general_dilated":
         lhs, rhs = equation.invars[:2]
         if equation.params["dimension_numbers"] != lax.conv_dimension_numbers(
-          lhs.aval.shape, rhs.aval.shape, ("NHWC", "HWIO", "NHWC")
+          lhs.aval.shape, rhs.aval.shape, NHWC
         ):
           raise ValueError(f"expected NHWC convolutions, got {equation.params}")
         padding = tuple(tuple(pair) for pair in equation.params["padding"])
@@ -454,19 +464,13 @@ def jax_convolution_seconds(conv, calls):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal(conv.input_shape), jnp.float32)
   w = jnp.asarray(rng.standard_normal(conv.kernel_shape), jnp.float32)
-
-  def forward(x, w):
-    return lax.conv_general_dilated(
-      x, w, conv.strides, conv.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-
-  output_grad = jnp.ones(jax.eval_shape(forward, x, w).shape, jnp.float32)
+  output_grad = jnp.ones(conv.output_shape, jnp.float32)
 
   def forward_and_gradients(x, w):
     if conv.input_gradient:
-      y, vjp = jax.vjp(forward, x, w)
+      y, vjp = jax.vjp(conv.apply, x, w)
     else:
-      y, vjp = jax.vjp(functools.partial(forward, x), w)
+      y, vjp = jax.vjp(functools.partial(conv.apply, x), w)
     return y, vjp(output_grad)
 
   compiled = jax.jit(forward_and_gradients, compiler_options=cpu_ops.compiler_options())
@@ -480,8 +484,8 @@ def torch_convolution_seconds(conv, calls, device):
   (top, bottom), (left, right) = conv.padding
   x = torch.randn(batch, cin, height, width, device=device, requires_grad=conv.input_gradient)
   w = torch.randn(cout, cin, kh, kw, device=device, requires_grad=True)
-  y_shape = F.conv2d(F.pad(x.detach(), (left, right, top, bottom)), w.detach(), stride=conv.strides).shape  # fmt: skip
-  output_grad = torch.ones(y_shape, device=device)
+  out_batch, out_height, out_width, _ = conv.output_shape
+  output_grad = torch.ones(out_batch, cout, out_height, out_width, device=device)
   symmetric = top == bottom and left == right
 
   def call():
