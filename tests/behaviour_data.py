@@ -1,0 +1,42 @@
+"""Deterministic synthetic data sets for the behaviour pin (tests/test_behaviour_pin.py).
+
+CIFAR-shaped: each class has its own mean colour, so a CNN learns something in one epoch;
+MNIST-shaped: a bright blob whose position is the label. Both come from fixed numpy seeds.
+"""
+
+import numpy as np
+
+from jaxdiff.data import Dataset
+
+
+def cifar_like(train: int = 2000, test: int = 500) -> Dataset:
+  rng = np.random.default_rng(0)
+  colours = rng.uniform(40, 215, (10, 3))
+
+  def split(count):
+    labels = np.arange(count) % 10
+    noise = rng.normal(0, 40, (count, 32, 32, 3))
+    images = np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+    return images, labels.astype(np.int32)
+
+  x_train, y_train = split(train)
+  x_test, y_test = split(test)
+  names = tuple(f"class{i}" for i in range(10))
+  return Dataset("cifar_like", x_train, y_train, x_test, y_test, names, "synthetic")
+
+
+def mnist_like(train: int = 64, test: int = 16) -> Dataset:
+  rng = np.random.default_rng(0)
+
+  def split(count):
+    labels = np.arange(count) % 10
+    pixels = rng.integers(0, 40, (count, 28, 28), dtype=np.uint8)
+    for image, label in zip(pixels, labels):
+      row, column = divmod(int(label), 5)
+      image[4 + 12 * row : 12 + 12 * row, 2 + 5 * column : 6 + 5 * column] = 250
+    return pixels[..., None], labels.astype(np.int32)
+
+  x_train, y_train = split(train)
+  x_test, y_test = split(test)
+  names = tuple(str(i) for i in range(10))
+  return Dataset("mnist_like", x_train, y_train, x_test, y_test, names, "synthetic")
