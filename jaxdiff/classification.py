@@ -13,7 +13,9 @@ from jax.sharding import PartitionSpec as P
 
 from jaxdiff import parallel
 from jaxdiff.models import normalize_images
-from jaxdiff.train import Task, default_runs_per_call, run_slices
+from jaxdiff.policy import ExecutionPolicy
+from jaxdiff.tasks import Task
+from jaxdiff.train import run_slices
 
 
 def classifier_task(
@@ -43,17 +45,17 @@ def make_predictor(
   model: nn.Module,
   mesh: jax.sharding.Mesh,
   chunk_size: int = 500,
-  runs_per_call: int | None = None,
+  policy: ExecutionPolicy | None = None,
   normalize: Callable[[jax.Array], jax.Array] = normalize_images,
 ) -> Callable[[object, np.ndarray], np.ndarray]:
   """Returns ``predict(params, images) -> probabilities (runs, n, classes)``.
 
   ``params`` carries a leading run axis (a ``TrainState.params``); the images
   are split across the devices and pushed through in chunks to bound memory.
-  Runs go ``runs_per_call`` at a time, as in :class:`jaxdiff.train.Trainer`.
+  Runs go ``policy.runs_per_call`` at a time, as in :class:`jaxdiff.train.Trainer`
+  (default policy: ``ExecutionPolicy.for_mesh(mesh)``).
   """
-  if runs_per_call is None:
-    runs_per_call = default_runs_per_call(mesh.devices.flat[0].platform)
+  policy = policy or ExecutionPolicy.for_mesh(mesh)
   devices = mesh.size
 
   def local_probs(params, images):
@@ -72,7 +74,8 @@ def make_predictor(
       mesh=mesh,
       in_specs=(P(), P(parallel.DATA_AXIS)),
       out_specs=P(None, parallel.DATA_AXIS),
-    )
+    ),
+    compiler_options=dict(policy.compiler_options),
   )
 
   def predict(params, images: np.ndarray) -> np.ndarray:
@@ -85,7 +88,7 @@ def make_predictor(
     num_runs = len(jax.tree.leaves(params)[0])
     probs = [
       np.asarray(compiled(jax.tree.map(lambda leaf: leaf[runs], params), images))
-      for runs in run_slices(num_runs, runs_per_call)
+      for runs in run_slices(num_runs, policy.runs_per_call)
     ]
     return np.concatenate(probs)[:, :count]
 

@@ -1,12 +1,14 @@
-"""What every experiment CLI shares: flags, platform selection, one-line errors."""
+"""What every experiment CLI shares: the run flags, the config's flags, one-line errors."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NamedTuple, NoReturn
 
+from jaxdiff import config as config_lib
 from jaxdiff.parallel import PLATFORMS
 
 EXIT_USAGE = 2
@@ -19,7 +21,24 @@ class ArgumentParser(argparse.ArgumentParser):
     self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def add_common_flags(parser: argparse.ArgumentParser, default_out: str) -> None:
+class RunOptions(NamedTuple):
+  """How to run an experiment, beside its configuration (the flags every CLI has).
+
+  Attributes:
+    data: ``"tfds"`` or a local file or folder for :func:`jaxdiff.load_dataset`.
+    out: the output folder.
+    resume: continue from the last checkpoints in ``out``.
+    quiet: no progress bars.
+  """
+
+  data: str
+  out: str
+  resume: bool
+  quiet: bool
+
+
+def add_run_flags(parser: argparse.ArgumentParser, default_out: str) -> None:
+  """``--platform``, ``--data``, ``--out``, ``--resume`` and ``--quiet``."""
   parser.add_argument(
     "--platform", choices=PLATFORMS, default=None, help="JAX backend (default: JAX's choice)"
   )
@@ -35,6 +54,29 @@ def add_common_flags(parser: argparse.ArgumentParser, default_out: str) -> None:
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def parse(
+  config_type: type, argv: Sequence[str] | None, *, description: str, default_out: str
+) -> tuple[Any, RunOptions, str | None]:
+  """Parses the run flags and ``config_type``'s flags.
+
+  Returns:
+    ``(config, run options, platform)``.
+
+  Raises:
+    SystemExit: with code 2 and one line on stderr for a bad flag or value.
+  """
+  parser = ArgumentParser(description=description)
+  add_run_flags(parser, default_out)
+  config_lib.add_flags(parser, config_type)
+  flags = parser.parse_args(argv)
+  try:
+    config = config_lib.from_flags(config_type, flags)
+  except config_lib.ConfigError as error:
+    field = next(f for f in dataclasses.fields(config_type) if f.name == error.field)
+    parser.error(f"argument {config_lib.flag_name(field)}: {error.message}")
+  return config, RunOptions(flags.data, flags.out, flags.resume, flags.quiet), flags.platform
+
+
 def use_compilation_cache() -> None:
   """Keeps compiled programs on disk, in ``xla/`` under jaxdiff's cache (``$JAXDIFF_CACHE``).
 
@@ -48,37 +90,36 @@ def use_compilation_cache() -> None:
   jax.config.update("jax_compilation_cache_dir", str(default_cache_dir() / "xla"))
 
 
-def positive_int(text: str) -> int:
-  value = int(text)
-  if value <= 0:
-    raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-  return value
-
-
-def positive_float(text: str) -> float:
-  value = float(text)
-  if not value > 0 or value == float("inf"):
-    raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-  return value
-
-
-def float_list(text: str) -> tuple[float, ...]:
-  try:
-    return tuple(float(item) for item in text.split(",") if item.strip())
-  except ValueError as error:
-    raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from error
-
-
-def run_main(
-  main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None
+def main(
+  config_type: type,
+  run: Callable[..., Any],
+  argv: Sequence[str] | None = None,
+  *,
+  description: str,
+  default_out: str,
 ) -> int:
-  """Runs ``main``; a user error becomes one line on stderr and exit code 2."""
-  from jaxdiff.data import DataError  # pylint: disable=g-import-not-at-top
-  from jaxdiff.parallel import BatchShardingError, PlatformError  # pylint: disable=g-import-not-at-top
-  from jaxdiff.train import CheckpointsExistError  # pylint: disable=g-import-not-at-top
+  """An experiment's whole CLI: flags, platform, compilation cache, then the experiment.
 
+  ``run(config, data_source, out_dir, resume=, quiet=)`` is called with the parsed
+  configuration and the run flags.
+
+  A user error (bad flag, data, platform, batch split, an output folder holding an earlier
+  run) becomes one line on stderr and exit code 2.
+
+  Returns:
+    The exit code.
+  """
+  from jaxdiff.checkpoint import CheckpointsExistError  # pylint: disable=g-import-not-at-top
+  from jaxdiff.data import DataError  # pylint: disable=g-import-not-at-top
+  from jaxdiff.parallel import BatchShardingError, PlatformError, select_platform  # pylint: disable=g-import-not-at-top
+
+  config, options, platform = parse(
+    config_type, argv, description=description, default_out=default_out
+  )
   try:
-    main(argv)
+    select_platform(platform)
+    use_compilation_cache()
+    run(config, options.data, options.out, resume=options.resume, quiet=options.quiet)
   except (DataError, PlatformError, BatchShardingError, CheckpointsExistError) as error:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE

@@ -17,6 +17,11 @@ Sources:
 Decoded image trees and archives are cached as ``.npz`` under ``cache_dir``
 (default ``$JAXDIFF_CACHE`` or ``~/.cache/jaxdiff``), keyed by the source's
 path, size and modification time, so a changed source is decoded afresh.
+
+A :class:`Dataset` records its provenance: ``lossy`` says whether any image was
+decoded from a lossy format (JPEG), and ``label`` is how reports name the data,
+e.g. ``"CIFAR-10 (JPEG copy)"``, so a result on a degraded copy is never passed
+off as one on the original.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ import hashlib
 import io
 import os
 import tarfile
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from jaxdiff.files import write_npz
 
 KNOWN_CLASS_NAMES: dict[str, tuple[str, ...]] = {
   "mnist": tuple(str(digit) for digit in range(10)),
@@ -48,7 +54,14 @@ KNOWN_CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "truck",
   ),
 }
+# How reports name the known data sets.
+DISPLAY_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# PIL's names of the lossy formats an image tree may hold; camera JPEGs can open as MPO.
+LOSSY_FORMATS = ("JPEG", "MPO")
+# Part of every cache file's name: bump it when what a cache file holds changes, so that
+# caches written by an older jaxdiff are decoded afresh (2: the ``lossy`` flag).
+CACHE_VERSION = 2
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 SPLITS = ("train", "test")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -94,6 +107,8 @@ class Dataset:
     y_test: int32 labels, shape ``(M,)``.
     class_names: one name per label value, in label order.
     source: where the arrays came from (``tfds:<name>`` or a path).
+    lossy: whether any image was decoded from a lossy format (JPEG), so the
+      pixels differ from the original data set's; False for TFDS and ``.npz``.
   """
 
   name: str
@@ -103,6 +118,31 @@ class Dataset:
   y_test: np.ndarray
   class_names: tuple[str, ...]
   source: str
+  lossy: bool = False
+
+  @property
+  def label(self) -> str:
+    """How reports name the data.
+
+    ``"CIFAR-10"`` or ``"MNIST"`` from TFDS; ``"<Name> (JPEG copy)"`` for a lossy
+    local copy (``"CIFAR-10 (JPEG copy)"`` for the shared ``cifar10-jpeg.tar.gz``);
+    ``"<name> (local copy)"`` for a lossless one.
+    """
+    if self.source.startswith("tfds:"):
+      return DISPLAY_NAMES.get(self.name, self.name)
+    if self.lossy:
+      known = self._copy_of()
+      return f"{DISPLAY_NAMES[known] if known else self.name} (JPEG copy)"
+    return f"{self.name} (local copy)"
+
+  def _copy_of(self) -> str | None:
+    # The known data set this is a copy of, by its name or by its class names. Only
+    # CIFAR-10's class names are its own: ten digit classes could be any digits.
+    if self.name in KNOWN_CLASS_NAMES:
+      return self.name
+    if self.class_names == KNOWN_CLASS_NAMES["cifar10"]:
+      return "cifar10"
+    return None
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -275,23 +315,25 @@ def _load_cached(path: Path, cache_dir: Path, decode, name: str | None) -> Datas
       train = arrays["x_train"], arrays["y_train"]
       test = arrays["x_test"], arrays["y_test"]
       class_names = tuple(str(n) for n in arrays["class_names"])
+      lossy = bool(arrays["lossy"])
   else:
-    train, test, class_names = decode()
+    train, test, class_names, lossy = decode()
     _remove_stale(cache_file)
-    atomic_savez(
+    write_npz(
       cache_file,
       x_train=train[0],
       y_train=train[1],
       x_test=test[0],
       y_test=test[1],
       class_names=np.asarray(class_names),
+      lossy=np.asarray(lossy),
     )
-  return _validated(_dataset_name(path, name), train, test, class_names, str(path))
+  return _validated(_dataset_name(path, name), train, test, class_names, str(path), lossy)
 
 
 def _fingerprint(path: Path) -> str:
-  """A digest of the path and every file's size and mtime under it."""
-  digest = hashlib.sha256(str(path.resolve()).encode())
+  """A digest of the cache version, the path and every file's size and mtime under it."""
+  digest = hashlib.sha256(f"v{CACHE_VERSION}:{path.resolve()}".encode())
   files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
   for file in files:
     stat = file.stat()
@@ -306,20 +348,6 @@ def _remove_stale(cache_file: Path) -> None:
     for old in cache_file.parent.glob(prefix + "*.npz"):
       if len(old.name) == len(cache_file.name):
         old.unlink(missing_ok=True)
-
-
-def atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-  """``np.savez`` to a temporary file beside ``path``, then an atomic rename."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-    try:
-      np.savez(tmp, **arrays)
-      tmp.flush()
-      os.fsync(tmp.fileno())
-    except BaseException:
-      os.unlink(tmp.name)
-      raise
-  os.replace(tmp.name, path)
 
 
 def _decode_tree(root: Path):
@@ -357,16 +385,23 @@ def _split_and_class(relative: Path) -> tuple[str, str] | None:
 
 
 def _decode_images(files: list[tuple[str, bytes]], where: str):
-  """Decodes ``(relative name, bytes)`` pairs; classes are folder names."""
+  """Decodes ``(relative name, bytes)`` pairs; classes are folder names.
+
+  Returns:
+    ``(train, test, class_names, lossy)``: ``(images, labels)`` per split, and whether
+    any image was stored in a lossy format (judged by its content, not its name).
+  """
   from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
 
   per_split = {split: [] for split in SPLITS}
+  lossy = False
   for name, content in files:
     located = _split_and_class(Path(name))
     if located is None:
       continue
     try:
       with Image.open(io.BytesIO(content)) as image:
+        lossy = lossy or image.format in LOSSY_FORMATS
         pixels = np.asarray(image.convert("L" if image.mode in ("L", "1") else "RGB"), np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
       raise CorruptDataError(f"cannot decode image {name!r} in {where!r}: {error}") from error
@@ -395,13 +430,13 @@ def _decode_images(files: list[tuple[str, bytes]], where: str):
       images.append(pixels)
       labels.append(class_names.index(cls))
     arrays.append((np.stack(images), np.asarray(labels, np.int32)))
-  return arrays[0], arrays[1], class_names
+  return arrays[0], arrays[1], class_names, lossy
 
 
 # --------------------------------------------------------------- validation
 
 
-def _validated(name, train, test, class_names, source) -> Dataset:
+def _validated(name, train, test, class_names, source, lossy=False) -> Dataset:
   """Checks and normalises arrays to uint8 NHWC images and int32 labels."""
   checked = []
   for split, (images, labels) in zip(SPLITS, (train, test)):
@@ -436,5 +471,12 @@ def _validated(name, train, test, class_names, source) -> Dataset:
       f"{checked[1][0].shape[1:]} in {source!r}"
     )
   return Dataset(
-    name, checked[0][0], checked[0][1], checked[1][0], checked[1][1], tuple(class_names), source
+    name,
+    checked[0][0],
+    checked[0][1],
+    checked[1][0],
+    checked[1][1],
+    tuple(class_names),
+    source,
+    lossy,
   )

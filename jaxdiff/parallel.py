@@ -13,15 +13,11 @@ Example:
 
 from __future__ import annotations
 
-import importlib.metadata
-import os
-import platform as host
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
-from jax._src import xla_bridge
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -39,30 +35,36 @@ class BatchShardingError(ValueError):
 def select_platform(platform: str | None) -> None:
   """Makes JAX use ``platform`` (``cpu``, ``gpu`` or ``tpu``); None keeps JAX's choice.
 
-  Call before anything touches a JAX backend (creating an array does).
+  Call before anything touches a JAX backend (creating an array does). Selecting the
+  platform JAX already runs on is accepted.
 
   Raises:
-    PlatformError: the name is unknown, or the platform has no devices here.
+    PlatformError: the name is unknown, the platform has no devices here, or JAX already
+      started on another platform.
   """
   if platform is None:
     return
   if platform not in PLATFORMS:
     raise PlatformError(f"unknown platform {platform!r}; choose one of {', '.join(PLATFORMS)}")
-  if xla_bridge.backends_are_initialized():
-    if jax.default_backend() != platform:
-      raise PlatformError(
-        f"JAX already started on {jax.default_backend()!r}; select the platform "
-        "before any JAX array is created"
-      )
-    return
+  # JAX has no public "backend started?" query (jax-ml/jax#23320), but it reads
+  # jax_platforms only when it starts its backends: so set it, start them (a no-op if they
+  # run), and a default backend other than the one asked for means they had started already.
+  previous = jax.config.jax_platforms
   jax.config.update("jax_platforms", platform)
   try:
-    jax.devices()
+    running = jax.default_backend()
   except RuntimeError as error:
+    jax.config.update("jax_platforms", previous)
     raise PlatformError(
       f"platform {platform!r} was requested but is not available here "
       f"({str(error).splitlines()[0][:160]}); try --platform cpu"
     ) from error
+  if running != platform:
+    # Put back what JAX started with, so the setting matches the running backend.
+    jax.config.update("jax_platforms", previous)
+    raise PlatformError(
+      f"JAX already started on {running!r}; select the platform before any JAX array is created"
+    )
 
 
 def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
@@ -130,26 +132,3 @@ def mean_value_and_grad(fun: Callable[..., Any], has_aux: bool = False) -> Calla
     return jax.lax.pmean(value_and_grad(local_params, *args), DATA_AXIS)
 
   return mean_over_devices
-
-
-def environment() -> dict[str, Any]:
-  """The device, platform and software versions, for reports."""
-  device = jax.devices()[0]
-  cpu = "unknown"
-  try:
-    with open("/proc/cpuinfo") as cpuinfo:
-      cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return {
-    "platform": device.platform,
-    "device_kind": device.device_kind,
-    "device_count": jax.device_count(),
-    "cpu_model": cpu,
-    "cpu_cores": os.cpu_count(),
-    "versions": {
-      "python": host.python_version(),
-      **{name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "flax", "optax")},
-      "numpy": np.__version__,
-    },
-  }

@@ -33,11 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
 
 from jaxdiff import classification, parallel, train
-from jaxdiff.data import Dataset, atomic_savez, default_cache_dir
+from jaxdiff.data import Dataset, default_cache_dir
+from jaxdiff.files import write_npz
+from jaxdiff.metrics import frechet_distance, gaussian_fit
 from jaxdiff.models import normalize_images
+from jaxdiff.policy import ExecutionPolicy
 
 Params = Any
 
@@ -89,6 +91,7 @@ def train_feature_classifier(
   batch_size: int = 128,
   cache_dir: str | os.PathLike | None = None,
   mesh: jax.sharding.Mesh | None = None,
+  policy: ExecutionPolicy | None = None,
   quiet: bool = True,
 ) -> Params:
   """Trains :class:`MnistFeatureNet` on ``data``'s training split, or loads the cached result.
@@ -108,6 +111,7 @@ def train_feature_classifier(
     cache_dir: where the parameters are cached; default
       ``jaxdiff.data.default_cache_dir() / "mnist_classifier"``.
     mesh: the data mesh (default ``parallel.make_mesh()``).
+    policy: how the engine runs (default ``ExecutionPolicy.for_mesh(mesh)``).
     quiet: hides the progress bar.
 
   Returns:
@@ -128,27 +132,17 @@ def train_feature_classifier(
   mesh = mesh if mesh is not None else parallel.make_mesh()
   # A data set smaller than one batch (as in tests) trains on whole-set batches.
   batch_size = min(batch_size, len(data.x_train) // mesh.size * mesh.size)
-  trainer = train.Trainer(
-    classification.classifier_task(MnistFeatureNet(), IMAGE_SHAPE, normalize_mnist),
-    optax.adam,
-    mesh=mesh,
-    batch_size=batch_size,
-  )
+  task = classification.classifier_task(MnistFeatureNet(), IMAGE_SHAPE, normalize_mnist)
+  trainer = train.Trainer(task, optax.adam, mesh, batch_size, policy)
   state = trainer.init(key[None], learning_rate=1e-3)
   arrays = trainer.put_data({"image": data.x_train, "label": data.y_train})
-  bar = tqdm(
-    total=epochs * trainer.steps_per_epoch(arrays), desc="feature classifier", disable=quiet
+  state, _, _ = train.fit(
+    trainer, state, arrays, epochs=epochs, name="feature classifier", quiet=quiet
   )
-  for epoch in range(epochs):
-    state, metrics = trainer.train_epoch(
-      state, arrays, epoch, on_steps=lambda count, _: bar.update(count)
-    )
-    bar.set_postfix(loss=f"{metrics['loss'].mean():.3f}", acc=f"{metrics['accuracy'].mean():.3f}")
-  bar.close()
   if int(state.diverged_at[0]) >= 0:
     raise RuntimeError(f"the feature classifier diverged at step {int(state.diverged_at[0])}")
   params = jax.tree.map(lambda leaf: np.asarray(leaf[0]), state.params)
-  atomic_savez(path, **_named_leaves(params))
+  write_npz(path, **_named_leaves(params))
   return params
 
 
@@ -183,7 +177,9 @@ def evaluate_samples(
   confident = sample_probs.max(axis=1) >= CONFIDENCE
   histogram = np.bincount(sample_probs.argmax(axis=1), minlength=NUM_CLASSES)
   return {
-    "classifier_fd": frechet_distance(*_gaussian(sample_features), *_gaussian(reference_features)),
+    "classifier_fd": frechet_distance(
+      *gaussian_fit(sample_features), *gaussian_fit(reference_features)
+    ),
     "confident_share": float(confident.mean()),
     "reference_confident_share": float((reference_probs.max(axis=1) >= CONFIDENCE).mean()),
     "class_histogram": [int(count) for count in histogram],
@@ -191,48 +187,6 @@ def evaluate_samples(
     "num_reference": len(reference),
     "note": NOTE,
   }
-
-
-def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
-  """The Fréchet (2-Wasserstein) distance between two Gaussians, as used by FID.
-
-  ``|mu1 - mu2|^2 + tr(cov1) + tr(cov2) - 2 tr((cov1 cov2)^{1/2})``, with the
-  last trace taken as ``tr((S cov2 S)^{1/2})``, ``S = cov1^{1/2}``: the same
-  eigenvalues, but of a symmetric positive semi-definite matrix, so they are
-  real and non-negative and no complex square root (as ``scipy.linalg.sqrtm``
-  of the non-symmetric product can return) has to be discarded.
-
-  Args:
-    mu1: mean ``(d,)`` (a scalar for d = 1).
-    cov1: covariance ``(d, d)`` (a scalar variance for d = 1).
-    mu2: mean of the second Gaussian.
-    cov2: covariance of the second Gaussian.
-
-  Returns:
-    The squared distance, a non-negative float.
-  """
-  mu1, mu2 = (np.atleast_1d(np.asarray(mu, np.float64)) for mu in (mu1, mu2))
-  cov1, cov2 = (np.atleast_2d(np.asarray(cov, np.float64)) for cov in (cov1, cov2))
-  if not mu1.shape == mu2.shape == cov1.shape[:1] == cov2.shape[:1] or cov1.shape != cov2.shape:
-    raise ValueError(
-      f"shapes do not match: means {mu1.shape}, {mu2.shape}; covariances {cov1.shape}, {cov2.shape}"
-    )
-  root1 = _psd_sqrt(cov1)
-  product = root1 @ cov2 @ root1
-  eigenvalues = np.linalg.eigvalsh((product + product.T) / 2)
-  trace_sqrt = np.sqrt(np.clip(eigenvalues, 0.0, None)).sum()
-  distance = np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_sqrt
-  # Rounding can take equal Gaussians a hair below zero.
-  return max(float(distance), 0.0)
-
-
-def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
-  eigenvalues, vectors = np.linalg.eigh(matrix)
-  return (vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ vectors.T
-
-
-def _gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
 @jax.jit

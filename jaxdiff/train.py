@@ -1,4 +1,4 @@
-"""The training engine shared by every jaxdiff experiment.
+"""The training engine shared by every jaxdiff experiment: a :class:`Trainer` and :func:`fit`.
 
 Design, in the order data flows:
 
@@ -8,49 +8,35 @@ Design, in the order data flows:
 * Several runs (seeds, and hyper-parameter values injected with
   ``optax.inject_hyperparams``) are one program: the train state carries a
   leading run axis and the step is ``jax.vmap``-ed over it (a call with one run
-  skips the vmap: XLA:CPU compiled the U-Net's batched-weight convolutions worse).
+  skips the vmap, which XLA:CPU compiled worse for the U-Net's convolutions).
 * Data parallelism is pmap's model written as ``jax.jit(jax.shard_map(...))``:
   the state is replicated, each step's indices are split across the devices,
   each device gathers and differentiates its shard, gradients are
   ``lax.pmean``-ed (see ``parallel.mean_value_and_grad``).
-* An epoch runs either as the jitted step called from Python with the state
-  donated (``loop="step"``), or as one ``lax.scan`` (``loop="scan"``). A scan
-  removes per-step dispatch, but XLA:CPU runs convolutions 3-4x slower inside a
-  scan body (jax 0.10.2: the SimpleCNN with ``lax.conv``, 31 against 100-107 ms
-  per step; the tiny DDPM U-Net, 267 against 79 images/s). So ``loop="auto"``
-  picks ``step`` on CPU when the step computes a convolution and ``scan``
-  otherwise: the SimpleCNN's CPU formulation has none and trains faster as a
-  scan (20 649 against 16 688 images/s; ``benchmarks/RESULTS.md``).
-* Runs go through the compiled program ``runs_per_call`` at a time. On
-  XLA:CPU vmapped runs were always slower than the same runs one after another:
-  a convolution vmapped over per-run weights becomes a grouped convolution
-  (SimpleCNN with ``lax.conv``, 18 ms per step for one run, 286 ms for three),
-  and without convolutions the runs' intermediates outgrow the caches (eight
-  runs, 14 903 against 20 649 images/s). So ``runs_per_call=None`` means one
-  on CPU and all elsewhere.
-* On CPU the step and epoch are compiled with ``cpu_ops.compiler_options()``,
-  which leave convolutions to XLA's own kernels rather than YNNPACK's (the small
-  U-Net's loss gradient, 327 against 433 ms).
+* How the programs run (the epoch loop, runs per call, compiler options) is the
+  :class:`jaxdiff.policy.ExecutionPolicy` the trainer is given, decided once from
+  the mesh. An epoch runs either as the jitted step called from Python with the
+  state donated (``"step"``), or as one ``lax.scan`` (``"scan"``).
 * Compilation is most of a short run's time. Trainers of one task share the
   compiled parameter initialisation and batch-index draw, and
   ``Trainer.compile`` compiles an epoch's programs ahead of it: XLA compiles
-  without the GIL, so the comparison compiles its optimizers' programs in
-  parallel threads (six optimizers, 2 epochs of 2 000 CIFAR images on 2 CPU
-  cores: 37-38 s of wall time instead of 47-51 s; ``benchmarks/RESULTS.md``).
+  without the GIL, so programs of several trainers compile in parallel threads.
 * A run whose loss turns non-finite keeps its last finite parameters, records
   the step, and stops updating; the other runs in the program carry on.
-* Checkpoints (orbax ``CheckpointManager``) hold the state, any extra arrays
-  and the metrics history; restoring one and training on reproduces an
-  uninterrupted run bit for bit on CPU, as everything is a function of the
-  state's keys and the epoch number.
+* :func:`fit` is the one training loop: a step or epoch budget, checkpoints
+  (:mod:`jaxdiff.checkpoint`) after every call, resume, a progress bar,
+  divergence reports, per-phase wall time and a hook at every epoch's end.
+  Restoring a checkpoint and training on reproduces an uninterrupted run bit for
+  bit on CPU, as everything is a function of the state's keys and the step.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -60,27 +46,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
 
 from jaxdiff import parallel
-from jaxdiff.models import cpu_ops
-
-Params = Any
-Batch = Mapping[str, jax.Array]
-LOOPS = ("auto", "step", "scan")
-
-
-class Task(NamedTuple):
-  """What the engine trains: parameters and a loss.
-
-  Attributes:
-    init: ``init(key) -> params``.
-    loss: ``loss(params, batch, key) -> (scalar loss, {name: scalar})``, the
-      mean over the batch shard it is given; ``batch`` holds the rows of each
-      data array picked for this step, ``key`` is distinct per step and device.
-  """
-
-  init: Callable[[jax.Array], Params]
-  loss: Callable[[Params, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+from jaxdiff.checkpoint import Checkpoints, check_no_checkpoints
+from jaxdiff.policy import ExecutionPolicy
+from jaxdiff.tasks import Batch, Params, Task
 
 
 class TrainState(NamedTuple):
@@ -93,6 +64,8 @@ class TrainState(NamedTuple):
     key: each run's key for data order and loss randomness.
     step: steps taken.
     diverged_at: the step whose loss was first non-finite, or -1.
+    ema_params: the exponential moving average of ``params`` (the trainer's
+      ``ema_decay``), or None without one.
   """
 
   params: Params
@@ -100,11 +73,7 @@ class TrainState(NamedTuple):
   key: jax.Array
   step: jax.Array
   diverged_at: jax.Array
-
-
-def default_loop(platform: str, convolves: bool) -> str:
-  """The faster epoch loop as measured (module docstring): a scan, unless XLA:CPU convolves."""
-  return "step" if platform == "cpu" and convolves else "scan"
+  ema_params: Params | None = None
 
 
 def computes_convolution(jaxpr: jax.extend.core.Jaxpr) -> bool:
@@ -114,13 +83,8 @@ def computes_convolution(jaxpr: jax.extend.core.Jaxpr) -> bool:
   )
 
 
-def default_runs_per_call(platform: str) -> int | None:
-  """How many runs to vmap into one call on ``platform`` (None: all), as measured."""
-  return 1 if platform == "cpu" else None
-
-
-def run_slices(num_runs: int, runs_per_call: int | None) -> list[slice]:
-  """Consecutive slices of the run axis, ``runs_per_call`` runs each (None: one slice)."""
+def run_slices(num_runs: int, runs_per_call: int) -> list[slice]:
+  """Consecutive slices of the run axis, ``runs_per_call`` runs each (0: one slice)."""
   size = runs_per_call or num_runs
   return [slice(start, min(start + size, num_runs)) for start in range(0, num_runs, size)]
 
@@ -132,7 +96,7 @@ def concatenate_runs(trees: list[Any]) -> Any:
   return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *trees)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Trainer:
   """Compiled init/epoch functions for one task, one optimizer and one batch size.
 
@@ -143,13 +107,10 @@ class Trainer:
       and its numeric arguments are given per run to :meth:`init`.
     mesh: the 1-D data mesh (``parallel.make_mesh()``).
     batch_size: the global batch, split evenly across the mesh.
-    loop: ``"step"``, ``"scan"`` or ``"auto"``: by platform and, on CPU, by whether
-      the step computes a convolution (:func:`default_loop`), decided at the first
-      :meth:`train_epoch`, after which ``loop`` holds the choice.
-    runs_per_call: runs vmapped into one call; ``None`` picks by platform and
-      ``0`` means all runs at once.
-    scan_unroll: steps per iteration of the epoch's ``lax.scan`` (``loop="scan"``):
-      more trade compile time for less loop overhead per step.
+    policy: how the programs run; default ``ExecutionPolicy.for_mesh(mesh)``.
+    ema_decay: keep ``TrainState.ema_params``, an exponential moving average
+      of the parameters, ``ema ← decay · ema + (1 − decay) · params`` after
+      every step, starting at the initial parameters (None: no average).
 
   Example:
     >>> trainer = Trainer(task, jaxdiff.langevin_sgd, mesh=mesh, batch_size=100)
@@ -164,42 +125,19 @@ class Trainer:
   optimizer: Callable[..., optax.GradientTransformation]
   mesh: jax.sharding.Mesh
   batch_size: int
-  loop: str = "auto"
-  runs_per_call: int | None = None
-  scan_unroll: int = 1
+  policy: ExecutionPolicy | None = None
+  ema_decay: float | None = None
 
   def __post_init__(self):
-    if self.loop not in LOOPS:
-      raise ValueError(f"loop must be one of {LOOPS}, got {self.loop!r}")
-    if self.runs_per_call is not None and self.runs_per_call < 0:
-      raise ValueError(f"runs_per_call must be >= 0, got {self.runs_per_call}")
     if self.batch_size <= 0:
       raise ValueError(f"batch_size must be positive, got {self.batch_size}")
-    if self.scan_unroll <= 0:
-      raise ValueError(f"scan_unroll must be positive, got {self.scan_unroll}")
+    if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+      raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
     parallel.check_divisible(self.batch_size, self.mesh)
-    platform = self.mesh.devices.flat[0].platform
-    if self.runs_per_call is None:
-      self.runs_per_call = default_runs_per_call(platform)
-    self._inject = optax.inject_hyperparams(self.optimizer)
-    replicated = parallel.replicated_sharding(self.mesh)
-    self._init = jax.jit(jax.vmap(self._init_run), out_shardings=replicated)
-    self._init_params = _params_initializer(self.task.init, replicated)
-    self._indices = _epoch_index_sampler(
-      self.batch_size, jax.sharding.NamedSharding(self.mesh, P(None, None, parallel.DATA_AXIS))
-    )
-    specs = (P(), P(), P(None, None, parallel.DATA_AXIS))
-    options = cpu_ops.compiler_options(platform)
-    self._step = jax.jit(
-      jax.shard_map(self._local_step, mesh=self.mesh, in_specs=specs + (P(),), out_specs=P()),
-      donate_argnums=0,
-      compiler_options=options,
-    )
-    self._epoch = jax.jit(
-      jax.shard_map(self._local_epoch, mesh=self.mesh, in_specs=specs, out_specs=P()),
-      donate_argnums=0,
-      compiler_options=options,
-    )
+    if self.policy is None:
+      object.__setattr__(self, "policy", ExecutionPolicy.for_mesh(self.mesh))
+    # Frozen, so that a trainer's programs always match its fields.
+    object.__setattr__(self, "_programs", _Programs(self))
 
   # ------------------------------------------------------------ public API
 
@@ -220,7 +158,7 @@ class Trainer:
       for name, value in hyperparams.items()
     }
     init_keys, run_keys = jnp.unstack(jax.vmap(jax.random.split)(keys), axis=1)
-    return self._init(self._init_params(init_keys), run_keys, per_run)
+    return self._programs.init(self._programs.init_params(init_keys), run_keys, per_run)
 
   def put_data(self, arrays: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     """Copies whole data arrays (same leading length) to every device."""
@@ -234,6 +172,13 @@ class Trainer:
   def steps_per_epoch(self, data: Mapping[str, jax.Array]) -> int:
     """Full batches per epoch; the remainder of each permutation is left out."""
     return _num_examples(data) // self.batch_size
+
+  def loop(self, state: TrainState, data: Mapping[str, jax.Array]) -> str:
+    """The epoch loop, ``"step"`` or ``"scan"``, that :meth:`train_epoch` runs on ``data``.
+
+    The policy's, deciding ``"auto"`` by whether the step computes a convolution.
+    """
+    return self._programs.loop(state, data)
 
   def train_epoch(
     self,
@@ -250,29 +195,60 @@ class Trainer:
       state: the runs' state; it is donated (do not reuse it).
       data: arrays from :meth:`put_data`.
       epoch: the epoch number; with the state's keys it fixes the data order.
+      on_steps: called as ``on_steps(count, metrics)`` after each call of the
+        compiled program: ``count`` steps done for the runs in ``metrics``.
       max_steps: stop after this many steps (a step budget that ends inside
         an epoch).
       start_step: skip the epoch's first steps (resuming inside an epoch).
-      on_steps: called as ``on_steps(count, metrics)`` after each call of the
-        compiled program: ``count`` steps done for the runs in ``metrics``.
 
     Returns:
       The new state and the per-step metrics as host arrays ``(steps, runs)``,
       ``"loss"`` among them.
     """
-    self._choose_loop(state, data)
+    programs = self._programs
+    loop = programs.loop(state, data)
     steps = self.steps_per_epoch(data)
-    indices = self._indices(state.key, jnp.int32(epoch), steps, _num_examples(data))
     stop = steps if max_steps is None else min(steps, start_step + max_steps)
     states, metrics = [], []
-    for run_state, run_indices in self._calls(state, indices):
-      run_state, run_metrics = self._train_runs(
-        run_state, data, run_indices, start_step, stop, on_steps
-      )
+    for run_state, run_indices in programs.calls(state, data, epoch):
+      if loop == "scan":
+        run_state, run_metrics = programs.scan(run_state, data, run_indices, start_step, stop)
+        if on_steps is not None:
+          on_steps(stop - start_step, jax.tree.map(lambda m: m[-1], run_metrics))
+      else:
+        history = []
+        for step in range(start_step, stop):
+          run_state, step_metrics = programs.step(run_state, data, run_indices, np.int32(step))
+          history.append(step_metrics)
+          if on_steps is not None:
+            on_steps(1, step_metrics)
+        run_metrics = jax.tree.map(lambda *m: jnp.stack(m), *history)
       states.append(run_state)
       metrics.append(jax.tree.map(lambda m: m.T, run_metrics))  # runs first, to concatenate
     state = concatenate_runs(states)
     return state, jax.tree.map(lambda m: np.asarray(m).T, jax.device_get(concatenate_runs(metrics)))
+
+  def lower_epoch(
+    self, state: TrainState, data: Mapping[str, jax.Array], epoch: int = 0
+  ) -> list[jax.stages.Lowered]:
+    """The programs of one epoch of ``state`` on ``data``, lowered: one per shape of call.
+
+    What :meth:`train_epoch` runs, for inspection (``.as_text()``, ``.compile()``,
+    ``.cost_analysis()``) without training: the scanned epoch, or the step, for each distinct
+    number of runs per call.
+    """
+    programs = self._programs
+    loop = programs.loop(state, data)
+    lowered, sizes = [], set()
+    for run_state, run_indices in programs.calls(state, data, epoch):
+      if len(run_indices) in sizes:
+        continue
+      sizes.add(len(run_indices))
+      if loop == "scan":
+        lowered.append(programs.epoch.lower(run_state, data, run_indices))
+      else:
+        lowered.append(programs.step.lower(run_state, data, run_indices, np.int32(0)))
+    return lowered
 
   def compile(self, state: TrainState, data: Mapping[str, jax.Array]) -> None:
     """Compiles the programs of a whole epoch of ``state`` on ``data``, without training.
@@ -282,75 +258,92 @@ class Trainer:
     parallel threads, which the first epochs of a comparison otherwise spend
     one after another.
     """
-    self._choose_loop(state, data)
-    steps = self.steps_per_epoch(data)
-    indices = self._indices(state.key, jnp.int32(0), steps, _num_examples(data))
-    sizes_done = set()
-    for run_state, run_indices in self._calls(state, indices):
-      if len(run_indices) in sizes_done:
-        continue
-      sizes_done.add(len(run_indices))
-      if self.loop == "scan":
-        self._epoch.lower(run_state, data, run_indices).compile()
-      else:
-        self._step.lower(run_state, data, run_indices, np.int32(0)).compile()
+    for lowered in self.lower_epoch(state, data):
+      lowered.compile()
 
-  def _calls(self, state: TrainState, indices: jax.Array):
+
+class _Programs:
+  """A :class:`Trainer`'s jitted programs and the traced functions behind them."""
+
+  def __init__(self, trainer: Trainer):
+    self.trainer = trainer
+    policy = trainer.policy
+    mesh = trainer.mesh
+    self.inject = optax.inject_hyperparams(trainer.optimizer)
+    replicated = parallel.replicated_sharding(mesh)
+    self.init = jax.jit(jax.vmap(self.init_run), out_shardings=replicated)
+    self.init_params = _params_initializer(trainer.task.init, replicated)
+    self.indices = _epoch_index_sampler(
+      trainer.batch_size, jax.sharding.NamedSharding(mesh, P(None, None, parallel.DATA_AXIS))
+    )
+    specs = (P(), P(), P(None, None, parallel.DATA_AXIS))
+    options = dict(policy.compiler_options)
+    self.step = jax.jit(
+      jax.shard_map(self.local_step, mesh=mesh, in_specs=specs + (P(),), out_specs=P()),
+      donate_argnums=0,
+      compiler_options=options,
+    )
+    self.epoch = jax.jit(
+      jax.shard_map(self.local_epoch, mesh=mesh, in_specs=specs, out_specs=P()),
+      donate_argnums=0,
+      compiler_options=options,
+    )
+    self._loops: dict[Any, str] = {}
+
+  def calls(self, state: TrainState, data, epoch: int) -> Iterator[tuple[TrainState, jax.Array]]:
     """``(state, indices)`` of the runs of each compiled call: ``runs_per_call`` at a time."""
-    for runs in run_slices(len(state.step), self.runs_per_call):
+    steps = self.trainer.steps_per_epoch(data)
+    indices = self.indices(state.key, jnp.int32(epoch), steps, _num_examples(data))
+    for runs in run_slices(len(state.step), self.trainer.policy.runs_per_call):
       yield jax.tree.map(lambda leaf, runs=runs: leaf[runs], state), indices[runs]
 
-  def _train_runs(self, state, data, indices, start, stop, on_steps):
-    if self.loop == "scan":
-      if (start, stop) != (0, indices.shape[1]):
-        indices = indices[:, start:stop]  # a partial epoch compiles its own scan
-      state, metrics = self._epoch(state, data, indices)
-      if on_steps is not None:
-        on_steps(stop - start, jax.tree.map(lambda m: m[-1], metrics))
-      return state, metrics
-    history = []
-    for step in range(start, stop):
-      state, metrics = self._step(state, data, indices, np.int32(step))
-      history.append(metrics)
-      if on_steps is not None:
-        on_steps(1, metrics)
-    return state, jax.tree.map(lambda *m: jnp.stack(m), *history)
+  def scan(self, state, data, indices, start: int, stop: int):
+    if (start, stop) != (0, indices.shape[1]):
+      indices = indices[:, start:stop]  # a partial epoch compiles its own scan
+    return self.epoch(state, data, indices)
 
-  def _choose_loop(self, state: TrainState, data: Mapping[str, jax.Array]) -> None:
-    if self.loop == "auto":
-      platform = self.mesh.devices.flat[0].platform
-      self.loop = default_loop(platform, self._step_convolves(state, data))
+  def loop(self, state: TrainState, data) -> str:
+    # Decided once per data layout: whether the step convolves depends on the batch's shapes.
+    layout = tuple((name, array.shape[1:], array.dtype) for name, array in sorted(data.items()))
+    if layout not in self._loops:
+      self._loops[layout] = self.trainer.policy.loop_for(self._step_convolves(state, data))
+    return self._loops[layout]
 
-  def _step_convolves(self, state: TrainState, data: Mapping[str, jax.Array]) -> bool:
-    one_run = lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)
+  def _step_convolves(self, state: TrainState, data) -> bool:
+    one_run = lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)  # noqa: E731
     batch = {
-      name: jax.ShapeDtypeStruct((self.batch_size, *array.shape[1:]), array.dtype)
+      name: jax.ShapeDtypeStruct((self.trainer.batch_size, *array.shape[1:]), array.dtype)
       for name, array in data.items()
     }
-    loss_and_grad = jax.value_and_grad(self.task.loss, has_aux=True)
+    loss_and_grad = jax.value_and_grad(self.trainer.task.loss, has_aux=True)
     traced = jax.make_jaxpr(loss_and_grad)(
       jax.tree.map(one_run, state.params), batch, one_run(state.key)
     )
     return computes_convolution(traced.jaxpr)
 
-  # ------------------------------------------------------- traced helpers
+  # ------------------------------------------------------- traced functions
 
-  def _init_run(
-    self, params: Params, run_key: jax.Array, hyperparams: dict[str, Any]
-  ) -> TrainState:
-    opt_state = self._inject(**hyperparams).init(params)
-    return TrainState(params, opt_state, run_key, jnp.int32(0), jnp.int32(-1))
+  def init_run(self, params: Params, run_key: jax.Array, hyperparams: dict[str, Any]):
+    opt_state = self.inject(**hyperparams).init(params)
+    ema = None if self.trainer.ema_decay is None else jax.tree.map(jnp.asarray, params)
+    return TrainState(params, opt_state, run_key, jnp.int32(0), jnp.int32(-1), ema)
 
-  def _run_step(self, state: TrainState, data: Batch, indices: jax.Array):
+  def run_step(self, state: TrainState, data: Batch, indices: jax.Array):
     batch = {name: array[indices] for name, array in data.items()}
     key = jax.random.fold_in(
       jax.random.fold_in(state.key, state.step), jax.lax.axis_index(parallel.DATA_AXIS)
     )
-    loss_and_grad = parallel.mean_value_and_grad(self.task.loss, has_aux=True)
+    loss_and_grad = parallel.mean_value_and_grad(self.trainer.task.loss, has_aux=True)
     (loss, metrics), grads = loss_and_grad(state.params, batch, key)
-    optimizer = self._inject(**state.opt_state.hyperparams)
+    optimizer = self.inject(**state.opt_state.hyperparams)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if ema is not None:
+      decay = self.trainer.ema_decay
+      ema = jax.tree.map(
+        lambda old, new: (decay * old + (1.0 - decay) * new).astype(old.dtype), ema, params
+      )
     healthy = jnp.isfinite(loss) & (state.diverged_at < 0)
     keep_if_healthy = lambda new, old: jnp.where(healthy, new, old)  # noqa: E731
     diverged_at = jnp.where(
@@ -362,33 +355,34 @@ class Trainer:
       key=state.key,
       step=state.step + 1,
       diverged_at=diverged_at,
+      ema_params=jax.tree.map(keep_if_healthy, ema, state.ema_params),
     )
     return new_state, {"loss": loss, **metrics}
 
-  def _local_step(self, state, data, indices, step):
+  def local_step(self, state, data, indices, step):
     step_indices = jax.lax.dynamic_index_in_dim(indices, step, axis=1, keepdims=False)
     if len(state.step) == 1:
       # vmap over a single run is not free: it batches every weight, and XLA:CPU then lays
-      # out the U-Net's convolutions and their gradients worse (small U-Net loss gradient
-      # 327 -> 378 ms; benchmarks/RESULTS.md).
+      # out the U-Net's convolutions and their gradients worse.
       first = lambda tree: jax.tree.map(lambda leaf: leaf[0], tree)  # noqa: E731
-      new_state, metrics = self._run_step(first(state), data, step_indices[0])
+      new_state, metrics = self.run_step(first(state), data, step_indices[0])
       return jax.tree.map(lambda leaf: leaf[None], (new_state, metrics))
-    return jax.vmap(self._run_step, in_axes=(0, None, 0))(state, data, step_indices)
+    return jax.vmap(self.run_step, in_axes=(0, None, 0))(state, data, step_indices)
 
-  def _local_epoch(self, state, data, indices):
+  def local_epoch(self, state, data, indices):
     def body(state, step):
-      return self._local_step(state, data, indices, step)
+      return self.local_step(state, data, indices, step)
 
-    return jax.lax.scan(body, state, jnp.arange(indices.shape[1]), unroll=self.scan_unroll)
+    steps = jnp.arange(indices.shape[1])
+    return jax.lax.scan(body, state, steps, unroll=self.trainer.policy.scan_unroll)
 
 
 @functools.lru_cache(maxsize=32)  # bounded: each entry holds compiled programs
 def _params_initializer(init: Callable[[jax.Array], Params], sharding: jax.sharding.Sharding):
   """``jit(vmap(init))``, one per task: trainers of different optimizers share its compilation.
 
-  Initialising parameters is most of an init program's compilation (the SimpleCNN on CPU, about
-  2 s), and a comparison builds one trainer per optimizer for the same task.
+  Initialising parameters is most of an init program's compilation, and a comparison builds
+  one trainer per optimizer for the same task.
   """
   return jax.jit(jax.vmap(init), out_shardings=sharding)
 
@@ -423,82 +417,195 @@ def _broadcast(value: Any, num_runs: int) -> jax.Array:
   return jnp.broadcast_to(jnp.asarray(value), (num_runs,) + np.shape(value))
 
 
-class CheckpointsExistError(FileExistsError):
-  """A fresh run would write its checkpoints over an earlier run's."""
+# ----------------------------------------------------------------------------- the fit loop
 
 
-def check_no_checkpoints(directory: str | Path) -> None:
-  """Raises :class:`CheckpointsExistError` if ``directory`` holds anything.
+class PhaseClock:
+  """Wall seconds spent in each phase of an experiment, summed over its occurrences.
 
-  Call before a fresh (not resumed) run: its checkpoints would otherwise collide with an
-  earlier run's in the middle of training.
+  Example:
+    >>> clock = PhaseClock()
+    >>> with clock("train"):
+    ...   state = train(state)
+    >>> clock.seconds  # {"train": 12.3}
   """
-  directory = Path(directory)
-  if directory.is_dir() and any(directory.iterdir()):
-    raise CheckpointsExistError(
-      f"{directory} holds an earlier run's checkpoints: resume that run (--resume), or write "
-      "to another output folder"
-    )
+
+  def __init__(self):
+    self.seconds: dict[str, float] = {}
+
+  @contextlib.contextmanager
+  def __call__(self, phase: str):
+    started = time.perf_counter()
+    try:
+      yield
+    finally:
+      elapsed = time.perf_counter() - started
+      self.seconds[phase] = self.seconds.get(phase, 0.0) + elapsed
 
 
-class Checkpoints:
-  """Per-epoch orbax checkpoints of a :class:`TrainState`, extra arrays and history.
+class EpochEnd(NamedTuple):
+  """What :func:`fit`'s ``on_epoch_end`` hook is given after each call of the engine.
 
-  Each save is atomic (orbax writes a temporary directory and renames it), so
-  a run killed at any moment leaves the previous complete checkpoint. Saves are
-  asynchronous: :meth:`save` returns once the arrays are copied to the host, and
-  orbax writes them in a background thread while training goes on; the next save
-  and :meth:`close` wait for it.
+  Attributes:
+    epoch: the epoch number (0-based) the call trained in.
+    complete: whether that epoch is now complete (False where a step budget ended it).
+    state: the runs' state after the call (do not keep it: the next call donates it).
+    metrics: the call's per-step metrics, host arrays ``(steps, runs)``.
+    seconds: the call's wall time (the first call's includes compilation).
+    history: the fit's JSON history, checkpointed with the state: a hook records here
+      what it needs after a resume.
+    extras: the arrays checkpointed with the state (a hook returns their new value).
+  """
+
+  epoch: int
+  complete: bool
+  state: TrainState
+  metrics: dict[str, np.ndarray]
+  seconds: float
+  history: dict[str, Any]
+  extras: Any
+
+
+class FitResult(NamedTuple):
+  """What :func:`fit` returns.
+
+  Attributes:
+    state: the final state.
+    extras: the final extra arrays.
+    history: the JSON history; ``history["calls"]`` has one ``{"epoch", "steps",
+      "seconds"}`` per call of the engine, with anything the hook added.
+  """
+
+  state: TrainState
+  extras: Any
+  history: dict[str, Any]
+
+
+def fit(
+  trainer: Trainer,
+  state: TrainState,
+  data: Mapping[str, jax.Array],
+  *,
+  steps: int | None = None,
+  epochs: int | None = None,
+  checkpoint_dir: str | Path | None = None,
+  resume: bool = False,
+  extras: Any = None,
+  on_epoch_end: Callable[[EpochEnd], Any] | None = None,
+  run_names: Sequence[str] | None = None,
+  name: str = "train",
+  quiet: bool = False,
+  log: Callable[[str], None] = print,
+  clock: PhaseClock | None = None,
+) -> FitResult:
+  """Trains ``state`` on ``data`` for a budget of steps or epochs: the one training loop.
+
+  Each iteration trains up to the end of the current epoch (or of the budget), reports runs
+  that diverged in it, calls ``on_epoch_end`` and saves a checkpoint numbered by the step.
+  Training stops at the budget, or once every run has diverged.
 
   Args:
-    directory: where the numbered checkpoints go.
-    max_to_keep: how many recent checkpoints to keep.
+    trainer: the engine.
+    state: the initial state, from :meth:`Trainer.init` (donated).
+    data: arrays from :meth:`Trainer.put_data`.
+    steps: the budget in steps (it may end inside an epoch); give this or ``epochs``.
+    epochs: the budget in whole epochs.
+    checkpoint_dir: where checkpoints go (None: none are written).
+    resume: continue from the latest checkpoint in ``checkpoint_dir``, if any; without it
+      a ``checkpoint_dir`` holding checkpoints is refused.
+    extras: arrays saved and restored with the state (e.g. running sums of predictions).
+    on_epoch_end: ``hook(EpochEnd) -> new extras or None (unchanged)``.
+    run_names: how log lines name each run (default: ``run 0``, ``run 1``, …).
+    name: the progress bar's and log lines' label.
+    quiet: no progress bar.
+    log: where one-line reports go (a resume, a diverged run).
+    clock: sums the wall time of the phases ``train`` and ``checkpoint`` (the hook may
+      time its own).
+
+  Returns:
+    The final :class:`FitResult`.
+
+  Raises:
+    ValueError: not exactly one of ``steps`` and ``epochs``, or a negative one.
+    jaxdiff.checkpoint.CheckpointsExistError: ``checkpoint_dir`` holds checkpoints and not
+      ``resume``.
   """
+  if (steps is None) == (epochs is None):
+    raise ValueError("give fit exactly one budget: steps= or epochs=")
+  if (steps if steps is not None else epochs) < 0:
+    raise ValueError(f"the budget must not be negative, got steps={steps}, epochs={epochs}")
+  clock = clock or PhaseClock()
+  num_runs = len(state.step)
+  run_names = list(run_names) if run_names is not None else [f"run {i}" for i in range(num_runs)]
+  steps_per_epoch = trainer.steps_per_epoch(data)
+  total = steps if steps is not None else epochs * steps_per_epoch
+  history: dict[str, Any] = {"calls": []}
+  checkpoints = None
+  if checkpoint_dir is not None:
+    if not resume:
+      check_no_checkpoints(checkpoint_dir)
+    checkpoints = Checkpoints(checkpoint_dir)
+  progress = None
+  try:
+    if checkpoints is not None and resume and checkpoints.latest_step() is not None:
+      latest = checkpoints.latest_step()
+      state, extras, history = checkpoints.restore(latest, state, extras)
+      extras = jax.device_get(extras)
+      log(f"{name}: resumed after step {latest}")
+    done = int(state.step[0])
+    progress = _Progress(name, total * num_runs, done * num_runs, quiet)
+    reported = set(np.flatnonzero(np.asarray(state.diverged_at) >= 0).tolist())
+    while done < total and len(reported) < num_runs:
+      epoch, start_step = divmod(done, steps_per_epoch)
+      started = time.perf_counter()
+      with clock("train"):
+        state, metrics = trainer.train_epoch(state, data, epoch, on_steps=progress.on_steps,
+                                             max_steps=total - done, start_step=start_step)  # fmt: skip
+        jax.block_until_ready(state)
+      seconds = time.perf_counter() - started
+      done = int(state.step[0])
+      history["calls"].append({"epoch": epoch, "steps": len(metrics["loss"]), "seconds": seconds})
+      for run in np.flatnonzero(np.asarray(state.diverged_at) >= 0).tolist():
+        if run not in reported:
+          reported.add(run)
+          others = "the other runs go on" if len(reported) < num_runs else "no run is left"
+          log(
+            f"{name}: {run_names[run]} diverged at step {int(state.diverged_at[run])}: "
+            f"non-finite loss; it keeps its last finite parameters and stops, {others}"
+          )
+      if on_epoch_end is not None:
+        complete = done % steps_per_epoch == 0
+        end = EpochEnd(epoch, complete, state, metrics, seconds, history, extras)
+        returned = on_epoch_end(end)
+        extras = extras if returned is None else returned
+      if checkpoints is not None:
+        with clock("checkpoint"):
+          checkpoints.save(done, state, extras, history)
+  finally:
+    if progress is not None:
+      progress.close()
+    if checkpoints is not None:  # waits for the last save to be written
+      checkpoints.close()
+  return FitResult(state, extras, history)
 
-  def __init__(self, directory: str | Path, max_to_keep: int = 2):
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
-    self._ocp = ocp
-    self._manager = ocp.CheckpointManager(
-      Path(directory).resolve(),
-      options=ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, enable_async_checkpointing=True, create=True
-      ),
-    )
+class _Progress:
+  """A tqdm bar over run-steps, showing the latest mean of each metric."""
 
-  def latest_epoch(self) -> int | None:
-    """The number of epochs in the latest checkpoint, or None."""
-    return self._manager.latest_step()
+  def __init__(self, name: str, total: int, done: int, quiet: bool):
+    self._bar = tqdm(total=total, initial=done, desc=name, disable=quiet, unit="step")
+    self._calls = 0
 
-  def save(self, epoch: int, state: TrainState, extras: Any, history: dict) -> None:
-    """Saves the state after ``epoch`` epochs, with ``extras`` arrays and JSON ``history``.
-
-    Returns before the files are written (the class docstring); ``state`` may then be
-    donated, and ``history`` changed (it is copied), but ``extras`` must not be changed in
-    place.
-    """
-    ocp = self._ocp
-    self._manager.save(
-      epoch,
-      args=ocp.args.Composite(
-        arrays=ocp.args.StandardSave({"state": state, "extras": extras}),
-        history=ocp.args.JsonSave(copy.deepcopy(history)),
-      ),
-      force=True,
-    )
-
-  def restore(self, epoch: int, state: TrainState, extras: Any) -> tuple[TrainState, Any, dict]:
-    """Restores ``epoch`` into the shapes, dtypes and shardings of ``state`` and ``extras``."""
-    ocp = self._ocp
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"state": state, "extras": extras})
-    restored = self._manager.restore(
-      epoch,
-      args=ocp.args.Composite(
-        arrays=ocp.args.StandardRestore(target), history=ocp.args.JsonRestore()
-      ),
-    )
-    return restored.arrays["state"], restored.arrays["extras"], restored.history
+  def on_steps(self, count: int, metrics: dict[str, jax.Array]) -> None:
+    if self._bar.disable:
+      return
+    self._bar.update(count * len(metrics["loss"]))
+    self._calls += 1
+    # Reading a value waits for the device: not after every step, but after every scanned epoch.
+    if self._calls % 50 == 1 or count > 1:
+      self._bar.set_postfix(
+        {name: f"{float(jnp.nanmean(value)):.3f}" for name, value in metrics.items()}
+      )
 
   def close(self) -> None:
-    """Waits for the last save to be written, then releases orbax's threads."""
-    self._manager.close()
+    self._bar.close()

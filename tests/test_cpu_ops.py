@@ -12,6 +12,7 @@ from jax import lax
 
 from jaxdiff import classification, parallel, train
 from jaxdiff.models import SimpleCNN, cpu_ops
+from jaxdiff.policy import ExecutionPolicy
 
 EPS = float(jnp.finfo(jnp.float32).eps)
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -141,11 +142,11 @@ def test_toeplitz_conv_equals_lax_conv_at_every_block_width(lhs_shape, rhs_shape
   assert_same_convolution(valid_conv(lax.conv_general_dilated), fast, lhs, rhs)
 
 
-def test_toeplitz_block_per_platform_and_bad_blocks():
-  assert cpu_ops.toeplitz_block(28, 5, "cpu") == 4  # measured fastest on XLA:CPU
-  assert cpu_ops.toeplitz_block(10, 5, "cpu") == 5
-  assert cpu_ops.toeplitz_block(2, 5, "cpu") == 2  # no divisor reaches kw - 1: whole rows
-  assert cpu_ops.toeplitz_block(28, 5, "gpu") == 28
+def test_toeplitz_block_narrow_or_whole_rows_and_bad_blocks():
+  assert cpu_ops.toeplitz_block(28, 5) == 4  # measured fastest on XLA:CPU
+  assert cpu_ops.toeplitz_block(10, 5) == 5
+  assert cpu_ops.toeplitz_block(2, 5) == 2  # no divisor reaches kw - 1: whole rows
+  assert cpu_ops.toeplitz_block(28, 5, whole_rows=True) == 28  # XLA:GPU's choice
   x, w = jnp.ones((1, 8, 8, 1)), jnp.ones((3, 3, 1, 2))
   for block in (0, 4, 7):
     with pytest.raises(ValueError, match="divisor of the output width 6"):
@@ -164,7 +165,7 @@ def ynn_convolutions(compiled_hlo: str) -> int:
 
 
 def test_compiler_options_leave_convolutions_to_xla_with_the_same_values():
-  options = cpu_ops.compiler_options()
+  options = cpu_ops.compiler_options("cpu")
   assert options, "this jaxlib rejects the options: update cpu_ops._YNN_FUSION_TYPES"
   # 32 channels: a size where the two kernels differ in speed (benchmarks/RESULTS.md).
   lhs = jax.random.normal(jax.random.key(6), (2, 8, 8, 32))
@@ -179,7 +180,7 @@ def test_compiler_options_are_empty_off_the_cpu_and_where_jaxlib_rejects_them(mo
   monkeypatch.setattr(cpu_ops, "_YNN_FUSION_TYPES", "LIBRARY_FUSION_TYPE_NO_SUCH_TYPE")
   cpu_ops.compiler_options.cache_clear()
   try:
-    assert cpu_ops.compiler_options() == {}
+    assert cpu_ops.compiler_options("cpu") == {}
   finally:
     cpu_ops.compiler_options.cache_clear()
 
@@ -191,11 +192,13 @@ def test_engine_compiles_its_cpu_step_with_the_compiler_options():
       return nn.Dense(3)(nn.Conv(32, (3, 3))(images).reshape(images.shape[0], -1))
 
   task = classification.classifier_task(ConvClassifier(), (8, 8, 1))
-  trainer = train.Trainer(task, optax.sgd, mesh=parallel.make_mesh(), batch_size=4, loop="step")
+  mesh = parallel.make_mesh()
+  policy = ExecutionPolicy.for_mesh(mesh, loop="step")
+  trainer = train.Trainer(task, optax.sgd, mesh=mesh, batch_size=4, policy=policy)
   state = trainer.init(jax.random.key(0)[None], learning_rate=jnp.array([0.1]))
   data = trainer.put_data({"image": np.zeros((8, 8, 8, 1), np.uint8), "label": np.zeros(8, np.int32)})  # fmt: skip
-  indices = trainer._indices(state.key, 0, trainer.steps_per_epoch(data), 8)
-  compiled = trainer._step.lower(state, data, indices, np.int32(0)).compile().as_text()
+  (step,) = trainer.lower_epoch(state, data)  # one run: the step, lowered once
+  compiled = step.compile().as_text()
   assert "convolution(" in compiled and ynn_convolutions(compiled) == 0
 
 
@@ -223,7 +226,7 @@ def test_max_pool_2x2_equals_flax_max_pool_bitwise_with_gradient(x):
 def cnn_paths():
   images = jax.random.normal(jax.random.key(4), (8, 32, 32, 3))
   labels = jnp.arange(8) % 10
-  plain, fast = SimpleCNN(cpu_ops=False), SimpleCNN(cpu_ops=True)
+  plain, fast = SimpleCNN(convolution="lax"), SimpleCNN(convolution="banded")
   params = plain.init(jax.random.key(5), images)["params"]
 
   def loss_and_grads(model):
@@ -256,13 +259,24 @@ def test_simple_cnn_cpu_ops_compute_the_same_logits_and_gradients(cnn_paths):
     np.testing.assert_allclose(fast_leaf, plain_leaf, rtol=0, atol=tolerance * scale)
 
 
-def test_simple_cnn_chooses_cpu_ops_by_backend(cnn_paths):
+def test_the_policy_chooses_the_cpu_ops_for_the_simple_cnn_on_the_cpu(cnn_paths):
   plain, fast, params, images, _, _ = cnn_paths
+  chosen = SimpleCNN(convolution=ExecutionPolicy.for_mesh(parallel.make_mesh()).convolution)
   traced = {
     name: str(jax.make_jaxpr(lambda p, m=model: m.apply({"params": p}, images))(params))
-    for name, model in (("auto", SimpleCNN()), ("plain", plain), ("fast", fast))
+    for name, model in (("policy", chosen), ("plain", plain), ("fast", fast))
   }
   assert "reduce_window_max" in traced["plain"]
   assert "reduce_window_max" not in traced["fast"]
   assert jax.default_backend() == "cpu"  # conftest pins the test session to the CPU
-  assert traced["auto"] == traced["fast"]
+  assert traced["policy"] == traced["fast"]
+
+
+def test_the_whole_rows_formulation_computes_the_same_logits(cnn_paths):
+  plain, _, params, images, ((_, plain_logits), _), _ = cnn_paths
+  rows = SimpleCNN(convolution="banded_rows")
+  logits = jax.jit(lambda p: rows.apply({"params": p}, images))(params)
+  # Float32 summation order only, as for the narrow blocks above.
+  np.testing.assert_allclose(logits, plain_logits, rtol=400 * EPS, atol=400 * EPS)
+  with pytest.raises(ValueError, match="convolution must be one of"):
+    SimpleCNN(convolution="fft").init(jax.random.key(0), images)

@@ -30,6 +30,7 @@ def test_mnist_npz_loads_real_data():
   np.testing.assert_array_equal(data.y_train[:10], [5, 0, 4, 1, 9, 2, 1, 3, 1, 4])
   # The README's statistics of the lossless copy, to 4 decimals.
   assert abs(data.x_train.mean() / 255 - 0.1307) < 1e-4
+  assert not data.lossy and data.label == "mnist (local copy)"
 
 
 @needs_cifar
@@ -44,21 +45,30 @@ def test_cifar_jpeg_archive_loads_real_data(tmp_path):
   np.testing.assert_allclose(
     data.x_train.mean((0, 1, 2)) / 255, [0.4913, 0.4821, 0.4465], atol=2e-4
   )
+  assert data.lossy and data.label == "CIFAR-10 (JPEG copy)"
   cached = load_dataset(CIFAR_ARCHIVE, cache_dir=tmp_path)
   np.testing.assert_array_equal(cached.x_test, data.x_test)
+  assert cached.lossy and cached.label == "CIFAR-10 (JPEG copy)"
 
 
-def _write_image(path: Path, size=(4, 5), color=(10, 20, 30), mode="RGB"):
+def _write_image(path: Path, size=(4, 5), color=(10, 20, 30), mode="RGB", image_format=None):
+  # image_format None: the format follows the suffix, as PIL picks it.
   path.parent.mkdir(parents=True, exist_ok=True)
-  Image.new(mode, size, color if mode == "RGB" else color[0]).save(path)
+  Image.new(mode, size, color if mode == "RGB" else color[0]).save(path, format=image_format)
 
 
-def _make_tree(root: Path, classes=("cat", "dog"), per_class=2, size=(4, 5)):
+def _make_tree(root: Path, classes=("cat", "dog"), per_class=2, size=(4, 5), suffix=".png"):
   for split in ("train", "test"):
     for label, cls in enumerate(classes):
       for i in range(per_class):
-        _write_image(root / split / cls / f"{i}.png", size, (label * 100, i, 7))
+        _write_image(root / split / cls / f"{i}{suffix}", size, (label * 100, i, 7))
   return root
+
+
+def _tar_gz(root: Path, archive: Path, arcname: str) -> Path:
+  with tarfile.open(archive, "w:gz") as tar:
+    tar.add(root, arcname=arcname)
+  return archive
 
 
 def test_image_folder_tree(tmp_path):
@@ -81,9 +91,7 @@ def test_grayscale_tree_gives_one_channel(tmp_path):
 
 def test_tar_gz_of_a_tree_with_top_folder(tmp_path):
   root = _make_tree(tmp_path / "tree")
-  archive = tmp_path / "images.tar.gz"
-  with tarfile.open(archive, "w:gz") as tar:
-    tar.add(root, arcname="images")
+  archive = _tar_gz(root, tmp_path / "images.tar.gz", "images")
   from_archive = load_dataset(archive, cache_dir=tmp_path / "cache")
   from_tree = load_dataset(root, cache_dir=tmp_path / "cache")
   np.testing.assert_array_equal(from_archive.x_train, from_tree.x_train)
@@ -113,6 +121,105 @@ def test_cache_is_reused_then_invalidated_by_a_change(tmp_path, monkeypatch):
   assert len(new_files) == 1 and new_files != cache_files  # the stale file is gone
 
 
+# ------------------------------------------------------------- provenance
+
+
+def test_png_tree_is_a_lossless_local_copy(tmp_path):
+  data = load_dataset(_make_tree(tmp_path / "tree"), cache_dir=tmp_path / "cache")
+  assert not data.lossy and data.label == "tree (local copy)"
+
+
+def test_jpeg_tree_is_lossy(tmp_path):
+  root = _make_tree(tmp_path / "tree", suffix=".jpg")
+  data = load_dataset(root, cache_dir=tmp_path / "cache")
+  assert data.lossy and data.label == "tree (JPEG copy)"
+
+
+def test_one_jpeg_among_pngs_makes_the_tree_lossy(tmp_path):
+  root = _make_tree(tmp_path / "tree")
+  _write_image(root / "test" / "dog" / "extra.jpeg")
+  assert load_dataset(root, cache_dir=tmp_path / "cache").lossy
+
+
+def test_lossy_is_judged_by_the_images_not_by_names(tmp_path):
+  # PNGs in a folder named like the JPEG copy, with .jpg names: lossless.
+  root = tmp_path / "cifar10-jpeg"
+  for split in ("train", "test"):
+    _write_image(root / split / "cat" / "0.jpg", image_format="PNG")
+  data = load_dataset(root, cache_dir=tmp_path / "cache")
+  assert not data.lossy and data.label == "cifar10-jpeg (local copy)"
+  # A JPEG named .png: lossy.
+  other = tmp_path / "plain"
+  for split in ("train", "test"):
+    _write_image(other / split / "cat" / "0.png", image_format="JPEG")
+  assert load_dataset(other, cache_dir=tmp_path / "cache").lossy
+
+
+def test_jpeg_archive_of_cifar_classes_is_labelled_the_cifar_jpeg_copy(tmp_path):
+  classes = data_lib.KNOWN_CLASS_NAMES["cifar10"]
+  root = _make_tree(tmp_path / "tree", classes=classes, per_class=1, size=(2, 2), suffix=".jpg")
+  # The shared archive's layout, loaded as the experiments do: without a name.
+  archive = _tar_gz(root, tmp_path / "cifar10-jpeg.tar.gz", "cifar10-jpeg")
+  data = load_dataset(archive, cache_dir=tmp_path / "cache")
+  assert data.lossy and data.label == "CIFAR-10 (JPEG copy)"
+  # JPEGs of other classes keep their own name.
+  other = _tar_gz(_make_tree(tmp_path / "pets", suffix=".jpg"), tmp_path / "pets.tgz", "pets")
+  assert load_dataset(other, cache_dir=tmp_path / "cache").label == "pets (JPEG copy)"
+
+
+def test_png_archive_is_lossless(tmp_path):
+  archive = _tar_gz(_make_tree(tmp_path / "tree"), tmp_path / "images.tar.gz", "images")
+  data = load_dataset(archive, cache_dir=tmp_path / "cache")
+  assert not data.lossy and data.label == "images (local copy)"
+
+
+def test_lossy_survives_the_cache(tmp_path, monkeypatch):
+  root = _make_tree(tmp_path / "tree", suffix=".jpg")
+  cache = tmp_path / "cache"
+  first = load_dataset(root, cache_dir=cache)
+
+  def no_decoding(*args):
+    raise AssertionError("decoded again although the cache is valid")
+
+  monkeypatch.setattr(data_lib, "_decode_images", no_decoding)
+  again = load_dataset(root, cache_dir=cache)
+  assert first.lossy and again.lossy and again.label == first.label == "tree (JPEG copy)"
+
+
+def test_a_cache_of_an_older_version_is_decoded_afresh(tmp_path, monkeypatch):
+  root = _make_tree(tmp_path / "tree", suffix=".jpg")
+  cache = tmp_path / "cache"
+  # What an older jaxdiff left: the arrays without the lossy flag, under its version.
+  with monkeypatch.context() as patch:
+    patch.setattr(data_lib, "CACHE_VERSION", data_lib.CACHE_VERSION - 1)
+    old_file = cache / f"tree-{data_lib._fingerprint(root)}.npz"
+  cache.mkdir()
+  images = np.zeros((1, 5, 4, 3), np.uint8)
+  np.savez(old_file, x_train=images, y_train=[0], x_test=images, y_test=[0], class_names=["a"])
+  data = load_dataset(root, cache_dir=cache)
+  assert data.lossy and data.class_names == ("cat", "dog")
+  remaining = list(cache.glob("*.npz"))
+  assert len(remaining) == 1 and remaining != [old_file]  # the old file is gone
+
+
+def test_npz_is_lossless(tmp_path):
+  path = tmp_path / "digits.npz"
+  images = np.zeros((3, 2, 2), np.uint8)
+  np.savez(path, x_train=images, y_train=[0, 2, 1], x_test=images[:1], y_test=[1])
+  data = load_dataset(path)
+  assert not data.lossy and data.label == "digits (local copy)"
+  assert load_dataset(path, name="mnist").label == "mnist (local copy)"
+
+
+def test_dataset_built_positionally_defaults_to_lossless_and_take_train_keeps_the_flag():
+  images, labels = np.zeros((4, 2, 2, 1), np.uint8), np.arange(4, dtype=np.int32) % 2
+  plain = data_lib.Dataset("toy", images, labels, images, labels, ("a", "b"), "synthetic")
+  assert not plain.lossy and plain.label == "toy (local copy)"
+  lossy = data_lib.Dataset("toy", images, labels, images, labels, ("a", "b"), "x.tgz", True)
+  subset = lossy.take_train(np.array([0, 1]))
+  assert subset.lossy and subset.x_train.shape[0] == 2 and subset.label == "toy (JPEG copy)"
+
+
 def test_npz_without_class_names_numbers_the_labels(tmp_path):
   path = tmp_path / "digits.npz"
   images = np.zeros((3, 2, 2), np.uint8)
@@ -124,8 +231,10 @@ def test_npz_without_class_names_numbers_the_labels(tmp_path):
 # ------------------------------------------------------------------ TFDS
 
 
-@pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
-def test_tfds_source_with_mock_data(name, shape):
+@pytest.mark.parametrize(
+  "name,shape,label", [("mnist", (28, 28, 1), "MNIST"), ("cifar10", (32, 32, 3), "CIFAR-10")]
+)
+def test_tfds_source_with_mock_data(name, shape, label):
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=6):
     data = load_dataset("tfds", name=name)
@@ -133,6 +242,7 @@ def test_tfds_source_with_mock_data(name, shape):
   assert data.y_train.dtype == np.int32 and data.y_train.max() < 10
   assert data.class_names == data_lib.KNOWN_CLASS_NAMES[name]
   assert data.source == f"tfds:{name}"
+  assert not data.lossy and data.label == label
 
 
 def test_tfds_unreachable_says_how_to_pass_a_local_file(monkeypatch):

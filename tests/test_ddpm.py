@@ -1,4 +1,4 @@
-"""Tests for jaxdiff.ddpm: schedules, forward process, loss, samplers, bound, EMA, task.
+"""Tests for jaxdiff.ddpm: schedules, forward process, loss, samplers, bound, EMA, task, API.
 
 Statistical checks use fixed keys and n i.i.d. draws; their tolerances are 5 standard errors,
 SE(mean) = σ/√n and SE(var) = σ²·√(2/n), so a correct implementation fails with probability
@@ -8,6 +8,9 @@ float32 once (relative error 6e-8) and a few float32 operations follow.
 """
 
 import functools
+import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -475,10 +478,10 @@ class _TinyEps(nn.Module):
     return nn.Dense(x.shape[-1])(x) + nn.Embed(8, x.shape[-1])(t)[:, None, None, :]
 
 
-def test_diffusion_task_loss_is_l_simple_on_scaled_images():
-  # The engine run itself is left to the end-to-end tests (a Trainer compile costs ~5 s here).
+def test_ddpm_task_loss_is_l_simple_on_scaled_images():
+  # The engine run itself is left to the end-to-end tests, which compile a Trainer.
   schedule = ddpm.make_schedule("linear", 8)
-  task = ddpm.diffusion_task(_TinyEps(), schedule, (4, 4, 1))
+  task = ddpm.ddpm_task(_TinyEps(), schedule, (4, 4, 1))
   images = np.random.default_rng(0).integers(0, 256, (4, 4, 4, 1)).astype(np.uint8)
   params = task.init(jax.random.key(15))
   batch, key = {"image": jnp.asarray(images)}, jax.random.key(16)
@@ -496,16 +499,14 @@ def test_diffusion_task_loss_is_l_simple_on_scaled_images():
 
 
 def test_bfloat16_compute_keeps_float32_parameters_gradients_and_loss():
-  from jaxdiff.diffusion_experiment import DiffusionConfig  # pylint: disable=g-import-not-at-top
+  from jaxdiff.experiments.ddpm_mnist.config import DDPMConfig  # pylint: disable=g-import-not-at-top
 
   schedule = ddpm.make_schedule("linear", 8)
   models = {
-    dtype: DiffusionConfig(model_size="tiny", compute_dtype=dtype).make_model()
+    dtype: DDPMConfig(model_size="tiny", compute_dtype=dtype).make_model()
     for dtype in ("float32", "bfloat16")
   }
-  tasks = {
-    dtype: ddpm.diffusion_task(model, schedule, (8, 8, 1)) for dtype, model in models.items()
-  }
+  tasks = {dtype: ddpm.ddpm_task(model, schedule, (8, 8, 1)) for dtype, model in models.items()}
   params = tasks["float32"].init(jax.random.key(17))
   # A fresh U-Net's zero output layer predicts zero in any dtype: perturb every leaf.
   leaves, treedef = jax.tree.flatten(params)
@@ -525,7 +526,7 @@ def test_bfloat16_compute_keeps_float32_parameters_gradients_and_loss():
   assert loss["bfloat16"] != loss["float32"]
   np.testing.assert_allclose(loss["bfloat16"], loss["float32"], rtol=0.05)
   with pytest.raises(ValueError, match="float16"):
-    DiffusionConfig(compute_dtype="float16")
+    DDPMConfig(compute_dtype="float16")
 
 
 def test_pixel_range_round_trip():
@@ -534,3 +535,49 @@ def test_pixel_range_round_trip():
   assert x.dtype == jnp.float32 and x[0] == -1 and x[-1] == 1
   np.testing.assert_array_equal(ddpm.to_uint8(x), pixels)
   np.testing.assert_array_equal(ddpm.to_uint8(jnp.array([-1.5, 1.5])), [0, 255])  # clipped
+
+
+# ----------------------------------------------------------------------------- package API
+
+# jaxdiff.ddpm.__all__ as it was when ddpm was one module: all of it stays importable.
+OLD_ALL = (
+  "SCHEDULES",
+  "VARIANCES",
+  "NoiseSchedule",
+  "ParamsEMAState",
+  "bits_per_dim",
+  "cosine_schedule",
+  "ddim_timesteps",
+  "diffusion_task",
+  "discretized_gaussian_log_likelihood",
+  "find_params_ema",
+  "linear_schedule",
+  "make_schedule",
+  "noise_prediction_loss",
+  "p_mean_variance",
+  "predict_x0_from_eps",
+  "q_posterior",
+  "q_sample",
+  "sample_ddim",
+  "sample_ddpm",
+  "schedule_from_betas",
+  "to_uint8",
+  "to_unit_range",
+  "track_params_ema",
+)
+
+
+def test_old_public_names_stay_importable():
+  missing = [name for name in OLD_ALL + ("DenoiseFn",) if not hasattr(ddpm, name)]
+  assert not missing, missing
+  assert set(OLD_ALL) | {"ddpm_task"} == set(ddpm.__all__)
+
+
+def test_diffusion_task_is_the_old_name_of_ddpm_task():
+  assert ddpm.diffusion_task is ddpm.ddpm_task
+
+
+def test_ddpm_package_does_not_import_the_training_engine():
+  code = "import jaxdiff.ddpm, sys; assert 'jaxdiff.train' not in sys.modules"
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=root)

@@ -1,4 +1,4 @@
-"""experiments/ddpm_mnist.py end to end on a tiny MNIST-shaped set: outputs, resume, bad input."""
+"""experiments/ddpm_mnist.py end to end on a tiny MNIST-shaped set: outputs, resume, flags."""
 
 import json
 import os
@@ -13,8 +13,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / "experiments" / "ddpm_mnist.py"
+# T = 50 instead of 1000: the forward process's length is a flag, and the denoising figure's
+# ancestral trajectory takes T U-Net calls.
 TINY_RUN = ["--model-size", "tiny", "--batch-size", 8, "--num-samples", 8, "--eval-images", 4,
-            "--bpd-timesteps", 2, "--sampler", "ddim", "--sample-steps", 3, "--quiet"]  # fmt: skip
+            "--bpd-timesteps", 2, "--sampler", "ddim", "--sample-steps", 3, "--num-timesteps", 50,
+            "--quiet"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +47,18 @@ def cache_env(tmp_path_factory):
 
 def _cli(env, *args):
   return subprocess.run([sys.executable, str(CLI), *map(str, args)], capture_output=True,
-                        text=True, timeout=900, cwd=ROOT, env=env)  # fmt: skip
+                        text=True, timeout=900, cwd=ROOT, env=env, check=False)  # fmt: skip
+
+
+def _host(leaf) -> np.ndarray:
+  if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+    leaf = jax.random.key_data(leaf)
+  return np.asarray(leaf)
 
 
 def _checkpoint_arrays(out: Path, step: int):
   tree = ocp.PyTreeCheckpointer().restore(out / "checkpoints" / str(step) / "arrays")
-  return [
-    np.asarray(
-      jax.random.key_data(leaf) if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key) else leaf
-    )  # fmt: skip
-    for leaf in jax.tree.leaves(tree)
-  ]
+  return [_host(leaf) for leaf in jax.tree.leaves(tree)]
 
 
 def test_outputs_and_resume(tmp_path, tiny_mnist, cache_env):
@@ -73,10 +77,12 @@ def test_outputs_and_resume(tmp_path, tiny_mnist, cache_env):
     assert (resumed / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   report = json.loads((resumed / "report.json").read_text())
   assert report["train"]["steps"] == 12
+  assert report["config"]["num_timesteps"] == 50
   assert np.isfinite(report["test_bits_per_dim"]["total"])
   assert sum(report["sample_quality"]["samples"]["class_histogram"]) == 8
   markdown = (resumed / "report.md").read_text()
   assert "bits/dim" in markdown and "not comparable to published FIDs" in markdown
+  assert "T = 50;" in markdown
 
   for resumed_leaf, straight_leaf in zip(_checkpoint_arrays(resumed, 12),
                                          _checkpoint_arrays(straight, 12)):  # fmt: skip
@@ -92,15 +98,28 @@ def test_outputs_and_resume(tmp_path, tiny_mnist, cache_env):
   assert json.loads((straight / "report.json").read_text()) == straight_report
 
 
+T_50 = ["--num-timesteps", "50"]
+
+
 @pytest.mark.parametrize(
   "args,message",
   [
-    (["--schedule", "quadratic"], "quadratic"),
-    (["--steps", "0"], "--steps"),
-    (["--steps", "-3"], "--steps"),
-    (["--sampler", "euler"], "euler"),
-    (["--model-size", "huge"], "huge"),
-    (["--compute-dtype", "float16"], "float16"),
+    (["--schedule", "quadratic"], "argument --schedule: unknown noise schedule quadratic"),
+    (["--steps", "0"], "argument --steps: must be greater than 0, got 0"),
+    (["--steps", "-3"], "argument --steps: must be greater than 0, got -3"),
+    (["--sampler", "euler"], "argument --sampler: unknown sampler euler"),
+    (["--model-size", "huge"], "argument --model-size: unknown model size huge"),
+    (["--compute-dtype", "float16"], "argument --compute-dtype: unknown compute dtype float16"),
+    (["--num-timesteps", "0"], "argument --num-timesteps: must be greater than 0, got 0"),
+    (["--warmup-steps", "-1"], "argument --warmup-steps: must be at least 0, got -1"),
+    (["--grad-clip", "0"], "argument --grad-clip: must be greater than 0, got 0"),
+    (["--ema-decay", "1"], "argument --ema-decay: must be below 1, got 1"),
+    # Checks across fields name the flag whose value does not fit T.
+    (
+      [*T_50, "--sampler", "ddim", "--sample-steps", "51", "--bpd-timesteps", "2"],
+      "argument --sample-steps: must be at most T = 50",
+    ),
+    ([*T_50, "--bpd-timesteps", "50"], "argument --bpd-timesteps: must be at most T - 1 = 49"),
   ],
 )
 def test_bad_flags_give_one_line_and_exit_2(tmp_path, tiny_mnist, cache_env, args, message):

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -79,7 +80,12 @@ def test_select_platform_errors(platform, message):
     f"try:\n  select_platform({platform!r})\nexcept PlatformError as e:\n  print(e)"
   )
   result = subprocess.run(
-    [sys.executable, "-c", code], capture_output=True, text=True, env={"PATH": ""}, timeout=120
+    [sys.executable, "-c", code],
+    capture_output=True,
+    text=True,
+    env={"PATH": ""},
+    timeout=120,
+    check=False,
   )
   assert message in result.stdout, result.stderr[-2000:]
 
@@ -88,3 +94,14 @@ def test_select_platform_after_start_refuses_another(mesh):
   parallel.select_platform("cpu")  # the running one: accepted
   with pytest.raises(parallel.PlatformError, match="already started"):
     parallel.select_platform("tpu")
+
+
+def test_no_module_imports_jax_private_api():
+  # jax._src changes without notice between releases; jaxdiff keeps to the public API.
+  package = Path(parallel.__file__).parent
+  offenders = [
+    str(path.relative_to(package))
+    for path in sorted(package.rglob("*.py"))
+    if "jax._src" in path.read_text(encoding="utf-8")
+  ]
+  assert not offenders, f"jax._src used in {offenders}"

@@ -9,7 +9,8 @@ import scipy.linalg
 
 from jaxdiff import sample_quality
 from jaxdiff.data import load_dataset
-from jaxdiff.sample_quality import evaluate_samples, frechet_distance, train_feature_classifier
+from jaxdiff.metrics import frechet_distance
+from jaxdiff.sample_quality import evaluate_samples, train_feature_classifier
 
 MNIST_NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist.npz"
 TRAIN_IMAGES = 2000

@@ -13,6 +13,8 @@ import pytest
 
 import jaxdiff
 from jaxdiff import classification, parallel, train
+from jaxdiff.checkpoint import Checkpoints
+from jaxdiff.policy import ExecutionPolicy
 
 
 class TinyClassifier(nn.Module):
@@ -37,8 +39,9 @@ def arrays():
 def _train(arrays, epochs=2, devices=None, loop="step", runs_per_call=1, learning_rates=None,
            scan_unroll=1):  # fmt: skip
   mesh = parallel.make_mesh(devices)
-  trainer = train.Trainer(TASK, jaxdiff.langevin_sgd, mesh=mesh, batch_size=16, loop=loop,
-                          runs_per_call=runs_per_call, scan_unroll=scan_unroll)  # fmt: skip
+  policy = ExecutionPolicy.for_mesh(mesh, loop=loop, runs_per_call=runs_per_call,
+                                    scan_unroll=scan_unroll)  # fmt: skip
+  trainer = train.Trainer(TASK, jaxdiff.langevin_sgd, mesh=mesh, batch_size=16, policy=policy)
   keys = jax.random.split(jax.random.key(0), NUM_RUNS)
   lrs = learning_rates if learning_rates is not None else [0.05, 0.1, 0.2]
   state = trainer.init(keys, learning_rate=jnp.asarray(lrs), diffusion=jnp.asarray([0.0, 1e-4, 1e-3]),
@@ -112,9 +115,9 @@ def test_a_diverging_run_stops_and_the_others_go_on(arrays):
 def test_checkpoint_round_trip_is_bitwise(tmp_path, arrays, reference):
   state, _ = reference
   extras = {"sum": np.arange(6.0).reshape(2, 3)}
-  checkpoints = train.Checkpoints(tmp_path / "ckpt")
+  checkpoints = Checkpoints(tmp_path / "ckpt")
   checkpoints.save(2, state, extras, {"epochs": [1, 2]})
-  assert checkpoints.latest_epoch() == 2
+  assert checkpoints.latest_step() == 2
   restored, restored_extras, history = checkpoints.restore(2, state, extras)
   checkpoints.close()
   assert history == {"epochs": [1, 2]}
@@ -125,21 +128,23 @@ def test_checkpoint_round_trip_is_bitwise(tmp_path, arrays, reference):
 
 def _host_leaves(tree):
   """The leaves as NumPy arrays, keys as their key data."""
-  to_host = lambda leaf: np.asarray(  # noqa: E731
+  to_host = lambda leaf: np.asarray(
     jax.random.key_data(leaf) if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key) else leaf
   )
   return [to_host(leaf) for leaf in jax.tree.leaves(tree)]
 
 
 def test_an_asynchronous_save_keeps_what_it_was_given_while_training_goes_on(tmp_path, arrays):
-  trainer = train.Trainer(TASK, optax.sgd, mesh=parallel.make_mesh(), batch_size=16, loop="step")
+  mesh = parallel.make_mesh()
+  policy = ExecutionPolicy.for_mesh(mesh, loop="step")
+  trainer = train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=16, policy=policy)
   state = trainer.init(
     jax.random.split(jax.random.key(0), 2), learning_rate=jnp.asarray([0.1, 0.2])
   )
   data = trainer.put_data(arrays)
   saved, saved_params = _host_leaves(state), _host_leaves(state.params)
   history = {"epochs": [1]}
-  checkpoints = train.Checkpoints(tmp_path / "ckpt")
+  checkpoints = Checkpoints(tmp_path / "ckpt")
   checkpoints.save(1, state, {}, history)
   # Before the files are written: the training step donates the saved state's buffers, and
   # the history grows.
@@ -147,7 +152,7 @@ def test_an_asynchronous_save_keeps_what_it_was_given_while_training_goes_on(tmp
   history["epochs"].append(2)
   checkpoints.close()
   assert not any(map(np.array_equal, _host_leaves(state.params), saved_params))  # it trained
-  reopened = train.Checkpoints(tmp_path / "ckpt")
+  reopened = Checkpoints(tmp_path / "ckpt")
   restored, _, restored_history = reopened.restore(1, state, {})
   reopened.close()
   assert restored_history == {"epochs": [1]}
@@ -162,9 +167,9 @@ def test_bad_engine_arguments():
   with pytest.raises(ValueError, match="batch_size must be positive"):
     train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=0)
   with pytest.raises(ValueError, match="loop"):
-    train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=8, loop="while")
+    ExecutionPolicy.for_mesh(mesh, loop="while")
   with pytest.raises(ValueError, match="scan_unroll must be positive"):
-    train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=8, scan_unroll=0)
+    ExecutionPolicy.for_mesh(mesh, scan_unroll=0)
 
 
 class TinyConvClassifier(nn.Module):
@@ -182,10 +187,12 @@ def test_computes_convolution_looks_into_nested_jaxprs():
   assert not train.computes_convolution(jax.make_jaxpr(jax.grad(no_conv))(x, w).jaxpr)
 
 
-def test_default_loop():
-  assert train.default_loop("cpu", convolves=True) == "step"
-  assert train.default_loop("cpu", convolves=False) == "scan"
-  assert train.default_loop("gpu", convolves=True) == "scan"
+def test_auto_loop_for_each_platform():
+  cpu, gpu = ExecutionPolicy(platform="cpu"), ExecutionPolicy(platform="gpu")
+  assert cpu.loop == gpu.loop == "auto"
+  assert cpu.loop_for(convolves=True) == "step"
+  assert cpu.loop_for(convolves=False) == "scan"
+  assert gpu.loop_for(convolves=True) == "scan"
 
 
 @pytest.mark.parametrize(
@@ -194,23 +201,28 @@ def test_default_loop():
 def test_auto_loop_on_cpu_steps_from_python_only_for_convolutions(arrays, model, chosen):
   task = classification.classifier_task(model, (4, 4, 1))
   trainer = train.Trainer(task, optax.sgd, mesh=parallel.make_mesh(), batch_size=16)
-  assert trainer.loop == "auto"
+  assert trainer.policy.loop == "auto"
   state = trainer.init(jax.random.key(0)[None], learning_rate=jnp.array([0.1]))
-  state, metrics = trainer.train_epoch(state, trainer.put_data(arrays), epoch=0, max_steps=1)
-  assert trainer.loop == chosen
+  data = trainer.put_data(arrays)
+  with _compiled_programs() as compiled:
+    state, metrics = trainer.train_epoch(state, data, epoch=0, max_steps=1)
+  assert trainer.loop(state, data) == chosen
+  # The epoch ran the chosen loop's program.
+  assert ("local_step" if chosen == "step" else "local_epoch") in compiled, compiled
+  assert trainer.policy.loop == "auto"  # the trainer's fields are never rewritten
   assert metrics["loss"].shape == (1, 1) and np.isfinite(metrics["loss"]).all()
 
 
 def test_run_slices():
   assert train.run_slices(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
-  assert train.run_slices(5, None) == [slice(0, 5)]
-  assert train.run_slices(5, 0) == [slice(0, 5)]
+  assert train.run_slices(5, 0) == [slice(0, 5)]  # 0: all runs in one slice
 
 
 @pytest.mark.parametrize("loop", ["step", "scan"])
 def test_an_epoch_in_two_parts_equals_one_epoch(arrays, loop):
   mesh = parallel.make_mesh()
-  trainer = train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=16, loop=loop)
+  policy = ExecutionPolicy.for_mesh(mesh, loop=loop)
+  trainer = train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=16, policy=policy)
   data = trainer.put_data(arrays)
 
   def fresh_state():
@@ -250,11 +262,12 @@ def _compiled_programs():
 @pytest.mark.parametrize("loop, runs_per_call", [("step", 2), ("scan", 2), ("scan", 0)])
 def test_compile_ahead_leaves_the_epoch_program_compiled(arrays, loop, runs_per_call):
   """Three runs two per call are slices of 2 and 1 runs: two programs to compile ahead."""
-  trainer = train.Trainer(TASK, optax.sgd, mesh=parallel.make_mesh(), batch_size=16, loop=loop,
-                          runs_per_call=runs_per_call)  # fmt: skip
+  mesh = parallel.make_mesh()
+  policy = ExecutionPolicy.for_mesh(mesh, loop=loop, runs_per_call=runs_per_call)
+  trainer = train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=16, policy=policy)
   data = trainer.put_data(arrays)
   state = trainer.init(jax.random.split(jax.random.key(4), 3), learning_rate=jnp.array(0.1))
-  program = "_local_step" if loop == "step" else "_local_epoch"
+  program = "local_step" if loop == "step" else "local_epoch"
   with _compiled_programs() as ahead:
     trainer.compile(state, data)
   assert ahead.count(program) == (2 if runs_per_call == 2 else 1), ahead
@@ -265,13 +278,20 @@ def test_compile_ahead_leaves_the_epoch_program_compiled(arrays, loop, runs_per_
 
 
 def test_trainers_of_one_task_share_the_parameter_initialisation(arrays):
+  # A task of its own, whose initialisation no earlier test has compiled.
+  task = classification.classifier_task(TinyClassifier(), (4, 4, 1))
   mesh = parallel.make_mesh()
   keys = jax.random.split(jax.random.key(5), 2)
-  sgd = train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=16)
-  adam = train.Trainer(TASK, optax.adam, mesh=mesh, batch_size=16)
-  assert sgd._init_params is adam._init_params
-  sgd_state = sgd.init(keys, learning_rate=jnp.array(0.1))
-  adam_state = adam.init(keys, learning_rate=jnp.array(0.1))
+  sgd = train.Trainer(task, optax.sgd, mesh=mesh, batch_size=16)
+  adam = train.Trainer(task, optax.adam, mesh=mesh, batch_size=16)
+  assert sgd._programs.init_params is adam._programs.init_params
+  with _compiled_programs() as sgd_compiled:
+    sgd_state = sgd.init(keys, learning_rate=jnp.array(0.1))
+  with _compiled_programs() as adam_compiled:
+    adam_state = adam.init(keys, learning_rate=jnp.array(0.1))
+  # The parameter initialiser (jit of the task's init) compiles once, for the first trainer.
+  assert sgd_compiled.count(task.init.__name__) == 1, sgd_compiled
+  assert task.init.__name__ not in adam_compiled, adam_compiled
   for leaf, other in zip(jax.tree.leaves(sgd_state.params), jax.tree.leaves(adam_state.params)):
     np.testing.assert_array_equal(leaf, other)
   first_seed, second_seed = np.asarray(sgd_state.params["Dense_0"]["kernel"])

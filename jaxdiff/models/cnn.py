@@ -1,5 +1,7 @@
 """The seed article's CIFAR-10 CNN."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,19 +17,24 @@ class SimpleCNN(nn.Module):
 
   Attributes:
     num_classes: size of the output layer.
-    cpu_ops: compute the convolutions and pools with :mod:`jaxdiff.models.cpu_ops`, the
-      matmul formulations written for XLA:CPU (same function, same parameters). ``None``
-      chooses them where they were measured faster, on the CPU and the GPU
-      (``cpu_ops.MEASURED_FASTER_ON``), when the model is traced.
+    convolution: how the convolutions and pools are computed, one of
+      ``cpu_ops.FORMULATIONS``: the plain ops (``"lax"``) or the banded-matmul formulations
+      of :mod:`jaxdiff.models.cpu_ops` (same function, same parameters);
+      ``ExecutionPolicy.for_mesh(mesh).convolution`` is the one measured faster there.
   """
 
   num_classes: int = 10
-  cpu_ops: bool | None = None
+  convolution: str = "lax"
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
-    if cpu_ops.enabled(self.cpu_ops):
-      conv = cpu_ops.conv_toeplitz
+    if self.convolution not in cpu_ops.FORMULATIONS:
+      raise ValueError(
+        f"convolution must be one of {cpu_ops.FORMULATIONS}, got {self.convolution!r}"
+      )
+    if self.convolution != "lax":
+      whole_rows = self.convolution == "banded_rows"
+      conv = functools.partial(cpu_ops.conv_toeplitz, whole_rows=whole_rows)
       # ReLU after the pool touches a quarter of the values. Max and ReLU commute, and both
       # orders send the gradient to the window's first maximum if it is positive, else nowhere.
       relu_pool = lambda x: nn.relu(cpu_ops.max_pool_2x2(x))

@@ -9,16 +9,14 @@ which XLA:CPU runs near its matmul speed despite the zeros it multiplies;
 pads the output features to 16. ``lax.reduce_window`` max-pooling and its gradient
 (``select_and_scatter``) are generic windowed loops, while a 2x2 pool is a reshape and a max.
 These win for the seed CNN's 5x5 convolutions at 3–16 channels; the DDPM U-Net's 3x3
-convolutions at 8 and more channels ran slower as Toeplitz matmuls (the tiny U-Net's loss
-gradient, 116 → 222 ms), so it keeps the plain ops. Those run faster with XLA's own
-convolution kernels than with YNNPACK's, which jaxlib 0.10 picks by default:
-:func:`compiler_options` asks for them. Figures, measured on a 2-core AMD EPYC with
-``benchmarks/cpu_op_probes.py`` (jax 0.10.2), are in ``benchmarks/RESULTS.md``.
+convolutions at 8 and more channels ran slower as banded matmuls, so it keeps the plain ops.
+Those run faster with XLA's own convolution kernels than with YNNPACK's, which jaxlib 0.10
+picks by default: :func:`compiler_options` asks for them. The seed CNN trains faster with the
+banded matmuls on XLA:GPU too, there with whole output rows per matmul row.
 
-The seed CNN trains faster with these formulations on XLA:GPU too (one H200, jax 0.11.2):
-cuDNN's kernels for its two convolutions (3-16 channels) and their gradients took over half
-of a 0.2 ms step, and three vmapped runs' grouped convolutions more. There
-:func:`conv_toeplitz` multiplies whole output rows at once (:func:`toeplitz_block`).
+Which formulation a model uses is its explicit argument (:data:`FORMULATIONS`), chosen per
+platform by :class:`jaxdiff.policy.ExecutionPolicy`. The measurements behind every choice
+(``benchmarks/cpu_op_probes.py`` and the throughput scripts) are in ``benchmarks/RESULTS.md``.
 """
 
 import functools
@@ -34,14 +32,10 @@ FEATURE_MULTIPLE = 16
 """Output features are padded to a multiple of this: one AVX-512 register of float32."""
 
 
-MEASURED_FASTER_ON = ("cpu", "gpu")
-"""Backends where the seed CNN trained faster with these formulations (module docstring)."""
-
-
-def enabled(choice: bool | None) -> bool:
-  """``choice``, or where it is ``None``, whether JAX's default backend is one of
-  :data:`MEASURED_FASTER_ON`."""
-  return jax.default_backend() in MEASURED_FASTER_ON if choice is None else choice
+FORMULATIONS = ("lax", "banded", "banded_rows")
+"""How a model computes its convolutions and pools: ``"lax"``, the plain ops; ``"banded"``,
+:func:`conv_toeplitz` in narrow column blocks and :func:`max_pool_2x2` (XLA:CPU);
+``"banded_rows"``, the same with whole output rows per matmul row (XLA:GPU)."""
 
 
 # jaxlib 0.10.2's default YNNPACK fusion types (individual dots, reductions and convolutions),
@@ -50,24 +44,21 @@ _YNN_FUSION_TYPES = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDU
 
 
 @functools.cache
-def compiler_options(platform: str | None = None) -> dict[str, str]:
+def compiler_options(platform: str) -> dict[str, str]:
   """XLA compiler options for jaxdiff's compiled programs: ``jax.jit(compiler_options=...)``.
 
-  On the CPU they leave convolutions to XLA's own kernels instead of YNNPACK's. At 32-128
-  channels those take 0.4-0.7x the time (a 3x3 convolution 32x28x28x64 -> 64: forward 8.6 ->
-  5.4 ms, kernel gradient 14.8 -> 7.2 ms; ``benchmarks/RESULTS.md``), and the same at 8-16. The
-  option is experimental, so it is set per compiled function rather than process-wide in
-  ``XLA_FLAGS``, and only where this jaxlib accepts it: a trivial function is compiled with it
-  once.
+  On the CPU they leave convolutions to XLA's own kernels instead of YNNPACK's, which took
+  longer at every channel count the U-Net has (8-128). The option is experimental, so it is
+  set per compiled function rather than process-wide in ``XLA_FLAGS``, and only where this
+  jaxlib accepts it: a trivial function is compiled with it once.
 
   Args:
-    platform: where the program runs (``"cpu"``, ``"gpu"``, ``"tpu"``); ``None`` means JAX's
-      default backend.
+    platform: where the program runs (``"cpu"``, ``"gpu"``, ``"tpu"``).
 
   Returns:
     The options; ``{}`` off the CPU, and where this jaxlib rejects them.
   """
-  if (platform or jax.default_backend()) != "cpu":
+  if platform != "cpu":
     return {}
   options = {"xla_cpu_experimental_ynn_fusion_type": _YNN_FUSION_TYPES}
   try:
@@ -130,7 +121,12 @@ _CONV_SIGNATURE = inspect.signature(lax.conv_general_dilated)
 
 
 def conv_toeplitz(
-  lhs: jax.Array, rhs: jax.Array, *args: Any, block: int | None = None, **kwargs: Any
+  lhs: jax.Array,
+  rhs: jax.Array,
+  *args: Any,
+  block: int | None = None,
+  whole_rows: bool = False,
+  **kwargs: Any,
 ) -> jax.Array:
   """``lax.conv_general_dilated`` as one matmul with a banded (Toeplitz) kernel matrix.
 
@@ -148,7 +144,9 @@ def conv_toeplitz(
   Args:
     lhs, rhs, *args, **kwargs: the arguments of ``lax.conv_general_dilated``.
     block: output columns per row of the matmul, a divisor of the output width; ``None``
-      takes :func:`toeplitz_block`'s choice for JAX's default backend.
+      takes :func:`toeplitz_block`'s choice.
+    whole_rows: with ``block=None``, whole output rows per matmul row (see
+      :func:`toeplitz_block`).
 
   Returns:
     The convolution, shaped as ``lax.conv_general_dilated`` would return it.
@@ -183,7 +181,7 @@ def conv_toeplitz(
   kernel_height, kernel_width, _, out_features = rhs.shape
   out_height, out_width = height - kernel_height + 1, width - kernel_width + 1
   if block is None:
-    block = toeplitz_block(out_width, kernel_width)
+    block = toeplitz_block(out_width, kernel_width, whole_rows)
   elif block <= 0 or out_width % block:
     raise ValueError(f"block must be a positive divisor of the output width {out_width}: {block}")
   window = block + kernel_width - 1
@@ -208,17 +206,16 @@ def conv_toeplitz(
   return out.reshape(batch, out_height, out_width, out_features)
 
 
-def toeplitz_block(out_width: int, kernel_width: int, platform: str | None = None) -> int:
-  """:func:`conv_toeplitz`'s output columns per matmul row on ``platform`` (default: JAX's).
+def toeplitz_block(out_width: int, kernel_width: int, whole_rows: bool = False) -> int:
+  """:func:`conv_toeplitz`'s output columns per matmul row.
 
-  On the CPU, the smallest divisor of the output width not below ``kw - 1``: the overlapping
-  column windows then copy the input at most twice, and the matrix stays small enough for the
-  cache (the seed CNN's conv1 ran fastest at 4 of the widths 2-28). Elsewhere the whole output
-  row: each matmul row is then ``kh`` whole input rows, contiguous in memory, where the
-  narrow blocks' many strided windows made XLA:GPU's copy into the row matrix a sixth of
-  the seed CNN's step (``benchmarks/RESULTS.md``).
+  By default (for XLA:CPU) the smallest divisor of the output width not below ``kw - 1``: the
+  overlapping column windows then copy the input at most twice, and the matrix stays small
+  enough for the cache. With ``whole_rows`` (for XLA:GPU) the whole output row: each matmul row
+  is then ``kh`` whole input rows, contiguous in memory, where narrow blocks' many strided
+  windows made the copy into the row matrix a visible share of the step.
   """
-  if (platform or jax.default_backend()) != "cpu":
+  if whole_rows:
     return out_width
   divisors = (b for b in range(1, out_width + 1) if out_width % b == 0 and b >= kernel_width - 1)
   return next(divisors, out_width)

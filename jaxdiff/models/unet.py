@@ -59,8 +59,7 @@ class GroupNorm(nn.Module):
   """``flax.linen.GroupNorm`` over NHWC, the same parameters and function, from per-channel sums.
 
   Flax reduces a (batch, height, width, groups, channels per group) view over three axes, the
-  last a few elements long, which XLA:CPU runs far below memory speed (forward and gradient at
-  32x28x28x8 in 4 groups: about 0.6 ms, against 0.1 ms here; ``benchmarks/RESULTS.md``).
+  last a few elements long, which XLA:CPU runs far below memory speed (``benchmarks/RESULTS.md``).
   Averaging over the pixels first keeps the channels as the vectorised axis, and the groups then
   average a small (batch, channels) array. As in Flax, the statistics are float32 and the
   variance is ``E[x²] - E[x]²``.

@@ -1,9 +1,9 @@
-"""Host-side reporting: calibration metrics, summaries over seeds, report files and plots.
+"""The comparison's report: statistics over seeds, the article's claims judged, report.md.
 
-Everything here works on plain numpy arrays and the JSON-serialisable run records the
-training engine writes (one dict per optimizer × seed run, see :func:`summarize`), so a
-report can be rebuilt from saved records without JAX. Matplotlib is imported lazily, with
-the Agg backend, inside the plotting functions.
+Everything here works on the JSON-serialisable run records of
+:func:`jaxdiff.experiments.cifar.comparison.run_comparison` (one
+:class:`~jaxdiff.experiments.cifar.comparison.RunRecord` per optimizer × setting × seed),
+so a report can be rebuilt from a saved report.json without JAX.
 
 Statistics over seeds treat NaN, ±inf and None as missing (a diverged run) and say how many
 runs count (``n``). Summaries hold None instead of NaN so they stay valid JSON.
@@ -11,59 +11,16 @@ runs count (``n``). Summaries hold None instead of NaN so they stay valid JSON.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import IO, Any
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-LANGEVIN_OPTIMIZERS = ("langevin", "langevin_adam", "psgld")
-BASELINE_OPTIMIZERS = ("sgd", "momentum", "adam")
-# Each Langevin optimizer's noiseless twin: the same update without the noise.
-COUNTERPARTS = {"langevin": "sgd", "langevin_adam": "adam"}
+from jaxdiff.experiments.cifar.registry import OPTIMIZERS, is_langevin
+
 # "Little cost" is read as at most 10 % slower per step than SGD.
 COST_TOLERANCE = 1.10
 Stat = dict[str, Any]
-
-
-def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
-  """Fraction of examples whose most probable class is the label."""
-  return float(np.mean(np.argmax(probs, axis=-1) == np.asarray(labels)))
-
-
-def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
-  """Mean of ``−log p[label]``, with probabilities clipped at 1e-12 so a zero stays finite."""
-  labels = np.asarray(labels)
-  picked = np.asarray(probs)[np.arange(labels.shape[0]), labels]
-  return float(-np.mean(np.log(np.clip(picked, 1e-12, None))))
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, num_bins: int = 15) -> float:
-  """Expected calibration error with equal-width bins of the top-class confidence.
-
-  ``ECE = Σ_b (|b|/n)·|acc_b − conf_b|`` (Guo et al., 2017); bins are ``(lo, hi]`` so a
-  confidence of exactly 1 falls in the last bin.
-
-  Args:
-    probs: softmax probabilities, shape ``(n, classes)``.
-    labels: integer labels, shape ``(n,)``.
-    num_bins: number of equal-width confidence bins on ``[0, 1]``.
-
-  Returns:
-    The ECE as a fraction in ``[0, 1]``.
-  """
-  probs = np.asarray(probs, dtype=np.float64)
-  confidence = probs.max(axis=-1)
-  correct = (probs.argmax(axis=-1) == np.asarray(labels)).astype(np.float64)
-  inner_edges = np.linspace(0.0, 1.0, num_bins + 1)[1:-1]
-  bins = np.digitize(confidence, inner_edges, right=True)
-  # (|b|/n)·|acc_b − conf_b| equals |Σ_b correct − Σ_b confidence| / n.
-  correct_sum = np.bincount(bins, weights=correct, minlength=num_bins)
-  confidence_sum = np.bincount(bins, weights=confidence, minlength=num_bins)
-  return float(np.abs(correct_sum - confidence_sum).sum() / confidence.shape[0])
 
 
 def judge(better_is: str, langevin: tuple, baseline: tuple) -> str:
@@ -94,12 +51,13 @@ def judge(better_is: str, langevin: tuple, baseline: tuple) -> str:
   return "inconclusive"
 
 
-def _num(value: Any) -> float:
+def number(value: Any) -> float:
+  """A record's value as a float; None (a diverged or unmeasured run) is NaN."""
   return np.nan if value is None else float(value)
 
 
 def _stat(values: Sequence[Any]) -> Stat:
-  arr = np.array([_num(v) for v in values], dtype=np.float64)
+  arr = np.array([number(v) for v in values], dtype=np.float64)
   finite = arr[np.isfinite(arr)]
   if finite.size == 0:
     return {"mean": None, "std": None, "n": 0}
@@ -108,7 +66,8 @@ def _stat(values: Sequence[Any]) -> Stat:
   return {"mean": float(finite.mean()), "std": std, "n": int(finite.size)}
 
 
-def _group(runs: Sequence[dict]) -> dict[str, list[dict]]:
+def group_by_optimizer(runs: Sequence[dict]) -> dict[str, list[dict]]:
+  """Runs by optimizer, in order of first appearance."""
   groups: dict[str, list[dict]] = {}
   for run in runs:
     groups.setdefault(run["optimizer"], []).append(run)
@@ -128,20 +87,24 @@ def _threshold_key(threshold: float) -> str:
 
 def _epochs_to(curve: list[dict], threshold: float) -> int | None:
   for record in curve:
-    if _num(record.get("test_accuracy")) >= threshold:
+    if number(record.get("test_accuracy")) >= threshold:
       return int(record["epoch"])
   return None
 
 
 def _best(curve: list[dict]) -> float:
-  accuracies = np.array([_num(record.get("test_accuracy")) for record in curve])
+  accuracies = np.array([number(record.get("test_accuracy")) for record in curve])
   finite = accuracies[np.isfinite(accuracies)]
   return float(finite.max()) if finite.size else np.nan
 
 
-def _is_langevin(name: str, entry: dict) -> bool:
-  diffusions = entry.get("diffusions") or [entry.get("diffusion")]
-  return name in LANGEVIN_OPTIMIZERS or any(d is not None for d in diffusions)
+def _is_baseline(name: str) -> bool:
+  return name in OPTIMIZERS and not OPTIMIZERS[name].langevin
+
+
+def _noiseless_pairs() -> list[tuple[str, str]]:
+  """Each Langevin optimizer with its noiseless twin: the same update without the noise."""
+  return [(name, spec.baseline) for name, spec in OPTIMIZERS.items() if spec.baseline]
 
 
 def summarize(runs: list[dict], thresholds: Sequence[float] = (0.3, 0.4, 0.5)) -> dict:
@@ -163,7 +126,7 @@ def summarize(runs: list[dict], thresholds: Sequence[float] = (0.3, 0.4, 0.5)) -
   Raises:
     ValueError: if one optimizer's runs mix learning rates, diffusions or temperatures.
   """
-  groups = _group(runs)
+  groups = group_by_optimizer(runs)
   sgd_time = (
     _stat([r.get("step_time_s") for r in groups["sgd"]])["mean"] if "sgd" in groups else None
   )
@@ -186,7 +149,7 @@ def summarize(runs: list[dict], thresholds: Sequence[float] = (0.3, 0.4, 0.5)) -
       entry[key] = _stat([final.get(field) for final in finals])
     entry["best_test_accuracy"] = _stat([_best(curve) for curve in curves])
     entry["generalization_gap"] = _stat(
-      [_num(f.get("train_accuracy")) - _num(f.get("test_accuracy")) for f in finals]
+      [number(f.get("train_accuracy")) - number(f.get("test_accuracy")) for f in finals]
     )
     entry["last_epoch_loss_std"] = _stat([run.get("last_epoch_loss_std") for run in group])
     entry["step_time_s"] = _stat([run.get("step_time_s") for run in group])
@@ -233,13 +196,13 @@ def summarize_sweep(runs: list[dict]) -> dict:
     best cell at D = 0 and at D > 0, either None if not swept).
   """
   optimizers = {}
-  for name, group in _group(runs).items():
+  for name, group in group_by_optimizer(runs).items():
     lrs = sorted({float(run["learning_rate"]) for run in group})
     diffusions = sorted({run.get("diffusion") for run in group}, key=lambda d: (d is not None, d))
     cells: dict[tuple, list[float]] = {}
     for run in group:
       key = (float(run["learning_rate"]), run.get("diffusion"))
-      cells.setdefault(key, []).append(_num((run.get("final") or {}).get("test_accuracy")))
+      cells.setdefault(key, []).append(number((run.get("final") or {}).get("test_accuracy")))
     stats = [[_stat(cells.get((lr, d), [])) for d in diffusions] for lr in lrs]
     grid = [[stat["mean"] for stat in row] for row in stats]
     seed_stds = [stat["std"] for row in stats for stat in row if stat["n"] >= 2]
@@ -272,7 +235,7 @@ def summarize_sweep(runs: list[dict]) -> dict:
     entry.update(n=[[stat["n"] for stat in row] for row in stats], sensitivity=sensitivity)
     entry.update(diverged=sum(run.get("status") == "diverged" for run in group), best=best)
     entry["noise_effect"] = None
-    if _is_langevin(name, entry):
+    if is_langevin(name):
       zero = [cell for cell in filled if cell[2] == 0]
       positive = [cell for cell in filled if cell[2] is not None and cell[2] > 0]
       entry["noise_effect"] = {
@@ -281,44 +244,6 @@ def summarize_sweep(runs: list[dict]) -> dict:
       }
     optimizers[name] = entry
   return {"optimizers": optimizers}
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str) -> None:
-  # A reader (or a crash) sees the old file or the new one, never half of one.
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, mode) as handle:
-      write(handle)
-      handle.flush()
-      os.fsync(handle.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
-
-
-def _json_default(value: Any) -> Any:
-  if isinstance(value, np.generic | np.ndarray):
-    return value.tolist()
-  raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-  """Writes ``obj`` as indented JSON, atomically; NaN or inf raise ValueError (pass None)."""
-
-  def dump(handle: IO) -> None:
-    json.dump(obj, handle, indent=2, allow_nan=False, default=_json_default)
-    handle.write("\n")
-
-  _atomic_write(path, dump, "w")
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-  """Writes ``text`` to ``path`` atomically."""
-  _atomic_write(path, lambda handle: handle.write(text), "w")
 
 
 def _fmt(stat: Stat | None, scale: float = 1.0, spec: str = ".1f") -> str:
@@ -364,8 +289,8 @@ def _speed_claim(summary: dict) -> str:
     mean = np.inf if stat["mean"] is None else stat["mean"]
     return stat["not_reached"] / opts[name]["runs"], mean
 
-  lang = min((n for n, e in opts.items() if _is_langevin(n, e)), key=rank, default=None)
-  base = min((n for n in opts if n in BASELINE_OPTIMIZERS), key=rank, default=None)
+  lang = min((n for n in opts if is_langevin(n)), key=rank, default=None)
+  base = min((n for n in opts if _is_baseline(n)), key=rank, default=None)
   title = f"Convergence speed (epochs to {threshold:.0%} test accuracy, fastest of each kind)"
   if lang is None or base is None:
     return _claim(title, [], "needs a Langevin optimizer and one of sgd/momentum/adam")
@@ -377,7 +302,7 @@ def _speed_claim(summary: dict) -> str:
 
 def _claims(summary: dict, sweep: dict | None) -> list[str]:
   opts = summary["optimizers"]
-  pairs = [(lang, base) for lang, base in COUNTERPARTS.items() if lang in opts and base in opts]
+  pairs = [(lang, base) for lang, base in _noiseless_pairs() if lang in opts and base in opts]
   no_pair = "no Langevin optimizer ran beside its noiseless counterpart"
   claims = [_speed_claim(summary)]
   for title, key, scale, spec in (
@@ -395,18 +320,18 @@ def _claims(summary: dict, sweep: dict | None) -> list[str]:
       for name, e in sweep["optimizers"].items()
       if e["sensitivity"]["lr_spread"] is not None
     }
-    bases = [name for name in spreads if name in BASELINE_OPTIMIZERS]
+    bases = [name for name in spreads if _is_baseline(name)]
     items = []
-    for lang in (n for n, e in sweep["optimizers"].items() if n in spreads and _is_langevin(n, e)):
+    for lang in (n for n in sweep["optimizers"] if n in spreads and is_langevin(n)):
       # Without its noiseless twin, the least sensitive baseline is the fair opponent.
-      base = COUNTERPARTS.get(lang)
+      base = OPTIMIZERS[lang].baseline
       if base not in spreads:
         base = min(bases, key=lambda n: spreads[n]["mean"], default=None)
       if base is not None:
         items.append(_versus(lang, base, spreads[lang], spreads[base], 100))
     claims.append(_claim(title, items, "the sweep lacks a Langevin optimizer or a baseline"))
   items = []
-  for lang in (n for n, e in opts.items() if _is_langevin(n, e)):
+  for lang in (n for n in opts if is_langevin(n)):
     if opts[lang]["step_time_vs_sgd"] is not None:
       # One timing per optimizer (its seeds share the measurement), so this is a
       # threshold test of the ratio, with no spread to compare against.
@@ -578,96 +503,3 @@ def render_markdown(
   ]
   lines += [f"{i}. {claim}" for i, claim in enumerate(_claims(summary, sweep), 1)]
   return "\n".join(lines) + "\n"
-
-
-def pyplot():
-  """matplotlib.pyplot on the Agg backend (no display needed), imported on first use."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  return plt
-
-
-def save_figure(fig, path: str | os.PathLike) -> None:
-  """Writes ``fig`` as a PNG atomically and closes it."""
-  try:
-    _atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=120), "wb")
-  finally:
-    pyplot().close(fig)
-
-
-def _mean_std(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  # Column statistics over finite entries; a column with none gives NaN without a warning.
-  finite = np.isfinite(matrix)
-  count = finite.sum(axis=0)
-  values = np.where(finite, matrix, 0.0)
-  mean = values.sum(axis=0) / np.maximum(count, 1)
-  var = (np.where(finite, matrix - mean, 0.0) ** 2).sum(axis=0) / np.maximum(count, 1)
-  return np.where(count > 0, mean, np.nan), np.where(count > 0, np.sqrt(var), np.nan)
-
-
-def plot_curves(runs: list[dict], path: str | os.PathLike) -> None:
-  """Saves a PNG of training loss and test accuracy per epoch, mean ± std over seeds."""
-  plt = pyplot()
-  fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-  for name, group in _group(runs).items():
-    length = max((len(run.get("epochs") or []) for run in group), default=0)
-    if length == 0:
-      continue
-    for ax, key, scale in ((loss_ax, "train_loss", 1.0), (acc_ax, "test_accuracy", 100.0)):
-      # Runs that stopped early (diverged) are padded with NaN: missing, not zero.
-      matrix = np.full((len(group), length), np.nan)
-      for i, run in enumerate(group):
-        values = [_num(epoch.get(key)) for epoch in run.get("epochs") or []]
-        matrix[i, : len(values)] = values
-      mean, std = _mean_std(matrix * scale)
-      epochs = np.arange(1, length + 1)
-      (line,) = ax.plot(epochs, mean, marker=".", label=name)
-      ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-  loss_ax.set(xlabel="epoch", ylabel="training loss", title="Training loss", yscale="log")
-  acc_ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
-  for ax in (loss_ax, acc_ax):
-    ax.grid(alpha=0.3)
-  # One legend below both panels, where it hides no curve.
-  handles, labels = loss_ax.get_legend_handles_labels()
-  fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), frameon=False)
-  fig.suptitle("Mean ± std over seeds")
-  fig.tight_layout(rect=(0, 0.08, 1, 1))
-  save_figure(fig, path)
-
-
-def plot_sweep(sweep: dict, path: str | os.PathLike) -> None:
-  """Saves a PNG of one lr × D accuracy heat map per optimizer and their accuracy spreads."""
-  plt = pyplot()
-  opts = sweep["optimizers"]
-  panels = len(opts) + 1
-  cols = min(panels, 3)
-  rows = -(-panels // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.8 * rows), squeeze=False)
-  axes = axes.ravel()
-  for ax, (name, entry) in zip(axes, opts.items()):
-    grid = np.array([[np.nan if a is None else a * 100 for a in row] for row in entry["accuracy"]])
-    ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
-    for (i, j), value in np.ndenumerate(grid):
-      text = "—" if np.isnan(value) else f"{value:.1f}"
-      # Viridis turns light above the middle (and a missing cell is blank), where white vanishes.
-      dark = np.isnan(value) or value > 50
-      ax.text(j, i, text, ha="center", va="center", color="k" if dark else "w")
-    ax.set_xticks(range(len(entry["diffusions"])))
-    ax.set_xticklabels(["none" if d is None else f"{d:g}" for d in entry["diffusions"]])
-    ax.set_yticks(range(len(entry["learning_rates"])))
-    ax.set_yticklabels([f"{lr:g}" for lr in entry["learning_rates"]])
-    ax.set(xlabel="diffusion D", ylabel="learning rate", title=f"{name}: test accuracy (%)")
-  bar_ax, positions = axes[len(opts)], np.arange(len(opts))
-  for offset, key, label in ((-0.2, "spread", "whole grid"), (0.2, "lr_spread", "lr at best D")):
-    spreads = [(e["sensitivity"][key] or 0.0) * 100 for e in opts.values()]
-    bar_ax.bar(positions + offset, spreads, width=0.4, label=label)
-  bar_ax.set_xticks(positions, list(opts), rotation=30)
-  bar_ax.set(ylabel="max − min test accuracy (pp)", title="Sensitivity: accuracy spread")
-  bar_ax.legend()
-  for ax in axes[panels:]:
-    ax.axis("off")
-  fig.tight_layout()
-  save_figure(fig, path)

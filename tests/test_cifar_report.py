@@ -1,13 +1,17 @@
-"""The report layer: metrics on hand cases, summaries of synthetic runs, files and plots."""
+"""The CIFAR comparison's report: summaries of synthetic runs, claims, report.md and plots.
+
+The metrics' own cases are in test_metrics.py and the atomic writers' in test_files.py;
+the ECE cases here are those test_metrics.py does not cover.
+"""
 
 import json
-import math
 import os
 
 import numpy as np
 import pytest
 
-from jaxdiff import report
+from jaxdiff import metrics
+from jaxdiff.experiments.cifar import plots, report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -74,21 +78,12 @@ def runs():
   return sgd + langevin
 
 
-def test_accuracy_and_nll_on_a_hand_case():
-  probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.5, 0.0, 0.5]])
-  labels = np.array([0, 0, 1])
-  assert report.accuracy(probs, labels) == pytest.approx(1 / 3)
-  # p[label] = 0.7, 0.1 and 0 (clipped to 1e-12).
-  expected = -(math.log(0.7) + math.log(0.1) + math.log(1e-12)) / 3
-  assert report.negative_log_likelihood(probs, labels) == pytest.approx(expected)
-
-
 def test_ece_of_a_calibrated_and_a_confidently_wrong_model():
   calibrated = np.array([[0.75, 0.25]] * 4)
-  assert report.expected_calibration_error(calibrated, np.array([0, 0, 0, 1])) == pytest.approx(0)
+  assert metrics.expected_calibration_error(calibrated, np.array([0, 0, 0, 1])) == pytest.approx(0)
   certain = np.array([[1.0, 0.0]] * 5)
-  assert report.expected_calibration_error(certain, np.zeros(5, int)) == pytest.approx(0)
-  assert report.expected_calibration_error(certain, np.ones(5, int)) == pytest.approx(1)
+  assert metrics.expected_calibration_error(certain, np.zeros(5, int)) == pytest.approx(0)
+  assert metrics.expected_calibration_error(certain, np.ones(5, int)) == pytest.approx(1)
 
 
 def test_ece_two_bins_by_hand():
@@ -96,8 +91,8 @@ def test_ece_two_bins_by_hand():
   probs = np.array([[0.9, 0.1]] * 4 + [[0.4, 0.6]] * 4)
   labels = np.array([0, 0, 0, 1, 1, 1, 1, 1])
   expected = 0.5 * 0.15 + 0.5 * 0.4
-  assert report.expected_calibration_error(probs, labels) == pytest.approx(expected)
-  assert report.expected_calibration_error(probs, labels, num_bins=2) == pytest.approx(
+  assert metrics.expected_calibration_error(probs, labels) == pytest.approx(expected)
+  assert metrics.expected_calibration_error(probs, labels, num_bins=2) == pytest.approx(
     abs(7 / 8 - 0.75)
   )
 
@@ -261,34 +256,10 @@ def test_render_markdown_without_sweep_says_sensitivity_was_not_measured(runs):
   assert "not measured in this run (use --sweep) — inconclusive." in text
 
 
-def test_write_json_is_atomic_and_refuses_nan(tmp_path, monkeypatch):
-  path = tmp_path / "summary.json"
-  report.write_json(path, {"a": 1, "b": [None, 2.5], "c": np.float32(0.5), "d": np.arange(2)})
-  assert json.loads(path.read_text()) == {"a": 1, "b": [None, 2.5], "c": 0.5, "d": [0, 1]}
-  with pytest.raises(ValueError):
-    report.write_json(path, {"a": float("nan")})
-
-  def broken_dump(*args, **kwargs):
-    raise RuntimeError("disk full")
-
-  monkeypatch.setattr(report.json, "dump", broken_dump)
-  with pytest.raises(RuntimeError):
-    report.write_json(path, {"a": 2})
-  assert json.loads(path.read_text())["a"] == 1
-  assert os.listdir(tmp_path) == ["summary.json"]
-
-
-def test_write_text_replaces_the_file(tmp_path):
-  path = tmp_path / "sub" / "report.md"
-  report.write_text(path, "old")
-  report.write_text(path, "new\n")
-  assert path.read_text() == "new\n" and os.listdir(path.parent) == ["report.md"]
-
-
 def test_plots_write_png_files(runs, sweep_runs, tmp_path):
   runs = runs + [make_run("langevin", 3, [0.1, float("nan")], diffusion=1e-4, status="diverged")]
-  report.plot_curves(runs, tmp_path / "curves.png")
-  report.plot_sweep(report.summarize_sweep(sweep_runs), tmp_path / "sweep.png")
+  plots.plot_curves(runs, tmp_path / "curves.png")
+  plots.plot_sweep(report.summarize_sweep(sweep_runs), tmp_path / "sweep.png")
   for name in ("curves.png", "sweep.png"):
     data = (tmp_path / name).read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 1000

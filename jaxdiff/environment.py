@@ -1,0 +1,82 @@
+"""What a measurement ran on: the JAX device, the host CPU and the software versions.
+
+Reports and benchmarks record :func:`describe` beside their numbers, so a result can be read
+with the machine that produced it. Versions are read from the installed distributions'
+metadata, never by importing a package: a benchmark can ask for ``torch``'s version without
+the library importing torch.
+
+Example:
+  >>> describe()["device_kind"]
+  'cpu'
+  >>> describe(packages=("torch",))["versions"]["torch"]
+  '2.13.0'
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform as host
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+# The packages whose versions every description lists.
+LIBRARY_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
+MISSING = "missing"
+
+
+def cpu_model() -> str:
+  """The host CPU's model name from ``/proc/cpuinfo``, or ``"unknown"`` where there is none."""
+  try:
+    with open("/proc/cpuinfo") as cpuinfo:
+      for line in cpuinfo:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return "unknown"
+
+
+def usable_cores() -> int | None:
+  """The cores this process may run on (its affinity mask), not the machine's core count."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count()
+
+
+def package_version(package: str) -> str:
+  """The installed version of the distribution ``package``, or ``"missing"``."""
+  try:
+    return importlib.metadata.version(package)
+  except importlib.metadata.PackageNotFoundError:
+    return MISSING
+
+
+def describe(packages: Sequence[str] = ()) -> dict[str, Any]:
+  """The device, platform, host and software versions, for reports.
+
+  Starts JAX's backend if nothing has yet: select the platform first
+  (:func:`jaxdiff.parallel.select_platform`).
+
+  Args:
+    packages: distributions whose versions to list besides Python's and
+      :data:`LIBRARY_PACKAGES` (a benchmark adds ``"torch"``); missing ones read ``"missing"``.
+
+  Returns:
+    A JSON-serialisable dict: ``platform`` (``cpu``, ``gpu`` or ``tpu``), ``device_kind``,
+    ``device_count``, ``cpu_model``, ``cpu_cores`` (the machine's), ``usable_cores`` (this
+    process's affinity mask, what a job can actually use) and ``versions`` (name to version).
+  """
+  device = jax.devices()[0]
+  names = dict.fromkeys((*LIBRARY_PACKAGES, *packages))
+  return {
+    "platform": device.platform,
+    "device_kind": device.device_kind,
+    "device_count": jax.device_count(),
+    "cpu_model": cpu_model(),
+    "cpu_cores": os.cpu_count(),
+    "usable_cores": usable_cores(),
+    "versions": {"python": host.python_version(), **{n: package_version(n) for n in names}},
+  }

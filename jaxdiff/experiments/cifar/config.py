@@ -1,0 +1,60 @@
+"""The comparison's configuration: every field is a flag of ``experiments/cifar.py``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxdiff.config import ConfigError, option, validate
+from jaxdiff.experiments.cifar.registry import OPTIMIZERS, is_langevin
+from jaxdiff.policy import LOOPS
+
+SWEEP_LR_FACTORS = (0.1, 1.0, 10.0)
+SWEEP_DIFFUSIONS = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+
+
+@dataclasses.dataclass(frozen=True)
+class ComparisonConfig:
+  """What to run; every field has the article's default (its help says what it is)."""
+
+  optimizers: tuple[str, ...] = option(
+    tuple(OPTIMIZERS), "comma-separated optimizers", choices=OPTIMIZERS, noun="optimizer"
+  )
+  epochs: int = option(10, "training epochs", greater_than=0)
+  batch_size: int = option(100, "global batch size, a multiple of the devices", greater_than=0)
+  learning_rate: float = option(1e-3, "learning rate of every optimizer", flag="lr",
+                                greater_than=0)  # fmt: skip
+  diffusion: float = option(
+    1e-2, "Langevin D; the temperature is T = N·D for N training images", at_least=0
+  )
+  seeds: int = option(3, "seeds per optimizer", greater_than=0)
+  train_size: int | None = option(
+    None, "use the first N training images after a fixed shuffle (default: all)", greater_than=0
+  )
+  sweep: bool = option(False, "train the lr × D sensitivity grid")
+  sweep_lrs: tuple[float, ...] | None = option(
+    None, "the grid's learning rates (default: ×0.1, ×1, ×10 of --lr)", greater_than=0
+  )
+  sweep_diffusions: tuple[float, ...] = option(
+    SWEEP_DIFFUSIONS, "the grid's diffusions D of the Langevin optimizers", at_least=0
+  )
+  loop: str = option(
+    "auto", "epoch loop: jitted step called from Python, or one lax.scan", choices=LOOPS
+  )
+  seed: int = option(0, "the root of every key")
+  notes: tuple[str, ...] = option(
+    (), "a line added to report.md's setup (repeatable)", flag="note", repeatable=True
+  )
+
+  def __post_init__(self):
+    validate(self)
+    if not self.optimizers:
+      raise ConfigError("optimizers", "give at least one optimizer")
+
+  def grid(self, name: str) -> list[tuple[float, float | None]]:
+    """The (learning rate, diffusion) settings to train for optimizer ``name``."""
+    langevin = is_langevin(name)
+    if not self.sweep:
+      return [(self.learning_rate, self.diffusion if langevin else None)]
+    lrs = self.sweep_lrs or tuple(self.learning_rate * f for f in SWEEP_LR_FACTORS)
+    diffusions = self.sweep_diffusions if langevin else (None,)
+    return [(lr, d) for lr in lrs for d in diffusions]

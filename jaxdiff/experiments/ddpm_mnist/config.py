@@ -1,0 +1,66 @@
+"""The DDPM experiment's configuration: every field is a flag of ``experiments/ddpm_mnist.py``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from jaxdiff.config import ConfigError, option, validate
+from jaxdiff.ddpm import SCHEDULES
+from jaxdiff.models.unet import UNET_SIZES, UNet, make_unet
+
+SAMPLERS = ("ddpm", "ddim")
+# bfloat16 halves the activations' bytes and runs on GPU/TPU matrix units; on a CPU it is slower.
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class DDPMConfig:
+  """A DDPM training run, its sampling and its evaluation (each field's help says what it is)."""
+
+  steps: int = option(2000, "optimizer steps", greater_than=0)
+  batch_size: int = option(128, "global batch size, a multiple of the devices", greater_than=0)
+  schedule: str = option(
+    "linear", "noise schedule: linear (Ho et al.) or cosine (Nichol & Dhariwal)",
+    choices=SCHEDULES, noun="noise schedule",
+  )  # fmt: skip
+  num_timesteps: int = option(1000, "T, the steps of the forward process", greater_than=0)
+  sampler: str = option(
+    "ddpm", "ddpm (ancestral) or ddim (eta = 0)", choices=SAMPLERS, noun="sampler"
+  )
+  sample_steps: int = option(100, "DDIM steps (DDPM always takes T)", greater_than=0)
+  model_size: str = option("small", "U-Net size", choices=UNET_SIZES, noun="model size")
+  compute_dtype: str = option(
+    "float32", "the U-Net's computation dtype (bfloat16 on a GPU or TPU); parameters, "
+    "optimizer state and the loss stay float32", choices=COMPUTE_DTYPES, noun="compute dtype",
+  )  # fmt: skip
+  learning_rate: float = option(2e-4, "Adam's peak learning rate", flag="lr", greater_than=0)
+  warmup_steps: int = option(200, "linear warm-up of the learning rate", at_least=0)
+  grad_clip: float = option(1.0, "global-norm gradient clipping", greater_than=0)
+  ema_decay: float = option(
+    0.995, "decay of the parameter EMA used for sampling and evaluation: 0.995 (a half-life of "
+    "about 140 steps) suits runs of a few thousand steps, the paper's 0.9999 far longer ones",
+    at_least=0, below=1,
+  )  # fmt: skip
+  langevin_diffusion: float = option(0.0, "D of Langevin noise added after Adam (0: off)",
+                                     at_least=0)  # fmt: skip
+  num_samples: int = option(256, "samples drawn for the figures and the scores", greater_than=0)
+  eval_images: int = option(256, "held-out test images for bits/dim", greater_than=0)
+  bpd_timesteps: int | None = option(
+    100,
+    "timesteps sampled per image for bits/dim (None, from Python: all T - 1)",
+    greater_than=0,
+  )
+  seed: int = option(0, "the root of every key")
+
+  def __post_init__(self):
+    validate(self)
+    if self.sampler == "ddim" and self.sample_steps > self.num_timesteps:
+      raise ConfigError("sample_steps", f"must be at most T = {self.num_timesteps}")
+    if self.bpd_timesteps is not None and self.bpd_timesteps > self.num_timesteps - 1:
+      raise ConfigError("bpd_timesteps", f"must be at most T - 1 = {self.num_timesteps - 1}")
+
+  def make_model(self) -> UNet:
+    """The U-Net of ``model_size``, computing in ``compute_dtype``."""
+    return make_unet(self.model_size, dtype=jnp.dtype(self.compute_dtype))

@@ -1,0 +1,120 @@
+"""The DDPM experiment's figures and report.md."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxdiff import ddpm
+from jaxdiff.files import pyplot, save_figure
+
+
+def plot_samples(samples_uint8: np.ndarray, path: Path, columns: int = 16) -> None:
+  count = min(len(samples_uint8), columns * columns)
+  rows = math.ceil(count / columns)
+  height, width, channels = samples_uint8.shape[1:]
+  grid = np.zeros((rows * (height + 2), columns * (width + 2), channels), np.uint8)
+  for index in range(count):
+    row, column = divmod(index, columns)
+    grid[row * (height + 2) + 1 : row * (height + 2) + 1 + height,
+         column * (width + 2) + 1 : column * (width + 2) + 1 + width] = samples_uint8[index]  # fmt: skip
+  plt = pyplot()
+  fig, ax = plt.subplots(figsize=(columns * 0.6, rows * 0.6))
+  ax.imshow(grid.squeeze(-1) if channels == 1 else grid, cmap="gray", interpolation="nearest")
+  ax.set_axis_off()
+  ax.set_title("DDPM samples (EMA parameters)")
+  save_figure(fig, path)
+
+
+def plot_loss(losses: list[float], path: Path) -> None:
+  plt = pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4))
+  steps = np.arange(1, len(losses) + 1)
+  ax.plot(steps, losses, alpha=0.3, label="per step")
+  window = max(1, len(losses) // 50)
+  if len(losses) >= window:
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    ax.plot(steps[window - 1 :], smooth, label=f"mean of {window}")
+  ax.set_xlabel("step")
+  ax.set_ylabel("noise-prediction MSE")
+  ax.set_yscale("log")
+  ax.set_title("DDPM training loss")
+  ax.legend()
+  save_figure(fig, path)
+
+
+def plot_denoising(trajectory: np.ndarray, timesteps: tuple[int, ...], path: Path) -> None:
+  """One row: the first sample's x_t at each recorded t, from x_T to x_0."""
+  plt = pyplot()
+  images = ddpm.to_uint8(trajectory[:, 0])
+  fig, axes = plt.subplots(1, len(timesteps), figsize=(1.6 * len(timesteps), 2))
+  for ax, image, t in zip(axes, images, timesteps):
+    ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray")
+    ax.set_title(f"t = {t}")
+    ax.set_axis_off()
+  save_figure(fig, path)
+
+
+def render_report(result: dict[str, Any]) -> str:
+  config, env, train_info = result["config"], result["environment"], result["train"]
+  compiled_note = " (includes compilation)" if train_info["throughput_includes_compilation"] else ""
+  lines = [
+    "# A first DDPM on MNIST",
+    "",
+    "## Setup",
+    "",
+    f"- Data: {result['data_label']} (`{result['data']}`)",
+    f"- Model: U-Net `{config['model_size']}` in {config.get('compute_dtype', 'float32')}; "
+    f"schedule {config['schedule']}, "
+    f"T = {config['num_timesteps']}; sampler {config['sampler']}"
+    + (f" ({config['sample_steps']} steps)" if config["sampler"] == "ddim" else ""),
+    f"- Training: {train_info['steps']} steps, batch {config['batch_size']}, Adam lr "
+    f"{config['learning_rate']:g} (warm-up {config['warmup_steps']}), clip {config['grad_clip']}, "
+    f"EMA {config['ema_decay']}, Langevin D {config['langevin_diffusion']:g}",
+    f"- Machine: {env['device_kind']} ×{env['device_count']} ({env['platform']}), CPU "
+    f"{env['cpu_model']} ({env['cpu_cores']} cores); "
+    + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+    f"- Date {env['date']}; wall time {env['wall_time_s'] / 60:.1f} min",
+    "",
+    "## Results",
+    "",
+    f"- Final training loss (mean of the last 100 steps): {train_info['final_loss']:.4f}",
+    f"- Throughput: {train_info['images_per_second']:.0f} training images/s{compiled_note} "
+    f"({train_info['training_seconds'] / 60:.1f} min of training)",
+  ]
+  bpd = result["test_bits_per_dim"]
+  timesteps = config["bpd_timesteps"]
+  lines.append(
+    f"- Test bound (negative ELBO) on {config['eval_images']} held-out images: "
+    f"**{bpd['total']:.3f} bits/dim** (prior {bpd['prior']:.4f}, decoder {bpd['decoder']:.3f}, "
+    f"KL terms {bpd['kl_sum']:.3f}; "
+    + (
+      "all T timesteps" if timesteps is None else f"estimated from {timesteps} sampled t per image"
+    )
+    + ")"
+  )
+  sampling = result["sampling"]
+  lines.append(f"- Sampling {sampling['num_samples']} images took {sampling['seconds']:.1f} s")
+  quality = result["sample_quality"]
+  if quality:
+    samples, floor = quality["samples"], quality["real_test_floor"]
+    lines += [
+      "",
+      "## Sample quality",
+      "",
+      "Scores from a small MNIST classifier trained here on the real training set. The "
+      "classifier FD is a Fréchet distance between its penultimate-layer features: it is "
+      "**not comparable to published FIDs**.",
+      "",
+      "| | classifier FD | confident (p ≥ 0.9) | class histogram |",
+      "|---|---|---|---|",
+      f"| DDPM samples | {samples['classifier_fd']:.2f} | {samples['confident_share']:.1%} | "
+      f"{samples['class_histogram']} |",
+      f"| real test images (floor) | {floor['classifier_fd']:.2f} | "
+      f"{floor['confident_share']:.1%} | {floor['class_histogram']} |",
+    ]
+  lines += ["", "![samples](samples.png)", "", "![loss](loss.png)", "", "![denoise](denoise.png)"]
+  return "\n".join(lines) + "\n"

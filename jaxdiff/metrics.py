@@ -1,0 +1,106 @@
+"""Host-side metrics on numpy arrays: classification quality and Fréchet distances.
+
+Everything here takes and returns plain numpy values (floats), so metrics can be computed
+from saved predictions or features without JAX.
+
+Example:
+  >>> accuracy(probs, labels), expected_calibration_error(probs, labels)
+  >>> frechet_distance(*gaussian_fit(real_features), *gaussian_fit(sample_features))
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+  """Fraction of examples whose most probable class is the label."""
+  return float(np.mean(np.argmax(probs, axis=-1) == np.asarray(labels)))
+
+
+def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
+  """Mean of ``−log p[label]``, with probabilities clipped at 1e-12 so a zero stays finite."""
+  labels = np.asarray(labels)
+  picked = np.asarray(probs)[np.arange(labels.shape[0]), labels]
+  return float(-np.mean(np.log(np.clip(picked, 1e-12, None))))
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, num_bins: int = 15) -> float:
+  """Expected calibration error with equal-width bins of the top-class confidence.
+
+  ``ECE = Σ_b (|b|/n)·|acc_b − conf_b|`` (Guo et al., 2017); bins are ``(lo, hi]`` so a
+  confidence of exactly 1 falls in the last bin.
+
+  Args:
+    probs: softmax probabilities, shape ``(n, classes)``.
+    labels: integer labels, shape ``(n,)``.
+    num_bins: number of equal-width confidence bins on ``[0, 1]``.
+
+  Returns:
+    The ECE as a fraction in ``[0, 1]``.
+  """
+  probs = np.asarray(probs, dtype=np.float64)
+  confidence = probs.max(axis=-1)
+  correct = (probs.argmax(axis=-1) == np.asarray(labels)).astype(np.float64)
+  inner_edges = np.linspace(0.0, 1.0, num_bins + 1)[1:-1]
+  bins = np.digitize(confidence, inner_edges, right=True)
+  # (|b|/n)·|acc_b − conf_b| equals |Σ_b correct − Σ_b confidence| / n.
+  correct_sum = np.bincount(bins, weights=correct, minlength=num_bins)
+  confidence_sum = np.bincount(bins, weights=confidence, minlength=num_bins)
+  return float(np.abs(correct_sum - confidence_sum).sum() / confidence.shape[0])
+
+
+def gaussian_fit(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and covariance of ``features``, one example per row.
+
+  Args:
+    features: shape ``(n, d)``, ``n >= 2``.
+
+  Returns:
+    ``(mean, covariance)`` of shapes ``(d,)`` and ``(d, d)``; the covariance is the unbiased
+    estimate (divided by ``n − 1``), as ``np.cov``.
+  """
+  features = np.asarray(features)
+  return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
+  """The Fréchet (2-Wasserstein) distance between two Gaussians, as used by FID.
+
+  ``|mu1 - mu2|^2 + tr(cov1) + tr(cov2) - 2 tr((cov1 cov2)^{1/2})``, with the
+  last trace taken as ``tr((S cov2 S)^{1/2})``, ``S = cov1^{1/2}``: the same
+  eigenvalues, but of a symmetric positive semi-definite matrix, so they are
+  real and non-negative and no complex square root (as ``scipy.linalg.sqrtm``
+  of the non-symmetric product can return) has to be discarded.
+
+  Args:
+    mu1: mean ``(d,)`` (a scalar for d = 1).
+    cov1: covariance ``(d, d)`` (a scalar variance for d = 1).
+    mu2: mean of the second Gaussian.
+    cov2: covariance of the second Gaussian.
+
+  Returns:
+    The squared distance, a non-negative float.
+
+  Raises:
+    ValueError: the means' and covariances' shapes do not match.
+  """
+  mu1, mu2 = (np.atleast_1d(np.asarray(mu, np.float64)) for mu in (mu1, mu2))
+  cov1, cov2 = (np.atleast_2d(np.asarray(cov, np.float64)) for cov in (cov1, cov2))
+  if not mu1.shape == mu2.shape == cov1.shape[:1] == cov2.shape[:1] or cov1.shape != cov2.shape:
+    raise ValueError(
+      f"shapes do not match: means {mu1.shape}, {mu2.shape}; covariances {cov1.shape}, {cov2.shape}"
+    )
+  root1 = _psd_sqrt(cov1)
+  product = root1 @ cov2 @ root1
+  eigenvalues = np.linalg.eigvalsh((product + product.T) / 2)
+  trace_sqrt = np.sqrt(np.clip(eigenvalues, 0.0, None)).sum()
+  distance = np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_sqrt
+  # Rounding can take equal Gaussians a hair below zero.
+  return max(float(distance), 0.0)
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+  # The symmetric square root; eigenvalues a hair below zero from rounding count as zero.
+  eigenvalues, vectors = np.linalg.eigh(matrix)
+  return (vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ vectors.T

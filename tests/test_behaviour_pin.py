@@ -1,0 +1,58 @@
+"""The toolkit redesign changed no result: a quick CIFAR comparison and a tiny DDPM run.
+
+``tests/data/behaviour_reference.json`` was computed by the pre-redesign code path
+(``tests/make_behaviour_reference.py`` at commit 0bf3543, calling ac48046's
+``jaxdiff.comparison.run_comparison`` and ``jaxdiff.diffusion_experiment``) on the synthetic
+data of ``tests/behaviour_data.py``, with the suite's four simulated CPU devices. The float operations are the same now, so the values must be equal, not close.
+"""
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from behaviour_data import cifar_like, mnist_like
+
+from jaxdiff.experiments.cifar.comparison import run_comparison
+from jaxdiff.experiments.cifar.config import ComparisonConfig
+from jaxdiff.experiments.ddpm_mnist import experiment
+from jaxdiff.experiments.ddpm_mnist.config import DDPMConfig
+
+REFERENCE = json.loads((Path(__file__).parent / "data" / "behaviour_reference.json").read_text())
+DDPM_CONFIG = DDPMConfig(
+  model_size="tiny", steps=10, batch_size=8, num_samples=8, eval_images=4, bpd_timesteps=2,
+  sampler="ddim", sample_steps=3, num_timesteps=100,
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(monkeypatch, tmp_path):
+  monkeypatch.setenv("JAXDIFF_CACHE", str(tmp_path / "cache"))
+
+
+def test_cifar_comparison_records_are_unchanged(tmp_path):
+  config = ComparisonConfig(
+    optimizers=("sgd", "langevin"), seeds=1, epochs=1, train_size=2000, batch_size=100
+  )
+  records = run_comparison(config, cifar_like(), tmp_path / "cifar", quiet=True)
+  for record in records:
+    record.pop("step_time_s")  # a timing
+  assert json.loads(json.dumps(records)) == REFERENCE["cifar_records"]
+
+
+def test_ddpm_losses_parameters_bound_and_scores_are_unchanged(tmp_path):
+  data = mnist_like()
+  setup = experiment.make_setup(DDPM_CONFIG)
+  ema, history = experiment.train_ddpm(DDPM_CONFIG, setup, data, tmp_path / "train", quiet=True)
+  assert history["loss"] == REFERENCE["ddpm_losses"]
+  sums = [float(np.sum(np.asarray(leaf, np.float64))) for leaf in jax.tree.leaves(ema)]
+  assert sums == REFERENCE["ddpm_ema_leaf_sums"]
+
+  npz = tmp_path / "mnist_like.npz"
+  np.savez(npz, x_train=data.x_train[..., 0], y_train=data.y_train, x_test=data.x_test[..., 0],
+           y_test=data.y_test)  # fmt: skip
+  report = experiment.run_experiment(DDPM_CONFIG, str(npz), tmp_path / "ddpm", quiet=True)
+  assert report["test_bits_per_dim"] == REFERENCE["ddpm_bits_per_dim"]
+  assert report["sample_quality"] == REFERENCE["ddpm_sample_quality"]
+  assert report["train"]["final_loss"] == REFERENCE["ddpm_final_loss"]

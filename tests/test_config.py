@@ -1,0 +1,145 @@
+"""Configurations as the one source of flags: every field reachable, bad values one line, exit 2."""
+
+import argparse
+import dataclasses
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxdiff import cli, config
+from jaxdiff.experiments.cifar.config import ComparisonConfig
+from jaxdiff.experiments.ddpm_mnist.config import DDPMConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  count: int = config.option(3, "a count", greater_than=0)
+  rate: float = config.option(0.5, "a rate", flag="lr", at_least=0, below=1)
+  mode: str = config.option("a", "a mode", choices=("a", "b"), noun="mode")
+  switch: bool = config.option(False, "a switch")
+  limit: int | None = config.option(None, "an optional limit", greater_than=0)
+  values: tuple[float, ...] = config.option((1.0, 2.0), "some values", at_least=0)
+  names: tuple[str, ...] = config.option((), "repeatable names", flag="name", repeatable=True)
+
+  def __post_init__(self):
+    config.validate(self)
+
+
+def _parse(config_type, argv):
+  parser = cli.ArgumentParser()
+  config.add_flags(parser, config_type)
+  return config.from_flags(config_type, parser.parse_args(argv))
+
+
+def test_no_flags_give_the_defaults():
+  assert _parse(Example, []) == Example()
+  assert _parse(ComparisonConfig, []) == ComparisonConfig()
+  assert _parse(DDPMConfig, []) == DDPMConfig()
+
+
+def test_every_kind_of_field_parses():
+  parsed = _parse(Example, ["--count", "7", "--lr", "0.25", "--mode", "b", "--switch",
+                            "--limit", "4", "--values", "3,4.5", "--name", "x", "--name", "y,z"])  # fmt: skip
+  assert parsed == Example(7, 0.25, "b", True, 4, (3.0, 4.5), ("x", "y,z"))
+
+
+@pytest.mark.parametrize("config_type", [ComparisonConfig, DDPMConfig])
+def test_every_field_of_the_experiments_is_a_flag_with_help(config_type):
+  parser = cli.ArgumentParser()
+  config.add_flags(parser, config_type)
+  flags = {option for action in parser._actions for option in action.option_strings}
+  for field in dataclasses.fields(config_type):
+    assert config.flag_name(field) in flags, field.name
+    assert field.metadata["help"], field.name
+
+
+@pytest.mark.parametrize(
+  "argv, field, message",
+  [
+    (["--count", "0"], "count", "must be greater than 0, got 0"),
+    (["--lr", "1"], "rate", "must be below 1, got 1"),
+    (["--lr", "nan"], "rate", "must be finite"),
+    (["--mode", "c"], "mode", "unknown mode c; choose from a, b"),
+    (["--values", "1,-2"], "values", "must be at least 0, got -2"),
+    (["--limit", "-1"], "limit", "must be greater than 0"),
+  ],
+)
+def test_bad_values_name_their_field(argv, field, message):
+  with pytest.raises(config.ConfigError) as error:
+    _parse(Example, argv)
+  assert error.value.field == field and message in error.value.message
+
+
+def test_the_same_checks_run_in_python():
+  with pytest.raises(config.ConfigError, match="count: must be greater than 0"):
+    Example(count=0)
+  with pytest.raises(config.ConfigError, match="unknown optimizer rmsprop"):
+    ComparisonConfig(optimizers=("sgd", "rmsprop"))
+  with pytest.raises(config.ConfigError, match="bpd_timesteps: must be at most T - 1 = 99"):
+    DDPMConfig(num_timesteps=100, bpd_timesteps=100)
+
+
+@pytest.mark.parametrize(
+  "argv, expected",
+  [
+    (["--count", "0"], "argument --count: must be greater than 0, got 0"),
+    (["--lr", "2"], "argument --lr: must be below 1, got 2"),
+    (["--count", "many"], "argument --count: invalid int value: 'many'"),
+    (["--values", "1,x"], "argument --values: expected comma-separated float values"),
+  ],
+)
+def test_a_cli_prints_one_line_and_exits_2(capsys, argv, expected):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.parse(Example, argv, description="test", default_out="out")
+  assert exit_info.value.code == cli.EXIT_USAGE
+  lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+  assert len(lines) == 1 and expected in lines[0], lines
+
+
+def test_cli_parse_returns_config_run_options_and_platform():
+  parsed, options, platform = cli.parse(
+    DDPMConfig, ["--seed", "3", "--num-timesteps", "200", "--out", "x", "--resume",
+                 "--platform", "cpu"], description="d", default_out="runs/d",
+  )  # fmt: skip
+  assert parsed == DDPMConfig(seed=3, num_timesteps=200)
+  assert options == cli.RunOptions(data="tfds", out="x", resume=True, quiet=False)
+  assert platform == "cpu"
+
+
+def test_a_switch_must_default_to_off():
+  @dataclasses.dataclass(frozen=True)
+  class On:
+    flag: bool = config.option(True, "on by default")
+
+  with pytest.raises(TypeError, match="must default to False"):
+    config.add_flags(argparse.ArgumentParser(), On)
+
+
+RUN_FLAGS = {"--help", "--platform", "--data", "--out", "--resume", "--quiet"}
+
+
+@pytest.mark.parametrize(
+  "script, config_type",
+  [("experiments/cifar.py", ComparisonConfig), ("experiments/ddpm_mnist.py", DDPMConfig)],
+)
+def test_every_config_field_is_a_flag_of_its_cli(script, config_type):
+  root = Path(__file__).resolve().parents[1]
+  result = subprocess.run([sys.executable, str(root / script), "--help"], capture_output=True,
+                          text=True, timeout=300, cwd=root, check=False)  # fmt: skip
+  assert result.returncode == 0, result.stderr[-3000:]
+  # Option lines are indented by two spaces; wrapped help text is indented further.
+  listed = set(re.findall(r"^  (?:-\w, )?(--[\w-]+)", result.stdout, re.MULTILINE))
+  flags = {config.flag_name(field) for field in dataclasses.fields(config_type)}
+  assert len(flags) == len(dataclasses.fields(config_type))  # no two fields share a flag
+  assert listed - flags == RUN_FLAGS
+
+
+@pytest.mark.parametrize("config_type", [ComparisonConfig, DDPMConfig])
+def test_the_seed_reaches_the_config(config_type):
+  parsed, options, platform = cli.parse(config_type, ["--seed", "3"], description="d",
+                                        default_out="runs/d")  # fmt: skip
+  assert parsed == dataclasses.replace(config_type(), seed=3)
+  assert options == cli.RunOptions("tfds", "runs/d", False, False) and platform is None

@@ -1,0 +1,34 @@
+"""The description of the machine and software that reports and benchmarks record."""
+
+import json
+
+import jax
+
+from jaxdiff import environment
+
+
+def test_describe_lists_device_host_and_versions():
+  described = environment.describe()
+  assert set(described) == {
+    "platform",
+    "device_kind",
+    "device_count",
+    "cpu_model",
+    "cpu_cores",
+    "usable_cores",
+    "versions",
+  }
+  assert described["platform"] == jax.default_backend() == "cpu"
+  assert described["device_count"] == jax.device_count() == 4  # conftest.py's simulated CPUs
+  assert isinstance(described["cpu_model"], str) and described["cpu_model"]
+  assert 1 <= described["usable_cores"] <= described["cpu_cores"]
+  versions = described["versions"]
+  assert set(versions) == {"python", *environment.LIBRARY_PACKAGES}
+  assert versions["jax"] == jax.__version__
+  json.dumps(described, allow_nan=False)  # it goes into report.json as it is
+
+
+def test_describe_adds_asked_versions_and_marks_missing_ones():
+  versions = environment.describe(packages=("pytest", "no-such-package-jaxdiff"))["versions"]
+  assert versions["pytest"] == __import__("pytest").__version__
+  assert versions["no-such-package-jaxdiff"] == environment.MISSING
