@@ -8,6 +8,7 @@ from jaxdiff.langevin import (
   langevin_adam,
   langevin_sgd,
   psgld,
+  sghmc,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
   "langevin_sgd",
   "load_dataset",
   "psgld",
+  "sghmc",
 ]

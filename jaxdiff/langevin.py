@@ -10,14 +10,16 @@ SGLD is the Euler–Maruyama discretisation of the Langevin SDE
 The noise is a plain :class:`optax.GradientTransformation`,
 :func:`add_langevin_noise`, placed *after* any optimizer in an
 :func:`optax.chain`; :func:`langevin_sgd`, :func:`langevin_adam` and
-:func:`psgld` are ready-made chains.
+:func:`psgld` are ready-made chains, and :func:`sghmc` is the momentum sampler.
+Cyclical SG-MCMC is :func:`langevin_sgd` or :func:`sghmc` given
+:func:`cyclical_learning_rate` and :func:`cyclical_diffusion`.
 
 Temperature: for small steps the chain samples ``p(θ) ∝ exp(−L(θ) / D)``.
 With a loss that is a *mean* over ``N`` training examples,
 ``L = (1/N) Σ_i ℓ_i``, that is ``exp(−Σ_i ℓ_i / (N·D))``, the posterior at
 temperature ``T = N·D``; so ``D = T / N``, and ``D = 1/N`` samples the Bayesian
-posterior (``T = 1``). For example ``D = 0.01`` on CIFAR-10 (``N = 50 000``)
-is ``T = 500``, a very hot posterior.
+posterior (``T = 1``; :func:`diffusion_for_temperature`). For example
+``D = 0.01`` on CIFAR-10 (``N = 50 000``) is ``T = 500``, a very hot posterior.
 
 References:
   Welling & Teh, `Bayesian Learning via Stochastic Gradient Langevin Dynamics
@@ -26,8 +28,15 @@ References:
 
   Li et al., `Preconditioned Stochastic Gradient Langevin Dynamics for Deep
   Neural Networks <https://arxiv.org/abs/1512.07666>`_, AAAI 2016.
+
+  Chen, Fox & Guestrin, `Stochastic Gradient Hamiltonian Monte Carlo
+  <https://arxiv.org/abs/1402.4102>`_, ICML 2014.
+
+  Zhang et al., `Cyclical Stochastic Gradient MCMC for Bayesian Deep Learning
+  <https://arxiv.org/abs/1902.03932>`_, ICLR 2020.
 """
 
+import math
 from typing import Any, NamedTuple, Optional
 
 import chex
@@ -40,9 +49,13 @@ __all__ = [
   "LangevinNoiseState",
   "PSGLDState",
   "add_langevin_noise",
+  "cyclical_diffusion",
+  "cyclical_learning_rate",
+  "diffusion_for_temperature",
   "langevin_adam",
   "langevin_sgd",
   "psgld",
+  "sghmc",
 ]
 
 
@@ -350,6 +363,7 @@ def psgld(
   key: chex.PRNGKey,
   decay: float = 0.99,
   eps: float = 1e-5,
+  adapt_steps: int | None = 1000,
 ) -> optax.GradientTransformation:
   """Preconditioned SGLD with an RMSprop preconditioner (Li et al., 2016).
 
@@ -357,15 +371,25 @@ def psgld(
 
   .. code-block:: text
 
-    V_t = decay · V_{t−1} + (1 − decay) · g²,   V_{−1} = 0
-    G_t = 1 / (eps + √V_t)
+    V_t = decay · V_{t−1} + (1 − decay) · g²,   V_{−1} = 0   (t < adapt_steps)
+    G_t = 1 / (eps + √(V_t / (1 − decay^{t+1})))               (bias-corrected, as Adam)
     θ_{t+1} = θ_t − η_t · G_t · g + N(0, 2 · D_t · η_t · G_t)
 
   The Γ correction term (the derivative of ``G`` with respect to ``θ``) is
   dropped, as SGMCMCJax's ``psgld`` does and as Li et al. justify for
-  ``decay`` close to 1, where ``G`` changes slowly and Γ is small; TFP's
-  ``StochasticGradientLangevinDynamics`` computes it with a Jacobian instead
-  and likewise advises a decay just below 1.
+  ``decay`` close to 1. It is not small: while ``V`` keeps adapting, ``G``
+  follows the recent gradients and so the chain's own position, and on
+  Gaussian targets the chain samples too hot, the more so the smaller the
+  step (``benchmarks/RESULTS.md``). So by default ``V`` adapts for the first
+  ``adapt_steps`` steps only and is then frozen: with a constant ``G`` the
+  Γ term is exactly zero and the chain samples ``exp(−L/D)`` (up to the
+  discretisation, as SGLD), with the preconditioner fitted during burn-in.
+  ``adapt_steps=None`` keeps adapting for ever, as Li et al. and SGMCMCJax
+  do: a preconditioner that follows the loss landscape, for a noisy
+  optimizer rather than a sampler. Unlike theirs, ``V`` is bias-corrected
+  (``t + 1`` stops at ``adapt_steps``): from ``V_{−1} = 0`` the first steps'
+  noise would otherwise be ``(1 − decay)^{−1/4}`` times too large, which
+  threw some chains far out for the whole burn-in.
 
   Noise is drawn exactly as in :func:`add_langevin_noise` (same helper), so
   the same guarantees hold: independent across elements, leaves and steps,
@@ -379,6 +403,8 @@ def psgld(
     key: a single PRNG key, e.g. ``jax.random.key(seed)``.
     decay: the second-moment decay rate.
     eps: added to ``√V`` to bound the preconditioner.
+    adapt_steps: steps over which ``V`` adapts before it is frozen (the samples
+      before then are burn-in); None never freezes it.
 
   Returns:
     A :class:`optax.GradientTransformation` with state :class:`PSGLDState`,
@@ -387,7 +413,7 @@ def psgld(
   Raises:
     TypeError: if ``key`` is not a single PRNG key.
     ValueError: if a concrete ``learning_rate``, ``diffusion``, ``decay`` or
-      ``eps`` is negative or not finite.
+      ``eps`` is negative or not finite, or ``adapt_steps`` is below 1.
 
   References:
     Li et al., `Preconditioned Stochastic Gradient Langevin Dynamics for Deep
@@ -401,6 +427,8 @@ def psgld(
     ("eps", eps),
   ]:
     _check_hyperparameter(name, value)
+  if adapt_steps is not None and adapt_steps < 1:
+    raise ValueError(f"adapt_steps must be positive or None, got {adapt_steps!r}")
   noiseless = _is_static_zero(diffusion)
 
   def init_fn(params):
@@ -413,8 +441,19 @@ def psgld(
   def update_fn(updates, state, params=None):
     del params
     second_moment = optax.tree.update_moment_per_elem_norm(updates, state.second_moment, decay, 2)
+    if adapt_steps is not None:
+      adapting = state.count < adapt_steps
+      second_moment = jax.tree.map(
+        lambda new, old: jnp.where(adapting, new, old), second_moment, state.second_moment
+      )
     lr = _value_at(learning_rate, state.count)
-    preconditioner = jax.tree.map(lambda v: 1.0 / (eps + jnp.sqrt(v)), second_moment)
+    # Bias-corrected as Adam's: V starts at 0, and V_0 = (1 − decay)·g² would make the first
+    # steps' preconditioner, and so their noise, 1/√(1 − decay) times too large.
+    times_updated = optax.safe_increment(state.count)
+    if adapt_steps is not None:
+      times_updated = jnp.minimum(times_updated, adapt_steps)
+    corrected = optax.tree.bias_correction(second_moment, decay, times_updated)
+    preconditioner = jax.tree.map(lambda v: 1.0 / (eps + jnp.sqrt(v)), corrected)
     new_updates = jax.tree.map(lambda g, p: (-lr * p * g).astype(g.dtype), updates, preconditioner)
     if not noiseless:
       scale = 2.0 * _value_at(diffusion, state.count) * lr
@@ -427,3 +466,211 @@ def psgld(
     )
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def diffusion_for_temperature(temperature: float, num_examples: int) -> float:
+  """The ``D`` that samples the posterior at ``temperature`` with a mean loss over the data.
+
+  With ``L = (1/N) Σ_i ℓ_i`` the chains sample ``exp(−L/D) = exp(−Σ_i ℓ_i / (N·D))``, the
+  posterior at ``T = N·D``: so ``D = T/N``, and ``T = 1`` is the Bayesian posterior.
+
+  Args:
+    temperature: ``T > 0``; below 1 a cold posterior.
+    num_examples: ``N``, the training examples the mean loss averages over.
+
+  Returns:
+    ``temperature / num_examples``.
+
+  Example:
+    >>> diffusion_for_temperature(1.0, 50_000)
+    2e-05
+  """
+  if not (math.isfinite(temperature) and temperature >= 0):
+    raise ValueError(f"temperature must be finite and non-negative, got {temperature!r}")
+  if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples <= 0:
+    raise ValueError(f"num_examples must be a positive integer, got {num_examples!r}")
+  return temperature / num_examples
+
+
+class SGHMCState(NamedTuple):
+  """State of the noise stage of :func:`sghmc`.
+
+  Attributes:
+    count: number of updates applied so far (step ``t``, from 0).
+    key: the chain's PRNG key, exactly as given (see :class:`LangevinNoiseState`).
+  """
+
+  count: chex.Array
+  key: chex.PRNGKey
+
+
+def _add_momentum_noise(
+  key: chex.PRNGKey,
+  learning_rate: optax.ScalarOrSchedule,
+  diffusion: optax.ScalarOrSchedule,
+  momentum: float,
+) -> optax.GradientTransformation:
+  """Adds ``N(0, 2·(1 − β)·D_t / η_t)`` to the gradients, before the momentum trace."""
+  noiseless = _is_static_zero(diffusion)
+
+  def init_fn(params):
+    del params
+    return SGHMCState(count=jnp.zeros([], jnp.int32), key=jnp.asarray(key))
+
+  def update_fn(updates, state, params=None):
+    del params
+    if not noiseless:
+      lr = _value_at(learning_rate, state.count)
+      variance = 2.0 * (1.0 - momentum) * _value_at(diffusion, state.count) / lr
+      # No step, no noise: the trace is scaled by η = 0 anyway, and 1/0 is not a variance.
+      std = jnp.where(lr > 0, jnp.sqrt(jnp.where(lr > 0, variance, 0.0)), 0.0)
+      updates = _add_gaussian_noise(
+        state.key, state.count, updates, jax.tree.map(lambda _: std, updates)
+      )
+    return updates, SGHMCState(count=optax.safe_increment(state.count), key=state.key)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def sghmc(
+  learning_rate: optax.ScalarOrSchedule,
+  diffusion: optax.ScalarOrSchedule,
+  key: chex.PRNGKey,
+  momentum: float = 0.9,
+) -> optax.GradientTransformation:
+  """Stochastic gradient Hamiltonian Monte Carlo in its SGD-with-momentum form.
+
+  Chen et al.'s SGHMC with friction ``1 − β`` and no gradient-noise estimate, written as
+  heavy-ball SGD whose velocity receives the noise:
+
+  .. code-block:: text
+
+    v_{t+1} = β · v_t − η · g_t + N(0, 2 · (1 − β) · η · D)
+    θ_{t+1} = θ_t + v_{t+1}
+
+  For small ``η`` it samples ``exp(−L/D)`` (``D = T/N`` as for :func:`add_langevin_noise`).
+  It is computed as :func:`optax.sgd` with ``momentum=β`` is, the trace of gradients scaled by
+  ``−η``, with the noise ``N(0, 2·(1 − β)·D/η)`` added to the gradient before the trace; so
+  ``diffusion == 0`` gives ``optax.sgd(learning_rate, momentum)``'s updates bit for bit, and
+  with a schedule ``η_t`` the velocity is ``−η_t`` times the trace, as in optax. The noise is
+  drawn as in :func:`add_langevin_noise`: from ``fold_in(key, t)``, identical on data-parallel
+  replicas, independent across chains of a ``vmap`` over keys.
+
+  Args:
+    learning_rate: ``η_t``, float or schedule.
+    diffusion: ``D_t``, float or schedule; ``D = T/N`` for temperature ``T`` with a mean loss
+      over ``N`` examples (:func:`diffusion_for_temperature`).
+    key: a single PRNG key, e.g. ``jax.random.key(seed)``.
+    momentum: ``β`` in ``[0, 1)``; the friction is ``1 − β``.
+
+  Returns:
+    A :class:`optax.GradientTransformation`: the noise stage (state :class:`SGHMCState`),
+    ``optax.trace(momentum)`` and ``optax.scale_by_learning_rate(learning_rate)``, chained.
+
+  Raises:
+    TypeError: if ``key`` is not a single PRNG key.
+    ValueError: if a concrete ``learning_rate`` or ``diffusion`` is negative or not finite, or
+      ``momentum`` is outside ``[0, 1)``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> opt = sghmc(0.01, diffusion_for_temperature(1.0, 60_000), jax.random.key(0))
+    >>> state = opt.init(jnp.zeros(3))
+    >>> updates, state = opt.update(jnp.ones(3), state)
+
+  References:
+    Chen, Fox & Guestrin, `Stochastic Gradient Hamiltonian Monte Carlo
+    <https://arxiv.org/abs/1402.4102>`_, ICML 2014.
+  """
+  _check_key(key)
+  _check_hyperparameter("learning_rate", learning_rate)
+  _check_hyperparameter("diffusion", diffusion)
+  if not isinstance(momentum, jax.core.Tracer) and not 0.0 <= float(momentum) < 1.0:
+    raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
+  return optax.chain(
+    _add_momentum_noise(key, learning_rate, diffusion, momentum),
+    optax.trace(decay=momentum),
+    optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def _cycle_position(count: chex.Array, total_steps: int, num_cycles: int) -> chex.Array:
+  """Where step ``count`` (from 0) lies in its cycle, in ``[0, 1)``."""
+  cycle_length = math.ceil(total_steps / num_cycles)
+  return jnp.mod(count, cycle_length) / cycle_length
+
+
+def _check_cycles(total_steps: int, num_cycles: int) -> None:
+  if not 1 <= num_cycles <= total_steps:
+    raise ValueError(
+      f"need 1 <= num_cycles <= total_steps, got {num_cycles} cycles of {total_steps} steps"
+    )
+
+
+def cyclical_learning_rate(
+  init_value: chex.Numeric, total_steps: int, num_cycles: int
+) -> optax.Schedule:
+  """Zhang et al.'s cyclical cosine step size: large steps explore, small steps sample.
+
+  ``η_t = η_0 / 2 · (cos(π · r_t) + 1)``, with ``r_t = (t mod ⌈K/M⌉) / ⌈K/M⌉`` the position of
+  step ``t`` (from 0) in its cycle, ``K`` steps in all and ``M`` cycles: ``η_0`` at each
+  cycle's start, falling to near 0 at its end.
+
+  Args:
+    init_value: ``η_0``; it may be traced (``optax.inject_hyperparams``).
+    total_steps: ``K``.
+    num_cycles: ``M``.
+
+  Returns:
+    An optax schedule ``count -> η``.
+
+  Example:
+    >>> schedule = cyclical_learning_rate(0.1, total_steps=100, num_cycles=4)
+    >>> [round(float(schedule(t)), 4) for t in (0, 12, 24, 25)]  # cycles of 25 steps
+    [0.1, 0.0531, 0.0004, 0.1]
+
+  References:
+    Zhang et al., `Cyclical Stochastic Gradient MCMC for Bayesian Deep Learning
+    <https://arxiv.org/abs/1902.03932>`_, ICLR 2020.
+  """
+  _check_cycles(total_steps, num_cycles)
+
+  def schedule(count):
+    position = _cycle_position(count, total_steps, num_cycles)
+    return init_value / 2 * (jnp.cos(jnp.pi * position) + 1)
+
+  return schedule
+
+
+def cyclical_diffusion(
+  diffusion: chex.Numeric, total_steps: int, num_cycles: int, exploration: float = 0.8
+) -> optax.Schedule:
+  """The diffusion of cyclical SG-MCMC: none while a cycle explores, ``D`` while it samples.
+
+  With :func:`cyclical_learning_rate`'s cycles, step ``t`` adds no noise while its position in
+  the cycle ``r_t < exploration`` (the optimisation phase, exactly the noiseless optimizer) and
+  ``D`` after it (the sampling phase, where the snapshots are taken).
+
+  Args:
+    diffusion: ``D`` of the sampling phase; it may be traced.
+    total_steps: ``K``, as for the learning rate.
+    num_cycles: ``M``, as for the learning rate.
+    exploration: the fraction of each cycle without noise, in ``[0, 1)``.
+
+  Returns:
+    An optax schedule ``count -> D_t``.
+
+  Example:
+    >>> schedule = cyclical_diffusion(1e-4, total_steps=100, num_cycles=4, exploration=0.8)
+    >>> [float(schedule(t)) > 0 for t in (19, 20, 24, 25)]  # cycles of 25 steps
+    [False, True, True, False]
+  """
+  _check_cycles(total_steps, num_cycles)
+  if not 0.0 <= exploration < 1.0:
+    raise ValueError(f"exploration must lie in [0, 1), got {exploration!r}")
+
+  def schedule(count):
+    position = _cycle_position(count, total_steps, num_cycles)
+    return jnp.where(position < exploration, jnp.zeros_like(diffusion), diffusion)
+
+  return schedule

@@ -50,6 +50,29 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, num_bins: 
   return float(np.abs(correct_sum - confidence_sum).sum() / confidence.shape[0])
 
 
+def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
+  """Mean over examples of ``Σ_k (p_k − 1[k = label])²``: 0 for certain and right, at most 2.
+
+  A proper scoring rule (Brier, 1950): like the NLL it rewards honest probabilities, but a
+  confident mistake costs at most 2 instead of an unbounded ``−log p``.
+  """
+  probs = np.asarray(probs, dtype=np.float64)
+  one_hot = np.eye(probs.shape[-1])[np.asarray(labels)]
+  return float(np.mean(np.sum((probs - one_hot) ** 2, axis=-1)))
+
+
+def classification_scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+  """Accuracy, error, NLL, ECE and Brier score of predictive ``probs`` ``(n, classes)``."""
+  accuracy_value = accuracy(probs, labels)
+  return {
+    "accuracy": accuracy_value,
+    "error": 1.0 - accuracy_value,
+    "nll": negative_log_likelihood(probs, labels),
+    "ece": expected_calibration_error(probs, labels),
+    "brier": brier_score(probs, labels),
+  }
+
+
 def gaussian_fit(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Mean and covariance of ``features``, one example per row.
 

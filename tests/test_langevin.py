@@ -432,9 +432,10 @@ def test_psgld_noise_variance_is_preconditioned_elementwise():
   block = N_STAT // len(scales)
   grads = jnp.asarray(np.repeat(scales, block))
 
-  # Hand computation of the first step from V_{-1} = 0.
+  # Hand computation of the first step from V_{-1} = 0; the preconditioner divides V by the
+  # bias correction 1 − decay, as Adam does.
   second_moment = (1 - decay) * np.repeat(scales, block).astype(np.float64) ** 2
-  precond = 1.0 / (eps + np.sqrt(second_moment))
+  precond = 1.0 / (eps + np.sqrt(second_moment / (1 - decay)))
   drift = -lr * precond * np.repeat(scales, block)
 
   def first_step(d):

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff import classification, environment, files, metrics, parallel, train
+from jaxdiff import classification, environment, files, metrics, parallel, posterior, train
 from jaxdiff.checkpoint import check_no_checkpoints
 from jaxdiff.data import Dataset, load_dataset
 from jaxdiff.experiments.cifar import plots, report
@@ -135,8 +135,11 @@ def run_comparison(
   task = classification.classifier_task(model, data.image_shape)
   predict = classification.make_predictor(model, mesh, policy=policy)
   settings = {name: run_settings(config, name) for name in config.optimizers}
+  total_steps = config.epochs * (len(data.x_train) // config.batch_size)
   trainers = {
-    name: train.Trainer(task, OPTIMIZERS[name].factory, mesh, config.batch_size, policy)
+    name: train.Trainer(
+      task, OPTIMIZERS[name].for_budget(total_steps, config.cycles), mesh, config.batch_size, policy
+    )  # fmt: skip
     for name in config.optimizers
   }
   device_data = next(iter(trainers.values())).put_data(
@@ -177,11 +180,14 @@ def _train_optimizer(config, name, settings, trainer, state, predict, data, devi
                      checkpoint_dir, *, resume, quiet, log, clock) -> list[RunRecord]:  # fmt: skip
   langevin = is_langevin(name)
   num_runs = len(settings)
-  # Summed test-set probabilities over the last half's epochs: the posterior average.
-  extras = {
-    "posterior_sum": np.zeros((num_runs, len(data.x_test), data.num_classes), np.float32),
-    "snapshots": np.zeros((), np.int32),
-  }
+  # The test-set predictions of the last half's epochs, averaged: the posterior average.
+  extras = {"posterior": posterior.init_average(num_runs, len(data.x_test), data.num_classes)}
+  # Cyclical samplers: the last epoch of each cycle, in its sampling phase.
+  snapshots = (
+    posterior.SnapshotSchedule(cycle_length=config.epochs // config.cycles)
+    if OPTIMIZERS[name].cyclical
+    else posterior.SnapshotSchedule(burn_in=config.epochs // 2)
+  )
   latest_probs = []  # the last epoch's test-set predictions
 
   def score_epoch(end: train.EpochEnd):
@@ -189,11 +195,8 @@ def _train_optimizer(config, name, settings, trainer, state, predict, data, devi
       probs = predict(end.state.params, data.x_test)
     latest_probs[:] = [probs]
     extras = end.extras
-    if langevin and end.epoch >= config.epochs // 2:
-      extras = {
-        "posterior_sum": extras["posterior_sum"] + probs,
-        "snapshots": extras["snapshots"] + 1,
-      }
+    if langevin and snapshots.takes(end.epoch):
+      extras = {"posterior": posterior.add_snapshot(extras["posterior"], probs)}
     end.history.setdefault("epochs", []).append(
       [
         {
@@ -234,10 +237,11 @@ def _record(name, setting, run, state, extras, history, test_probs, train_probs,
             step_time) -> RunRecord:  # fmt: skip
   diverged_at = int(state.diverged_at[run])
   losses = np.asarray(history["last_epoch_losses"][run], np.float64)
-  posterior = None
-  if is_langevin(name) and int(extras["snapshots"]) > 0:
-    averaged = np.asarray(extras["posterior_sum"][run]) / int(extras["snapshots"])
-    posterior = {**_scores(averaged, data.y_test), "snapshots": int(extras["snapshots"])}
+  posterior_scores = None
+  average = extras["posterior"]
+  if is_langevin(name) and int(average.count) > 0:
+    averaged = posterior.averaged_probs(average)[run]
+    posterior_scores = {**_scores(averaged, data.y_test), "snapshots": int(average.count)}
   finite_losses = losses[np.isfinite(losses)]
   return RunRecord(
     optimizer=name,
@@ -253,7 +257,7 @@ def _record(name, setting, run, state, extras, history, test_probs, train_probs,
       **_scores(test_probs, data.y_test),
       "train_accuracy": metrics.accuracy(train_probs, data.y_train),
     },
-    posterior_average=posterior,
+    posterior_average=posterior_scores,
     step_time_s=step_time,
   )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxdiff.config import ConfigError, option, validate
-from jaxdiff.experiments.cifar.registry import OPTIMIZERS, is_langevin
+from jaxdiff.experiments.cifar.registry import ARTICLE_OPTIMIZERS, OPTIMIZERS, is_langevin
 from jaxdiff.policy import LOOPS
 
 SWEEP_LR_FACTORS = (0.1, 1.0, 10.0)
@@ -17,7 +17,7 @@ class ComparisonConfig:
   """What to run; every field has the article's default (its help says what it is)."""
 
   optimizers: tuple[str, ...] = option(
-    tuple(OPTIMIZERS), "comma-separated optimizers", choices=OPTIMIZERS, noun="optimizer"
+    ARTICLE_OPTIMIZERS, "comma-separated optimizers", choices=OPTIMIZERS, noun="optimizer"
   )
   epochs: int = option(10, "training epochs", greater_than=0)
   batch_size: int = option(100, "global batch size, a multiple of the devices", greater_than=0)
@@ -40,6 +40,10 @@ class ComparisonConfig:
   loop: str = option(
     "auto", "epoch loop: jitted step called from Python, or one lax.scan", choices=LOOPS
   )
+  cycles: int = option(
+    5, "cycles of the cyclical samplers (csgld, csghmc); they snapshot each cycle's last epoch",
+    greater_than=0,
+  )  # fmt: skip
   seed: int = option(0, "the root of every key")
   notes: tuple[str, ...] = option(
     (), "a line added to report.md's setup (repeatable)", flag="note", repeatable=True
@@ -49,6 +53,11 @@ class ComparisonConfig:
     validate(self)
     if not self.optimizers:
       raise ConfigError("optimizers", "give at least one optimizer")
+    cyclical = [name for name in self.optimizers if OPTIMIZERS[name].cyclical]
+    if cyclical and self.epochs % self.cycles:
+      raise ConfigError(
+        "cycles", f"{', '.join(cyclical)} need epochs ({self.epochs}) divisible by the cycles"
+      )
 
   def grid(self, name: str) -> list[tuple[float, float | None]]:
     """The (learning rate, diffusion) settings to train for optimizer ``name``."""

@@ -20,11 +20,30 @@ class OptimizerSpec:
       ``diffusion`` and ``key``) are given per run.
     langevin: whether it adds Langevin noise (and so takes a diffusion ``D``).
     baseline: the noiseless optimizer it is the noisy twin of, if one is in the registry.
+    cyclical: the learning rate and diffusion follow Zhang et al.'s cyclical schedules over
+      the run (:meth:`for_budget`).
   """
 
   factory: Callable[..., optax.GradientTransformation]
   langevin: bool = False
   baseline: str | None = None
+  cyclical: bool = False
+
+  def for_budget(
+    self, total_steps: int, num_cycles: int
+  ) -> Callable[..., optax.GradientTransformation]:
+    """The factory the engine is given for a run of ``total_steps`` in ``num_cycles`` cycles."""
+    if not self.cyclical:
+      return self.factory
+
+    def cyclical_factory(learning_rate, diffusion, key):
+      return self.factory(
+        langevin.cyclical_learning_rate(learning_rate, total_steps, num_cycles),
+        langevin.cyclical_diffusion(diffusion, total_steps, num_cycles),
+        key,
+      )
+
+    return cyclical_factory
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
@@ -34,7 +53,12 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
   "langevin": OptimizerSpec(langevin.langevin_sgd, langevin=True, baseline="sgd"),
   "langevin_adam": OptimizerSpec(langevin.langevin_adam, langevin=True, baseline="adam"),
   "psgld": OptimizerSpec(langevin.psgld, langevin=True),
+  "sghmc": OptimizerSpec(langevin.sghmc, langevin=True, baseline="momentum"),
+  "csgld": OptimizerSpec(langevin.langevin_sgd, langevin=True, cyclical=True),
+  "csghmc": OptimizerSpec(langevin.sghmc, langevin=True, cyclical=True),
 }
+# The seed article's six, the default of --optimizers.
+ARTICLE_OPTIMIZERS = ("sgd", "momentum", "adam", "langevin", "langevin_adam", "psgld")
 
 
 def is_langevin(name: str) -> bool:

@@ -1,0 +1,115 @@
+"""Posterior collection: snapshot schedules, the Bayesian model average, resume, Brier score."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxdiff
+from jaxdiff import classification, metrics, parallel, posterior, train
+
+NUM_RUNS = 2
+
+
+class TinyClassifier(nn.Module):
+  @nn.compact
+  def __call__(self, images):
+    return nn.Dense(3)(images.reshape(images.shape[0], -1))
+
+
+MODEL = TinyClassifier()
+TASK = classification.classifier_task(MODEL, (4, 4, 1))
+
+
+@pytest.fixture(scope="module")
+def setup():
+  mesh = parallel.make_mesh()
+  trainer = train.Trainer(TASK, jaxdiff.langevin_sgd, mesh=mesh, batch_size=16)
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, 64).astype(np.int32)
+  images = np.clip(labels[:, None, None, None] * 80 + rng.integers(0, 60, (64, 4, 4, 1)), 0, 255)
+  images = images.astype(np.uint8)
+  data = trainer.put_data({"image": images, "label": labels})
+  predict = classification.make_predictor(MODEL, mesh, chunk_size=8)
+  return trainer, data, predict, images[:16]
+
+
+def _state(trainer):
+  return trainer.init(jax.random.split(jax.random.key(0), NUM_RUNS), learning_rate=0.1,
+                      diffusion=1e-3, key=jax.random.split(jax.random.key(1), NUM_RUNS))  # fmt: skip
+
+
+def test_snapshot_schedules():
+  burn_in = posterior.SnapshotSchedule(burn_in=3, thin=2)
+  assert [e for e in range(10) if burn_in.takes(e)] == [3, 5, 7, 9]
+  cyclical = posterior.SnapshotSchedule(cycle_length=4, per_cycle=2)
+  assert [e for e in range(12) if cyclical.takes(e)] == [2, 3, 6, 7, 10, 11]
+  late = posterior.SnapshotSchedule(burn_in=5, cycle_length=4)  # no snapshot in burn-in
+  assert [e for e in range(12) if late.takes(e)] == [7, 11]
+
+
+def test_the_average_is_the_mean_of_the_snapshots(setup):
+  trainer, data, predict, evaluation = setup
+  schedule = posterior.SnapshotSchedule(burn_in=1, thin=2)
+  seen = []
+
+  def record_and_average(end):
+    seen.append(predict(end.state.params, evaluation))
+    return posterior.averaging_hook(predict, evaluation, schedule)(end)
+
+  extras = {"posterior": posterior.init_average(NUM_RUNS, len(evaluation), 3)}
+  result = train.fit(trainer, _state(trainer), data, epochs=6, extras=extras,
+                     on_epoch_end=record_and_average, quiet=True)  # fmt: skip
+  average = result.extras["posterior"]
+  assert int(average.count) == 3  # epochs 1, 3 and 5
+  expected = np.mean([seen[epoch] for epoch in (1, 3, 5)], axis=0)
+  np.testing.assert_allclose(posterior.averaged_probs(average), expected, rtol=1e-6)
+  assert posterior.averaged_probs(average).shape == (NUM_RUNS, len(evaluation), 3)
+
+
+def test_resume_mid_run_gives_the_same_average(tmp_path, setup):
+  trainer, data, predict, evaluation = setup
+  hook = posterior.averaging_hook(predict, evaluation, posterior.SnapshotSchedule(burn_in=1))
+
+  def extras():
+    return {"posterior": posterior.init_average(NUM_RUNS, len(evaluation), 3)}
+
+  straight = train.fit(trainer, _state(trainer), data, epochs=5, extras=extras(),
+                       on_epoch_end=hook, quiet=True)  # fmt: skip
+  train.fit(trainer, _state(trainer), data, epochs=3, extras=extras(), on_epoch_end=hook,
+            checkpoint_dir=tmp_path, quiet=True)  # fmt: skip
+  resumed = train.fit(trainer, _state(trainer), data, epochs=5, extras=extras(),
+                      on_epoch_end=hook, checkpoint_dir=tmp_path, resume=True, quiet=True,
+                      log=lambda line: None)  # fmt: skip
+  for name in ("probs_sum", "count"):
+    np.testing.assert_array_equal(
+      np.asarray(getattr(resumed.extras["posterior"], name)),
+      np.asarray(getattr(straight.extras["posterior"], name)),
+    )
+
+
+def test_an_average_without_snapshots_says_why():
+  with pytest.raises(ValueError, match="no snapshot"):
+    posterior.averaged_probs(posterior.init_average(1, 2, 3))
+  with pytest.raises(ValueError, match="shape"):
+    posterior.add_snapshot(posterior.init_average(1, 2, 3), jnp.zeros((1, 2, 4)))
+
+
+def test_brier_score_and_the_scores_together():
+  probs = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
+  labels = np.array([0, 1, 0])
+  # 0 for certain and right, (0.25 + 0.25) for an even guess, 2 for certain and wrong.
+  assert metrics.brier_score(probs, labels) == pytest.approx((0 + 0.5 + 2) / 3)
+  scores = metrics.classification_scores(probs, labels)
+  assert scores["accuracy"] == pytest.approx(1 / 3) and scores["error"] == pytest.approx(2 / 3)
+  assert set(scores) == {"accuracy", "error", "nll", "ece", "brier"}
+
+
+def test_the_hook_leaves_incomplete_epochs_alone(setup):
+  trainer, data, predict, evaluation = setup
+  hook = posterior.averaging_hook(predict, evaluation, posterior.SnapshotSchedule())
+  extras = {"posterior": posterior.init_average(NUM_RUNS, len(evaluation), 3)}
+  result = train.fit(trainer, _state(trainer), data, steps=6, extras=extras, on_epoch_end=hook,
+                     quiet=True)  # fmt: skip
+  assert int(result.extras["posterior"].count) == 1  # epoch 0; the 2 steps of epoch 1 are not
