@@ -4,14 +4,15 @@ U-Net's ``GroupNorm`` and ``dot_product_attention`` in ``jaxdiff/models/unet.py`
 Each line is one jitted function on random float32 data, timed as the best of 5 rounds of
 ``--calls`` calls (3 for the small U-Net) after a warm-up. Shapes are the seed CNN's at batch
 100 and the DDPM U-Nets' at batch 32; the U-Net's 3x3 convolutions are timed with XLA:CPU's
-default kernels (YNNPACK) and with ``cpu_ops.compiler_options()`` (XLA's own).
+default kernels (YNNPACK) and with the engine's compiler options
+(``ExecutionPolicy.for_mesh(mesh).compiler_options``: XLA's own). Whole-model variants swap
+layers through Flax's ``nn.intercept_methods``, with the same parameters.
 
   python benchmarks/cpu_op_probes.py
   python benchmarks/cpu_op_probes.py --only "small U-Net"
 """
 
 import argparse
-import contextlib
 import time
 
 import flax.linen as nn
@@ -21,9 +22,10 @@ import optax
 from common import header
 from jax import lax
 
-from jaxdiff import ddpm
+from jaxdiff import ddpm, parallel
 from jaxdiff.models import SimpleCNN, cpu_ops, make_unet
 from jaxdiff.models import unet as unet_layers
+from jaxdiff.policy import CONVOLUTIONS, ExecutionPolicy
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -45,27 +47,34 @@ def conv(x, w):
   return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=NHWC)
 
 
-def toeplitz_convolutions(next_fun, args, kwargs, context):
-  """A flax interceptor computing every ``nn.Conv`` with ``cpu_ops.conv_toeplitz``."""
-  if isinstance(context.module, nn.Conv):
-    object.__setattr__(context.module, "conv_general_dilated", cpu_ops.conv_toeplitz)
-  return next_fun(*args, **kwargs)
+def computed_by(needs_replacing, replacement):
+  """A Flax interceptor (``nn.intercept_methods``) that computes each call of a module for which
+  ``needs_replacing(module)`` holds as ``replacement(module)``, with the module's parameters.
 
-
-@contextlib.contextmanager
-def plain_unet_layers():
-  """The U-Net built with Flax's GroupNorm and JAX's attention, as before jaxdiff's own.
-
-  Swaps the names ``jaxdiff.models.unet`` looks up when a U-Net is traced; the parameters stay
-  the same (the same names and shapes).
+  Parameters are created by the module itself: initialise outside the interceptor.
   """
-  saved = unet_layers.GroupNorm, unet_layers.dot_product_attention
-  unet_layers.GroupNorm = lambda num_groups, dtype, name=None: nn.GroupNorm(num_groups, dtype=dtype, name=name)  # fmt: skip
-  unet_layers.dot_product_attention = jax.nn.dot_product_attention
-  try:
-    yield
-  finally:
-    unet_layers.GroupNorm, unet_layers.dot_product_attention = saved
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name != "__call__" or module.is_initializing() or not needs_replacing(module):
+      return next_fun(*args, **kwargs)
+    return replacement(module).apply({"params": module.variables["params"]}, *args, **kwargs)
+
+  return interceptor
+
+
+# Every nn.Conv computed with cpu_ops.conv_toeplitz (the clone computes so, and is left alone).
+toeplitz_convolutions = computed_by(
+  lambda module: (
+    isinstance(module, nn.Conv) and module.conv_general_dilated is not cpu_ops.conv_toeplitz
+  ),
+  lambda conv: conv.clone(parent=None, conv_general_dilated=cpu_ops.conv_toeplitz),
+)
+# The U-Net's GroupNorms computed by Flax's, as before jaxdiff had its own.
+flax_group_norms = computed_by(
+  lambda module: isinstance(module, unet_layers.GroupNorm),
+  lambda norm: nn.GroupNorm(norm.num_groups, epsilon=norm.epsilon, dtype=norm.dtype),
+)
 
 
 def main():
@@ -128,13 +137,13 @@ def main():
   images = jax.random.normal(key, (100, 32, 32, 3))
   labels = jnp.arange(100) % 10
   params = SimpleCNN().init(key, images)["params"]
-  for use_cpu_ops in (False, True):
-    model = SimpleCNN(cpu_ops=use_cpu_ops)
+  for convolution in CONVOLUTIONS:
+    model = SimpleCNN(convolution=convolution)
     # The images are an argument, not a constant XLA could fold the input's rearranging into.
     loss = lambda p, images, model=model: optax.softmax_cross_entropy_with_integer_labels(
       model.apply({"params": p}, images), labels
     ).mean()
-    show(f"SimpleCNN loss gradient, batch 100, cpu_ops={use_cpu_ops}", jax.grad(loss), params, images)  # fmt: skip
+    show(f"SimpleCNN loss gradient, batch 100, convolution={convolution}", jax.grad(loss), params, images)  # fmt: skip
 
   noisy = jax.random.normal(key, (32, 28, 28, 1))
   steps = jax.random.randint(key, (32,), 0, 1000)
@@ -145,16 +154,19 @@ def main():
     show(f"tiny U-Net loss gradient, batch 32, {label}", jax.grad(loss), unet_params, noisy)
   unet = make_unet("tiny")
   loss = lambda p, x: jnp.mean(unet.apply({"params": p}, x, steps) ** 2)
+  unet_params = unet.init(key, noisy, steps)["params"]
   with nn.intercept_methods(toeplitz_convolutions):
-    unet_params = unet.init(key, noisy, steps)["params"]
     show("tiny U-Net loss gradient, batch 32, convs as cpu_ops.conv_toeplitz", jax.grad(loss), unet_params, noisy)  # fmt: skip
-  with plain_unet_layers():
-    show("tiny U-Net loss gradient, batch 32, Flax GroupNorm, JAX attention", jax.grad(loss), unet_params, noisy)  # fmt: skip
+  # (The U-Net's attention function cannot be swapped without patching the library: the
+  # attention lines below time it alone.)
+  with nn.intercept_methods(flax_group_norms):
+    show("tiny U-Net loss gradient, batch 32, Flax GroupNorm", jax.grad(loss), unet_params, noisy)  # fmt: skip
   show("tiny U-Net loss gradient, batch 32, as built (again)", jax.grad(loss), unet_params, noisy)
 
   # The U-Net's 3x3 convolutions with XLA:CPU's default kernels (YNNPACK in jaxlib 0.10) and
-  # with XLA's own, which cpu_ops.compiler_options() asks for.
-  kernels = (("YNNPACK", None), ("XLA", cpu_ops.compiler_options()))
+  # with XLA's own, which the engine's compiler options ask for.
+  policy = ExecutionPolicy.for_mesh(parallel.make_mesh())
+  kernels = (("YNNPACK", None), ("XLA", dict(policy.compiler_options)))
   conv3 = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
   for batch, size, features_in, features_out in ((32, 28, 64, 64), (32, 28, 32, 32), (32, 14, 128, 64), (32, 28, 16, 8)):  # fmt: skip
     x = jax.random.normal(key, (batch, size, size, features_in))

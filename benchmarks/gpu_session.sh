@@ -41,12 +41,12 @@ step cifar_default_warm 300 $PY experiments/cifar.py --data "$DATA" --out /tmp/c
 grep -o "wall time s [0-9.]*\|phase seconds[^;]*" /tmp/cifar_warm/report.md 2>/dev/null | tee -a "$log"
 step cnn_throughput 180 $PY benchmarks/cnn_throughput.py --steps 500 --repeats 5
 # Kernels per step and GPU busy time, for one run and for a comparison's three, with the
-# default formulation and with cuDNN's convolutions (lax.conv); every kernel and the HLO go to
-# $OUT.
+# default formulation (banded_rows on the GPU) and with cuDNN's convolutions (lax); every kernel
+# and the HLO go to $OUT.
 for runs in 1 3; do
-  for ops in auto off; do
-    step "kernels_${ops}_runs_$runs" 90 $PY benchmarks/gpu_step_kernels.py --runs $runs \
-      --cpu-ops $ops --top 15 --out "$OUT"
+  for convolution in auto lax; do
+    step "kernels_${convolution}_runs_$runs" 90 $PY benchmarks/gpu_step_kernels.py --runs $runs \
+      --convolution $convolution --top 15 --out "$OUT"
   done
 done
 step vmap_runs 180 $PY benchmarks/vmap_runs.py --runs 1,8 --steps 200 --repeats 3

@@ -2,7 +2,8 @@
 
 The cost claim of the seed article ("little overhead") is the ratio of each
 Langevin optimizer's step time to plain SGD's, measured here on a quiet machine
-with the same engine, model and batch as experiments/cifar.py. The optimizers'
+with the same engine, model and batch as experiments/cifar.py and the comparison's
+default learning rate and diffusion (``ComparisonConfig``). The optimizers'
 timed epochs are taken in turns, so a drift in the machine's speed hits all alike.
 
   python benchmarks/optimizer_overhead.py --steps 200 --repeats 3
@@ -11,12 +12,12 @@ timed epochs are taken in turns, so a drift in the machine's speed hits all alik
 import argparse
 import statistics
 
+import common
 import jax
 import jax.numpy as jnp
-from common import alternate, engine_epochs, header, random_data
 
-from jaxdiff import classification, comparison, parallel, train
-from jaxdiff.models import SimpleCNN
+from jaxdiff.experiments.cifar.config import ComparisonConfig
+from jaxdiff.experiments.cifar.registry import OPTIMIZERS
 
 
 def main():
@@ -25,23 +26,23 @@ def main():
   parser.add_argument("--steps", type=int, default=200, help="steps per timed epoch")
   parser.add_argument("--repeats", type=int, default=3)
   flags = parser.parse_args()
-  print(header())
+  common.positive(parser, flags, "batch_size", "steps", "repeats")
+  config = ComparisonConfig()
+  print(common.header())
   print(f"SimpleCNN, batch {flags.batch_size}, one run, {flags.steps} steps per epoch, "
-        f"lr {comparison.DEFAULT_LEARNING_RATE}, D {comparison.DEFAULT_DIFFUSION}")  # fmt: skip
-  images, labels = random_data(flags.steps * flags.batch_size)
-  task = classification.classifier_task(SimpleCNN(), (32, 32, 3))
-  mesh = parallel.make_mesh()
+        f"lr {config.learning_rate}, D {config.diffusion}")  # fmt: skip
+  images, labels = common.random_data(flags.steps * flags.batch_size)
   epochs = {}
-  for name, spec in comparison.OPTIMIZERS.items():
-    trainer = train.Trainer(task, spec.factory, mesh=mesh, batch_size=flags.batch_size)
-    hyperparams = {"learning_rate": jnp.asarray([comparison.DEFAULT_LEARNING_RATE])}
+  for name, spec in OPTIMIZERS.items():
+    trainer = common.cnn_trainer(spec.factory, flags.batch_size)
+    hyperparams = {"learning_rate": jnp.asarray([config.learning_rate])}
     if spec.langevin:
-      hyperparams |= {"diffusion": jnp.asarray([comparison.DEFAULT_DIFFUSION]),
+      hyperparams |= {"diffusion": jnp.asarray([config.diffusion]),
                       "key": jax.random.key(1)[None]}  # fmt: skip
     state = trainer.init(jax.random.key(0)[None], **hyperparams)
-    epochs[name] = engine_epochs(trainer, state, {"image": images, "label": labels})
+    epochs[name] = common.engine_epochs(trainer, state, {"image": images, "label": labels})
   baseline = None
-  for name, (_, timings) in alternate(epochs, flags.repeats).items():
+  for name, (_, timings) in common.alternate(epochs, flags.repeats).items():
     milliseconds = 1000 * statistics.median(timings) / flags.steps
     baseline = baseline or milliseconds
     print(f"{name:14s} {milliseconds:6.2f} ms/step  x{milliseconds / baseline:.2f} of sgd")

@@ -4,8 +4,9 @@ For each N in ``--runs`` (default 1, 4, 8) it trains N runs of SGD with momentum
 each, on random uint8 data already on the device, with the engine's epoch loop (``--loop``;
 by default its own choice, printed with the results):
 
-* sequential: ``Trainer(runs_per_call=1)``: each call of the compiled step or epoch trains one run;
-* vmapped: ``Trainer(runs_per_call=N)``: one compiled step or epoch holds all N runs (``jax.vmap``).
+* sequential: ``ExecutionPolicy.for_mesh(mesh, runs_per_call=1)``: each call of the compiled
+  step or epoch trains one run;
+* vmapped: ``runs_per_call=N``: one compiled step or epoch holds all N runs (``jax.vmap``).
 
 It prints the total images/s of all N runs for each (median of the timed epochs, after an
 untimed compile + first epoch; the two ways' epochs taken in turns, so that a drift in the
@@ -17,46 +18,25 @@ and the ratio vmapped ÷ sequential.
 """
 
 import argparse
-import functools
 import time
 
-import jax
-import jax.numpy as jnp
+import common
 import numpy as np
-import optax
-from common import alternate, engine_epochs, header, random_data
 
-from jaxdiff import classification, parallel, train
-from jaxdiff.models import SimpleCNN
-
-
-def runs_epochs(task, mesh, arrays, num_runs, runs_per_call, flags):
-  """The engine for ``num_runs`` runs, and a function timing one more epoch of them."""
-  trainer = train.Trainer(
-    task,
-    functools.partial(optax.sgd, momentum=0.9),
-    mesh=mesh,
-    batch_size=flags.batch_size,
-    loop=flags.loop,
-    runs_per_call=runs_per_call,
-  )
-  state = trainer.init(
-    jax.random.split(jax.random.key(0), num_runs), learning_rate=jnp.full(num_runs, 1e-3)
-  )
-  return trainer, engine_epochs(trainer, state, arrays)
+from jaxdiff.policy import LOOPS
 
 
 def counting_cores(epoch_seconds):
   """``epoch_seconds`` that also records, per call, the process's CPU seconds over wall seconds."""
   busy = []
 
-  def timed_epoch():
+  def timed():
     cpu_started = time.process_time()
     seconds = epoch_seconds()
     busy.append((time.process_time() - cpu_started) / seconds)
     return seconds
 
-  return timed_epoch, busy
+  return timed, busy
 
 
 def main():
@@ -65,37 +45,35 @@ def main():
   parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
   parser.add_argument("--batch-size", type=int, default=100)
   parser.add_argument("--repeats", type=int, default=3, help="timed epochs after the first")
-  parser.add_argument("--loop", choices=train.LOOPS, default="auto",
+  parser.add_argument("--loop", choices=LOOPS, default="auto",
                       help="the engine's epoch loop (default: its own choice)")  # fmt: skip
   flags = parser.parse_args()
   try:
     run_counts = [int(n) for n in flags.runs.split(",")]
   except ValueError:
     parser.error(f"--runs must be comma-separated integers, got {flags.runs!r}")
-  if min(run_counts) <= 0 or min(flags.steps, flags.batch_size, flags.repeats) <= 0:
-    parser.error("--runs, --steps, --batch-size and --repeats must be positive")
+  if min(run_counts) <= 0:
+    parser.error("--runs must be positive")
+  common.positive(parser, flags, "steps", "batch_size", "repeats")
 
-  print(header(), flush=True)
+  print(common.header(), flush=True)
   print(f"SimpleCNN, SGD momentum 0.9, batch {flags.batch_size} per run, "
         f"{flags.steps} steps per epoch", flush=True)  # fmt: skip
-  mesh = parallel.make_mesh()
-  task = classification.classifier_task(SimpleCNN(), (32, 32, 3))
-  images, labels = random_data(flags.steps * flags.batch_size)
-  arrays = {"image": images, "label": labels}
   for num_runs in run_counts:
-    trainer, sequential = runs_epochs(task, mesh, arrays, num_runs, 1, flags)
-    _, vmapped = runs_epochs(task, mesh, arrays, num_runs, num_runs, flags)
     epochs, busy = {}, {}
-    for name, epoch_seconds in (("sequential", sequential), ("vmapped", vmapped)):
-      epochs[name], busy[name] = counting_cores(epoch_seconds)
-    timed = alternate(epochs, flags.repeats)
+    for name, runs_per_call in (("sequential", 1), ("vmapped", num_runs)):
+      trainer, state, arrays = common.cnn_engine(num_runs, flags.batch_size, flags.steps,
+                                                 loop=flags.loop, runs_per_call=runs_per_call)  # fmt: skip
+      loop = trainer.loop(state, arrays)  # the same for both ways
+      epochs[name], busy[name] = counting_cores(common.engine_epochs(trainer, state, arrays))
+    timed = common.alternate(epochs, flags.repeats)
     rates = {
       name: num_runs * flags.steps * flags.batch_size / np.median(timings)
       for name, (_, timings) in timed.items()
     }
     # The first call of each is the untimed compile + first epoch: its cores are left out.
     cores = {name: np.median(values[1:]) for name, values in busy.items()}
-    print(f"N={num_runs}, loop={trainer.loop}: sequential {rates['sequential']:6.0f} images/s "
+    print(f"N={num_runs}, loop={loop}: sequential {rates['sequential']:6.0f} images/s "
           f"(first epoch {timed['sequential'][0]:.1f} s, {cores['sequential']:.2f} cores busy), "
           f"vmapped {rates['vmapped']:6.0f} images/s (first epoch {timed['vmapped'][0]:.1f} s, "
           f"{cores['vmapped']:.2f} cores busy); "
