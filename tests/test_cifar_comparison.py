@@ -1,10 +1,12 @@
 """The comparison with the SG-MCMC samplers: SGHMC and the cyclical ones, their snapshots."""
 
+import numpy as np
 import pytest
 from behaviour_data import cifar_like
 
 from jaxdiff.config import ConfigError
-from jaxdiff.experiments.cifar.comparison import run_comparison
+from jaxdiff.experiments.cifar import plots, report
+from jaxdiff.experiments.cifar.comparison import main_results, run_comparison
 from jaxdiff.experiments.cifar.config import ComparisonConfig
 from jaxdiff.experiments.cifar.registry import OPTIMIZERS
 
@@ -27,3 +29,36 @@ def test_cyclical_samplers_need_whole_cycles_of_epochs():
   with pytest.raises(ConfigError, match="divisible by the cycles"):
     ComparisonConfig(optimizers=("csgld",), epochs=10, cycles=3)
   ComparisonConfig(optimizers=("sgd",), epochs=10, cycles=3)  # no cyclical optimizer: fine
+
+
+def test_a_temperature_sweep_gives_the_cold_posterior_curve(tmp_path):
+  config = ComparisonConfig(optimizers=("sgd", "langevin"), seeds=2, epochs=2, train_size=200,
+                            batch_size=20, temperatures=(1.0, 0.01))  # fmt: skip
+  records = run_comparison(config, cifar_like(train=200, test=40), tmp_path, quiet=True)
+  langevin = [record for record in records if record["optimizer"] == "langevin"]
+  assert sorted({record["temperature"] for record in langevin}) == pytest.approx([0.01, 1.0])
+  assert sorted({record["diffusion"] for record in langevin}) == pytest.approx(
+    [0.01 / 200, 1 / 200]
+  )
+  curve = report.summarize_temperatures(records)
+  assert list(curve["optimizers"]) == ["langevin"]  # sgd has no temperature
+  cold, warm = curve["optimizers"]["langevin"]
+  assert (cold["temperature"], warm["temperature"]) == pytest.approx((0.01, 1.0))
+  assert cold["runs"] == warm["runs"] == 2 and warm["posterior_error"]["n"] == 2
+  by_seed = [r for r in langevin if r["temperature"] == pytest.approx(1.0)]
+  expected = np.mean([1 - r["posterior_average"]["test_accuracy"] for r in by_seed])
+  assert warm["posterior_error"]["mean"] == pytest.approx(expected)
+  # The main results take T = 1.
+  main = main_results(records, config, 200)
+  assert {r["optimizer"] for r in main} == {"sgd", "langevin"}
+  assert all(r["temperature"] in (None, pytest.approx(1.0)) for r in main)
+  markdown = report.render_markdown(report.summarize(main), {"train_size": 200}, {}, None,
+                                    "synthetic", curve)  # fmt: skip
+  assert "## Cold posterior" in markdown and "| langevin | 0.01 |" in markdown
+  plots.plot_cold_posterior(curve, tmp_path / "cold.png")
+  assert (tmp_path / "cold.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_temperatures_and_the_grid_sweep_do_not_mix():
+  with pytest.raises(ConfigError, match="not both"):
+    ComparisonConfig(sweep=True, temperatures=(1.0,))

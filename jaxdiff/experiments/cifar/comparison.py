@@ -83,9 +83,10 @@ class RunRecord(TypedDict):
   step_time_s: float  # per step of one run, the first epoch (compilation) left out
 
 
-def run_settings(config: ComparisonConfig, name: str) -> list[RunSetting]:
+def run_settings(config: ComparisonConfig, name: str, num_examples: int) -> list[RunSetting]:
   """The runs of optimizer ``name``: every seed at every grid point."""
-  return [RunSetting(seed, lr, d) for seed in range(config.seeds) for lr, d in config.grid(name)]
+  grid = config.grid(name, num_examples)
+  return [RunSetting(seed, lr, d) for seed in range(config.seeds) for lr, d in grid]
 
 
 def training_subset(data: Dataset, train_size: int | None, key: jax.Array) -> Dataset:
@@ -134,7 +135,7 @@ def run_comparison(
   model = SimpleCNN(num_classes=data.num_classes, convolution=policy.convolution)
   task = classification.classifier_task(model, data.image_shape)
   predict = classification.make_predictor(model, mesh, policy=policy)
-  settings = {name: run_settings(config, name) for name in config.optimizers}
+  settings = {name: run_settings(config, name, len(data.x_train)) for name in config.optimizers}
   total_steps = config.epochs * (len(data.x_train) // config.batch_size)
   trainers = {
     name: train.Trainer(
@@ -275,13 +276,16 @@ def _finite_or_none(value) -> float | None:
   return value if math.isfinite(value) else None
 
 
-def main_results(records: Sequence[RunRecord], config: ComparisonConfig) -> list[RunRecord]:
-  """The runs at the default setting (the sweep's centre cell, or all runs without a sweep)."""
+def main_results(
+  records: Sequence[RunRecord], config: ComparisonConfig, num_examples: int
+) -> list[RunRecord]:
+  """The runs at the main setting: the sweep's centre cell, the main temperature, or all."""
+  diffusion = config.main_diffusion(num_examples)
   return [
     r
     for r in records
     if math.isclose(r["learning_rate"], config.learning_rate)
-    and (r["diffusion"] is None or math.isclose(r["diffusion"], config.diffusion))
+    and (r["diffusion"] is None or math.isclose(r["diffusion"], diffusion))
   ]
 
 
@@ -326,21 +330,25 @@ def run_experiment(
       *config.notes,
     ],
   }
-  main_runs = main_results(records, config)
+  main_runs = main_results(records, config, settings["train_size"])
   summary = report.summarize(main_runs)
   sweep = report.summarize_sweep(records) if config.sweep else None
+  cold_posterior = report.summarize_temperatures(records) if config.temperatures else None
   result = {
     "config": settings,
     "environment": env,
     "data_label": data.label,
     "summary": summary,
     "sweep": sweep,
+    "cold_posterior": cold_posterior,
     "runs": records,
   }
   files.write_json(out / "report.json", result)
-  markdown = report.render_markdown(summary, settings, env, sweep, data.label)
+  markdown = report.render_markdown(summary, settings, env, sweep, data.label, cold_posterior)
   files.write_text(out / "report.md", markdown)
   plots.plot_curves(main_runs, out / "curves.png")
   if sweep is not None:
     plots.plot_sweep(sweep, out / "sweep.png")
+  if cold_posterior is not None:
+    plots.plot_cold_posterior(cold_posterior, out / "cold_posterior.png")
   return result

@@ -37,6 +37,10 @@ class ComparisonConfig:
   sweep_diffusions: tuple[float, ...] = option(
     SWEEP_DIFFUSIONS, "the grid's diffusions D of the Langevin optimizers", at_least=0
   )
+  temperatures: tuple[float, ...] = option(
+    (), "train the Langevin optimizers at these posterior temperatures T (D = T/N) instead of "
+    "--diffusion, for the cold-posterior curve", greater_than=0,
+  )  # fmt: skip
   loop: str = option(
     "auto", "epoch loop: jitted step called from Python, or one lax.scan", choices=LOOPS
   )
@@ -53,17 +57,34 @@ class ComparisonConfig:
     validate(self)
     if not self.optimizers:
       raise ConfigError("optimizers", "give at least one optimizer")
+    if self.sweep and self.temperatures:
+      raise ConfigError("temperatures", "sweep the grid or the temperatures, not both")
     cyclical = [name for name in self.optimizers if OPTIMIZERS[name].cyclical]
     if cyclical and self.epochs % self.cycles:
       raise ConfigError(
         "cycles", f"{', '.join(cyclical)} need epochs ({self.epochs}) divisible by the cycles"
       )
 
-  def grid(self, name: str) -> list[tuple[float, float | None]]:
-    """The (learning rate, diffusion) settings to train for optimizer ``name``."""
+  def grid(self, name: str, num_examples: int) -> list[tuple[float, float | None]]:
+    """The (learning rate, diffusion) settings to train for optimizer ``name``.
+
+    ``num_examples`` is N, the training images, which turns temperatures into diffusions.
+    """
     langevin = is_langevin(name)
+    if not langevin:
+      diffusions = (None,)
+    elif self.temperatures:
+      diffusions = tuple(t / num_examples for t in self.temperatures)
+    else:
+      diffusions = self.sweep_diffusions if self.sweep else (self.diffusion,)
     if not self.sweep:
-      return [(self.learning_rate, self.diffusion if langevin else None)]
+      return [(self.learning_rate, d) for d in diffusions]
     lrs = self.sweep_lrs or tuple(self.learning_rate * f for f in SWEEP_LR_FACTORS)
-    diffusions = self.sweep_diffusions if langevin else (None,)
     return [(lr, d) for lr in lrs for d in diffusions]
+
+  def main_diffusion(self, num_examples: int) -> float:
+    """The Langevin D of the main results: ``diffusion``, or with temperatures T = 1 if it is
+    among them, else the first."""
+    if not self.temperatures:
+      return self.diffusion
+    return (1.0 if 1.0 in self.temperatures else self.temperatures[0]) / num_examples

@@ -83,3 +83,24 @@ def plot_sweep(sweep: dict, path: str | os.PathLike) -> None:
     ax.axis("off")
   fig.tight_layout()
   save_figure(fig, path)
+
+
+def plot_cold_posterior(cold_posterior: dict, path: str | os.PathLike) -> None:
+  """Saves a PNG of the test error and NLL against T: the posterior average's and final's."""
+  plt = pyplot()
+  fig, (error_ax, nll_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+  for name, entries in cold_posterior["optimizers"].items():
+    temperatures = [entry["temperature"] for entry in entries]
+    for ax, key, scale in ((error_ax, "error", 100.0), (nll_ax, "nll", 1.0)):
+      for kind, style in (("posterior", "-o"), ("final", ":x")):
+        means = [number(entry[f"{kind}_{key}"]["mean"]) * scale for entry in entries]
+        label = f"{name} ({'posterior average' if kind == 'posterior' else 'final iterate'})"
+        ax.plot(temperatures, means, style, label=label)
+  error_ax.set(xlabel="temperature T", ylabel="test error (%)", title="Test error", xscale="log")
+  nll_ax.set(xlabel="temperature T", ylabel="test NLL", title="Test NLL", xscale="log")
+  for ax in (error_ax, nll_ax):
+    ax.grid(alpha=0.3)
+  error_ax.legend(fontsize="small")
+  fig.suptitle("Cold posterior: mean over seeds")
+  fig.tight_layout()
+  save_figure(fig, path)

@@ -246,6 +246,67 @@ def summarize_sweep(runs: list[dict]) -> dict:
   return {"optimizers": optimizers}
 
 
+def summarize_temperatures(runs: list[dict]) -> dict:
+  """The cold-posterior curve: each Langevin optimizer's test error and NLL against T.
+
+  Args:
+    runs: run records as for :func:`summarize`, the Langevin ones at several temperatures.
+
+  Returns:
+    ``{"optimizers": {name: [entry, ...]}}``, one entry per temperature, ascending:
+    ``temperature``, ``diffusion``, ``runs`` and stats over seeds (``{"mean", "std", "n"}``)
+    of ``posterior_error``, ``posterior_nll`` (the posterior average's) and ``final_error``,
+    ``final_nll`` (the final iterate's).
+  """
+  optimizers = {}
+  for name, group in group_by_optimizer(runs).items():
+    if not is_langevin(name):
+      continue
+    by_temperature: dict[float, list[dict]] = {}
+    for run in group:
+      by_temperature.setdefault(float(run["temperature"]), []).append(run)
+    entries = []
+    for temperature in sorted(by_temperature):
+      cell = by_temperature[temperature]
+      averages = [run.get("posterior_average") or {} for run in cell]
+      finals = [run.get("final") or {} for run in cell]
+      entries.append({
+        "temperature": temperature,
+        "diffusion": cell[0]["diffusion"],
+        "runs": len(cell),
+        "posterior_error": _stat([1 - number(a.get("test_accuracy")) for a in averages]),
+        "posterior_nll": _stat([a.get("test_nll") for a in averages]),
+        "final_error": _stat([1 - number(f.get("test_accuracy")) for f in finals]),
+        "final_nll": _stat([f.get("test_nll") for f in finals]),
+      })  # fmt: skip
+    optimizers[name] = entries
+  return {"optimizers": optimizers}
+
+
+def _cold_posterior_lines(cold_posterior: dict) -> list[str]:
+  lines = [
+    "Test error and NLL against the posterior temperature T = N·D (T = 1: the Bayesian "
+    "posterior; T < 1: colder), mean ± std over seeds; the posterior average of the last "
+    "half's epochs (cyclical samplers: the cycles' last epochs) and the final iterate.",
+    "",
+  ]
+  header = ["optimizer", "T", "D", "average error %", "average NLL", "final error %", "final NLL"]
+  rows = [
+    [
+      name,
+      f"{e['temperature']:g}",
+      f"{e['diffusion']:.3g}",
+      _fmt(e["posterior_error"], 100),
+      _fmt(e["posterior_nll"], 1, ".3f"),
+      _fmt(e["final_error"], 100),
+      _fmt(e["final_nll"], 1, ".3f"),
+    ]  # fmt: skip
+    for name, entries in cold_posterior["optimizers"].items()
+    for e in entries
+  ]
+  return [*lines, *_table(header, rows), "", "![cold posterior](cold_posterior.png)", ""]
+
+
 def _fmt(stat: Stat | None, scale: float = 1.0, spec: str = ".1f") -> str:
   if not stat:
     return "—"
@@ -470,6 +531,7 @@ def render_markdown(
   environment: dict,
   sweep: dict | None = None,
   data_label: str = "CIFAR-10",
+  cold_posterior: dict | None = None,
 ) -> str:
   """Renders the human-readable report (report.md) of one experiment.
 
@@ -482,6 +544,7 @@ def render_markdown(
     sweep: output of :func:`summarize_sweep`, if a sweep ran.
     data_label: name of the data, e.g. ``"CIFAR-10 (JPEG copy)"``, shown in the setup and
       in Table 1's caption.
+    cold_posterior: output of :func:`summarize_temperatures`, if temperatures were swept.
 
   Returns:
     The report as Markdown.
@@ -491,6 +554,8 @@ def render_markdown(
   lines += ["", "## Results", "", *_results_lines(summary, data_label)]
   if sweep is not None:
     lines += ["## Hyper-parameter sweep", "", *_sweep_lines(sweep)]
+  if cold_posterior is not None:
+    lines += ["## Cold posterior", "", *_cold_posterior_lines(cold_posterior)]
   lines += [
     "## Claims",
     "",
