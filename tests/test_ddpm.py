@@ -570,7 +570,7 @@ OLD_ALL = (
 def test_old_public_names_stay_importable():
   missing = [name for name in OLD_ALL + ("DenoiseFn",) if not hasattr(ddpm, name)]
   assert not missing, missing
-  assert set(OLD_ALL) | {"ddpm_task"} == set(ddpm.__all__)
+  assert set(OLD_ALL) | {"ddpm_task", "langevin_corrector_step", "sample_pc"} == set(ddpm.__all__)
 
 
 def test_diffusion_task_is_the_old_name_of_ddpm_task():

@@ -54,7 +54,13 @@ from jaxdiff.ddpm.losses import (
   q_sample,
 )
 from jaxdiff.ddpm.losses import DenoiseFn as DenoiseFn  # the type of denoise_fn, not in __all__
-from jaxdiff.ddpm.sampling import ddim_timesteps, sample_ddim, sample_ddpm
+from jaxdiff.ddpm.sampling import (
+  ddim_timesteps,
+  langevin_corrector_step,
+  sample_ddim,
+  sample_ddpm,
+  sample_pc,
+)
 from jaxdiff.ddpm.schedules import (
   SCHEDULES,
   NoiseSchedule,
@@ -81,6 +87,7 @@ __all__ = [
   "diffusion_task",
   "discretized_gaussian_log_likelihood",
   "find_params_ema",
+  "langevin_corrector_step",
   "linear_schedule",
   "make_schedule",
   "noise_prediction_loss",
@@ -90,6 +97,7 @@ __all__ = [
   "q_sample",
   "sample_ddim",
   "sample_ddpm",
+  "sample_pc",
   "schedule_from_betas",
   "to_uint8",
   "to_unit_range",

@@ -10,7 +10,7 @@ from jaxdiff.config import ConfigError, option, validate
 from jaxdiff.ddpm import SCHEDULES
 from jaxdiff.models.unet import UNET_SIZES, UNet, make_unet
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "pc")
 # bfloat16 halves the activations' bytes and runs on GPU/TPU matrix units; on a CPU it is slower.
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
@@ -27,9 +27,12 @@ class DDPMConfig:
   )  # fmt: skip
   num_timesteps: int = option(1000, "T, the steps of the forward process", greater_than=0)
   sampler: str = option(
-    "ddpm", "ddpm (ancestral) or ddim (eta = 0)", choices=SAMPLERS, noun="sampler"
-  )
-  sample_steps: int = option(100, "DDIM steps (DDPM always takes T)", greater_than=0)
+    "ddpm", "ddpm (ancestral), ddim (eta = 0) or pc (predictor-corrector: Langevin corrector "
+    "steps before each ancestral step)", choices=SAMPLERS, noun="sampler",
+  )  # fmt: skip
+  sample_steps: int = option(100, "DDIM steps (DDPM and PC always take T)", greater_than=0)
+  corrector_steps: int = option(1, "pc: Langevin corrector steps per noise level", at_least=0)
+  snr: float = option(0.16, "pc: the corrector's target signal-to-noise ratio", greater_than=0)
   model_size: str = option("small", "U-Net size", choices=UNET_SIZES, noun="model size")
   compute_dtype: str = option(
     "float32", "the U-Net's computation dtype (bfloat16 on a GPU or TPU); parameters, "

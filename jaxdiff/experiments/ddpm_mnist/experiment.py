@@ -176,16 +176,27 @@ def run_experiment(
   sampling_started = time.perf_counter()
   trajectory_steps = _trajectory_timesteps(config.num_timesteps)
   options = dict(setup.policy.compiler_options)
-  samples, trajectory = jax.jit(
-    lambda key: (
-      ddpm.sample_ddpm(
-        denoise, schedule, key, shape, return_trajectory_at=trajectory_steps
-      )  # fmt: skip
-      if config.sampler == "ddpm"
-      else (ddpm.sample_ddim(denoise, schedule, key, shape, num_steps=config.sample_steps), None)
+  samplers = {
+    "ddpm": lambda key: ddpm.sample_ddpm(
+      denoise, schedule, key, shape, return_trajectory_at=trajectory_steps
     ),
-    compiler_options=options,
-  )(stream_key(config, Stream.SAMPLES))
+    "pc": lambda key: ddpm.sample_pc(
+      denoise,
+      schedule,
+      key,
+      shape,
+      corrector_steps=config.corrector_steps,
+      snr=config.snr,
+      return_trajectory_at=trajectory_steps,
+    ),  # fmt: skip
+    "ddim": lambda key: (
+      ddpm.sample_ddim(denoise, schedule, key, shape, num_steps=config.sample_steps),
+      None,
+    ),
+  }
+  samples, trajectory = jax.jit(samplers[config.sampler], compiler_options=options)(
+    stream_key(config, Stream.SAMPLES)
+  )
   samples = np.asarray(jax.block_until_ready(samples))
   sampling_seconds = time.perf_counter() - sampling_started
   if trajectory is None:

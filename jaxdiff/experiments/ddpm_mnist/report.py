@@ -70,7 +70,11 @@ def render_report(result: dict[str, Any]) -> str:
     f"- Model: U-Net `{config['model_size']}` in {config.get('compute_dtype', 'float32')}; "
     f"schedule {config['schedule']}, "
     f"T = {config['num_timesteps']}; sampler {config['sampler']}"
-    + (f" ({config['sample_steps']} steps)" if config["sampler"] == "ddim" else ""),
+    + {
+      "ddim": f" ({config['sample_steps']} steps)",
+      "pc": f" ({config['corrector_steps']} Langevin corrector steps per level, snr "
+      f"{config['snr']:g})",
+    }.get(config["sampler"], ""),
     f"- Training: {train_info['steps']} steps, batch {config['batch_size']}, Adam lr "
     f"{config['learning_rate']:g} (warm-up {config['warmup_steps']}), clip {config['grad_clip']}, "
     f"EMA {config['ema_decay']}, Langevin D {config['langevin_diffusion']:g}",
