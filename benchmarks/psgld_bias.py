@@ -37,8 +37,9 @@ def variance_ratio(decay, learning_rate, adapt_steps, steps=20_000, chains=2000,
     return squares[burn_in:].mean(0)
 
   keys = jax.random.split(jax.random.key(1), chains)
-  variance = jax.jit(jax.vmap(chain))(keys).mean(0)
-  return np.asarray(variance * CURVATURES / DIFFUSION)
+  # Each chain's time average is one independent estimate: their spread gives the error.
+  ratios = np.asarray(jax.jit(jax.vmap(chain))(keys) * CURVATURES / DIFFUSION, np.float64)
+  return ratios.mean(0), ratios.std(0, ddof=1) / np.sqrt(chains)
 
 
 def main():
@@ -46,11 +47,12 @@ def main():
   parser.add_argument("--adapt-steps", default="1000", help="an integer, or none")
   flags = parser.parse_args()
   adapt_steps = None if flags.adapt_steps == "none" else int(flags.adapt_steps)
-  print(f"adapt_steps={adapt_steps}; sampled / target variance for a = 1, a = 10")
+  print(f"adapt_steps={adapt_steps}; sampled / target variance (± standard error), a = 1, a = 10")
   for decay in (0.99, 0.999, 0.9999):
     for learning_rate in (1e-2, 1e-3):
-      ratio = variance_ratio(decay, learning_rate, adapt_steps)
-      print(f"decay {decay:<7} lr {learning_rate:<6} {ratio[0]:.3f} {ratio[1]:.3f}", flush=True)
+      ratio, error = variance_ratio(decay, learning_rate, adapt_steps)
+      cells = "  ".join(f"{r:.3f} ± {e:.3f}" for r, e in zip(ratio, error))
+      print(f"decay {decay:<7} lr {learning_rate:<6} {cells}", flush=True)
 
 
 if __name__ == "__main__":
