@@ -37,6 +37,7 @@ References:
 """
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple, Optional
 
 import chex
@@ -257,7 +258,21 @@ def add_langevin_noise(
   _check_key(key)
   _check_hyperparameter("learning_rate", learning_rate)
   _check_hyperparameter("diffusion", diffusion)
-  noiseless = _is_static_zero(diffusion)
+  return _noise_stage(
+    key,
+    _is_static_zero(diffusion),
+    lambda count: 2.0 * _value_at(diffusion, count) * _value_at(learning_rate, count),
+  )
+
+
+def _noise_stage(
+  key: chex.PRNGKey, noiseless: bool, variance: Callable[[chex.Array], chex.Numeric]
+) -> optax.GradientTransformation:
+  """Adds ``N(0, variance(t))`` to every element of the updates of step ``t``.
+
+  The state is a :class:`LangevinNoiseState`; ``noiseless`` (a zero known before tracing)
+  returns the updates untouched.
+  """
 
   def init_fn(params):
     del params
@@ -266,8 +281,7 @@ def add_langevin_noise(
   def update_fn(updates, state, params=None):
     del params
     if not noiseless:
-      variance = 2.0 * _value_at(diffusion, state.count) * _value_at(learning_rate, state.count)
-      std = jnp.sqrt(variance)
+      std = jnp.sqrt(variance(state.count))
       updates = _add_gaussian_noise(
         state.key, state.count, updates, jax.tree.map(lambda _: std, updates)
       )
@@ -492,44 +506,21 @@ def diffusion_for_temperature(temperature: float, num_examples: int) -> float:
   return temperature / num_examples
 
 
-class SGHMCState(NamedTuple):
-  """State of the noise stage of :func:`sghmc`.
-
-  Attributes:
-    count: number of updates applied so far (step ``t``, from 0).
-    key: the chain's PRNG key, exactly as given (see :class:`LangevinNoiseState`).
-  """
-
-  count: chex.Array
-  key: chex.PRNGKey
-
-
-def _add_momentum_noise(
+def _momentum_noise(
   key: chex.PRNGKey,
   learning_rate: optax.ScalarOrSchedule,
   diffusion: optax.ScalarOrSchedule,
   momentum: float,
 ) -> optax.GradientTransformation:
   """Adds ``N(0, 2·(1 − β)·D_t / η_t)`` to the gradients, before the momentum trace."""
-  noiseless = _is_static_zero(diffusion)
 
-  def init_fn(params):
-    del params
-    return SGHMCState(count=jnp.zeros([], jnp.int32), key=jnp.asarray(key))
+  def variance(count):
+    lr = _value_at(learning_rate, count)
+    # No step, no noise: the trace is scaled by η = 0 anyway, and 1/0 is not a variance.
+    safe_lr = jnp.where(lr > 0, lr, 1.0)
+    return jnp.where(lr > 0, 2.0 * (1.0 - momentum) * _value_at(diffusion, count) / safe_lr, 0.0)
 
-  def update_fn(updates, state, params=None):
-    del params
-    if not noiseless:
-      lr = _value_at(learning_rate, state.count)
-      variance = 2.0 * (1.0 - momentum) * _value_at(diffusion, state.count) / lr
-      # No step, no noise: the trace is scaled by η = 0 anyway, and 1/0 is not a variance.
-      std = jnp.where(lr > 0, jnp.sqrt(jnp.where(lr > 0, variance, 0.0)), 0.0)
-      updates = _add_gaussian_noise(
-        state.key, state.count, updates, jax.tree.map(lambda _: std, updates)
-      )
-    return updates, SGHMCState(count=optax.safe_increment(state.count), key=state.key)
-
-  return optax.GradientTransformation(init_fn, update_fn)
+  return _noise_stage(key, _is_static_zero(diffusion), variance)
 
 
 def sghmc(
@@ -564,8 +555,9 @@ def sghmc(
     momentum: ``β`` in ``[0, 1)``; the friction is ``1 − β``.
 
   Returns:
-    A :class:`optax.GradientTransformation`: the noise stage (state :class:`SGHMCState`),
-    ``optax.trace(momentum)`` and ``optax.scale_by_learning_rate(learning_rate)``, chained.
+    A :class:`optax.GradientTransformation`: the noise stage (state
+    :class:`LangevinNoiseState`), ``optax.trace(momentum)`` and
+    ``optax.scale_by_learning_rate(learning_rate)``, chained.
 
   Raises:
     TypeError: if ``key`` is not a single PRNG key.
@@ -588,7 +580,7 @@ def sghmc(
   if not isinstance(momentum, jax.core.Tracer) and not 0.0 <= float(momentum) < 1.0:
     raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
   return optax.chain(
-    _add_momentum_noise(key, learning_rate, diffusion, momentum),
+    _momentum_noise(key, learning_rate, diffusion, momentum),
     optax.trace(decay=momentum),
     optax.scale_by_learning_rate(learning_rate),
   )
