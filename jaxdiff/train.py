@@ -492,6 +492,7 @@ def fit(
   resume: bool = False,
   extras: Any = None,
   on_epoch_end: Callable[[EpochEnd], Any] | None = None,
+  time_limit_s: float | None = None,
   run_names: Sequence[str] | None = None,
   name: str = "train",
   quiet: bool = False,
@@ -502,19 +503,23 @@ def fit(
 
   Each iteration trains up to the end of the current epoch (or of the budget), reports runs
   that diverged in it, calls ``on_epoch_end`` and saves a checkpoint numbered by the step.
-  Training stops at the budget, or once every run has diverged.
+  Training stops at the budget, at the time limit, or once every run has diverged.
 
   Args:
     trainer: the engine.
     state: the initial state, from :meth:`Trainer.init` (donated).
     data: arrays from :meth:`Trainer.put_data`.
-    steps: the budget in steps (it may end inside an epoch); give this or ``epochs``.
+    steps: the budget in steps (it may end inside an epoch); give this or ``epochs``, or
+      neither with a ``time_limit_s``.
     epochs: the budget in whole epochs.
     checkpoint_dir: where checkpoints go (None: none are written).
     resume: continue from the latest checkpoint in ``checkpoint_dir``, if any; without it
       a ``checkpoint_dir`` holding checkpoints is refused.
     extras: arrays saved and restored with the state (e.g. running sums of predictions).
     on_epoch_end: ``hook(EpochEnd) -> new extras or None (unchanged)``.
+    time_limit_s: stop once this much wall time has gone into training in this call of
+      ``fit``: after the first call of the engine, each call takes only the steps that the
+      latest call's pace says still fit (the steps reached are in ``history["calls"]``).
     run_names: how log lines name each run (default: ``run 0``, ``run 1``, …).
     name: the progress bar's and log lines' label.
     quiet: no progress bar.
@@ -526,19 +531,32 @@ def fit(
     The final :class:`FitResult`.
 
   Raises:
-    ValueError: not exactly one of ``steps`` and ``epochs``, or a negative one.
+    ValueError: both ``steps`` and ``epochs``, or neither and no ``time_limit_s``; a negative
+      budget.
     jaxdiff.checkpoint.CheckpointsExistError: ``checkpoint_dir`` holds checkpoints and not
       ``resume``.
   """
-  if (steps is None) == (epochs is None):
-    raise ValueError("give fit exactly one budget: steps= or epochs=")
-  if (steps if steps is not None else epochs) < 0:
-    raise ValueError(f"the budget must not be negative, got steps={steps}, epochs={epochs}")
+  if steps is not None and epochs is not None:
+    raise ValueError("give fit one budget: steps= or epochs=, not both")
+  if steps is None and epochs is None and time_limit_s is None:
+    raise ValueError("give fit a budget: steps=, epochs= or time_limit_s=")
+  if any(budget is not None and budget < 0 for budget in (steps, epochs, time_limit_s)):
+    raise ValueError(
+      f"the budget must not be negative, got steps={steps}, epochs={epochs}, "
+      f"time_limit_s={time_limit_s}"
+    )
   clock = clock or PhaseClock()
   num_runs = len(state.step)
   run_names = list(run_names) if run_names is not None else [f"run {i}" for i in range(num_runs)]
   steps_per_epoch = trainer.steps_per_epoch(data)
-  total = steps if steps is not None else epochs * steps_per_epoch
+  if steps is not None:
+    total = steps
+  elif epochs is not None:
+    total = epochs * steps_per_epoch
+  else:
+    total = np.iinfo(np.int32).max  # the step counter's range: only the time limit stops it
+  deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
+  pace = None  # seconds per step of this fit's latest call
   history: dict[str, Any] = {"calls": []}
   checkpoints = None
   if checkpoint_dir is not None:
@@ -553,16 +571,23 @@ def fit(
       extras = jax.device_get(extras)
       log(f"{name}: resumed after step {latest}")
     done = int(state.step[0])
-    progress = _Progress(name, total * num_runs, done * num_runs, quiet)
+    bar_total = None if steps is None and epochs is None else total * num_runs
+    progress = _Progress(name, bar_total, done * num_runs, quiet)
     reported = set(np.flatnonzero(np.asarray(state.diverged_at) >= 0).tolist())
     while done < total and len(reported) < num_runs:
+      limit = total - done
+      if deadline is not None and pace is not None:
+        limit = min(limit, int((deadline - time.perf_counter()) / pace))
+        if limit <= 0:
+          break
       epoch, start_step = divmod(done, steps_per_epoch)
       started = time.perf_counter()
       with clock("train"):
         state, metrics = trainer.train_epoch(state, data, epoch, on_steps=progress.on_steps,
-                                             max_steps=total - done, start_step=start_step)  # fmt: skip
+                                             max_steps=limit, start_step=start_step)  # fmt: skip
         jax.block_until_ready(state)
       seconds = time.perf_counter() - started
+      pace = seconds / len(metrics["loss"])
       done = int(state.step[0])
       history["calls"].append({"epoch": epoch, "steps": len(metrics["loss"]), "seconds": seconds})
       for run in np.flatnonzero(np.asarray(state.diverged_at) >= 0).tolist():
@@ -592,7 +617,7 @@ def fit(
 class _Progress:
   """A tqdm bar over run-steps, showing the latest mean of each metric."""
 
-  def __init__(self, name: str, total: int, done: int, quiet: bool):
+  def __init__(self, name: str, total: int | None, done: int, quiet: bool):
     self._bar = tqdm(total=total, initial=done, desc=name, disable=quiet, unit="step")
     self._calls = 0
 

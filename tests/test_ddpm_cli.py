@@ -114,6 +114,7 @@ T_50 = ["--num-timesteps", "50"]
     (["--warmup-steps", "-1"], "argument --warmup-steps: must be at least 0, got -1"),
     (["--grad-clip", "0"], "argument --grad-clip: must be greater than 0, got 0"),
     (["--ema-decay", "1"], "argument --ema-decay: must be below 1, got 1"),
+    (["--train-minutes", "0"], "argument --train-minutes: must be greater than 0, got 0"),
     (
       ["--sampler", "pc", "--corrector-steps", "-1"],
       "argument --corrector-steps: must be at least 0, got -1",

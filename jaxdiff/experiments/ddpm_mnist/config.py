@@ -20,6 +20,10 @@ class DDPMConfig:
   """A DDPM training run, its sampling and its evaluation (each field's help says what it is)."""
 
   steps: int = option(2000, "optimizer steps", greater_than=0)
+  train_minutes: float | None = option(
+    None, "train for this many minutes of wall time instead of --steps (the steps reached are "
+    "recorded), so any machine gets the model its time allows", greater_than=0,
+  )  # fmt: skip
   batch_size: int = option(128, "global batch size, a multiple of the devices", greater_than=0)
   schedule: str = option(
     "linear", "noise schedule: linear (Ho et al.) or cosine (Nichol & Dhariwal)",

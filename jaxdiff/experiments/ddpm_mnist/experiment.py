@@ -127,6 +127,7 @@ def train_ddpm(
 ) -> tuple[Any, dict[str, Any]]:
   """Trains the DDPM; returns the EMA parameters (on the host) and the training history.
 
+  Trains ``config.steps`` steps, or for ``config.train_minutes`` of wall time instead.
   ``history["loss"]`` has every step's loss, ``history["calls"]`` the engine's calls (steps,
   seconds; the first includes compilation).
 
@@ -139,9 +140,12 @@ def train_ddpm(
   def record_losses(end: train.EpochEnd) -> None:
     end.history.setdefault("loss", []).extend(float(loss) for loss in end.metrics["loss"][:, 0])
 
+  timed = config.train_minutes is not None
   state, _, history = train.fit(
-    trainer, state, device_data, steps=config.steps, checkpoint_dir=Path(out_dir) / "checkpoints",
-    resume=resume, on_epoch_end=record_losses, name="ddpm", quiet=quiet, log=log,
+    trainer, state, device_data, steps=None if timed else config.steps,
+    time_limit_s=config.train_minutes * 60 if timed else None,
+    checkpoint_dir=Path(out_dir) / "checkpoints", resume=resume, on_epoch_end=record_losses,
+    name="ddpm", quiet=quiet, log=log,
   )  # fmt: skip
   # On the host: sampling and evaluation run on one device, outside the mesh.
   return jax.device_get(jax.tree.map(lambda leaf: leaf[0], state.ema_params)), history

@@ -75,7 +75,9 @@ def render_report(result: dict[str, Any]) -> str:
       "pc": f" ({config['corrector_steps']} Langevin corrector steps per level, snr "
       f"{config['snr']:g})",
     }.get(config["sampler"], ""),
-    f"- Training: {train_info['steps']} steps, batch {config['batch_size']}, Adam lr "
+    f"- Training: {train_info['steps']} steps"
+    + (f" (a budget of {config['train_minutes']:g} min)" if config.get("train_minutes") else "")
+    + f", batch {config['batch_size']}, Adam lr "
     f"{config['learning_rate']:g} (warm-up {config['warmup_steps']}), clip {config['grad_clip']}, "
     f"EMA {config['ema_decay']}, Langevin D {config['langevin_diffusion']:g}",
     f"- Machine: {env['device_kind']} ×{env['device_count']} ({env['platform']}), CPU "
