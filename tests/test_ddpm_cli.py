@@ -67,7 +67,7 @@ def test_outputs_and_resume(tmp_path, tiny_mnist, cache_env):
   assert first.returncode == 0, first.stderr[-3000:]
   # 6 steps end inside the second epoch (8 steps each): resume from there.
   second = _cli(cache_env, "--data", tiny_mnist, "--out", resumed, "--steps", 12, "--resume",
-                *TINY_RUN)  # fmt: skip
+                "--sampler-table", *TINY_RUN)  # fmt: skip
   assert second.returncode == 0, second.stderr[-3000:]
   straight = tmp_path / "straight"
   whole = _cli(cache_env, "--data", tiny_mnist, "--out", straight, "--steps", 12, *TINY_RUN)
@@ -82,6 +82,15 @@ def test_outputs_and_resume(tmp_path, tiny_mnist, cache_env):
   assert sum(report["sample_quality"]["samples"]["class_histogram"]) == 8
   markdown = (resumed / "report.md").read_text()
   assert "bits/dim" in markdown and "not comparable to published FIDs" in markdown
+  # The sampler table: every sampler that fits T = 50 (DDIM 100 does not), from one model.
+  table = report["sample_quality"]["sampler_table"]
+  assert [(row["sampler"], row["ddim_steps"], row["corrector_steps"]) for row in table] == [
+    ("ddpm", None, 0), ("ddim", 25, 0), ("ddim", 50, 0), ("pc", None, 1), ("pc", None, 1),
+    ("pc", None, 2),
+  ]  # fmt: skip
+  assert [row["model_evaluations"] for row in table] == [50, 25, 50, 100, 100, 150]
+  assert all(np.isfinite(row["classifier_fd"]) and row["seconds"] > 0 for row in table)
+  assert "## Samplers" in markdown and "| DDIM, 25 steps | 25 |" in markdown
   assert "T = 50;" in markdown
 
   for resumed_leaf, straight_leaf in zip(_checkpoint_arrays(resumed, 12),

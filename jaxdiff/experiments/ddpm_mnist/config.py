@@ -59,6 +59,10 @@ class DDPMConfig:
     "timesteps sampled per image for bits/dim (None, from Python: all T - 1)",
     greater_than=0,
   )
+  sampler_table: bool = option(
+    False, "also sample with DDPM, DDIM (25/50/100 steps) and PC (1-2 corrector steps, a few "
+    "snr values) from the same EMA parameters, and table their scores and times",
+  )  # fmt: skip
   seed: int = option(0, "the root of every key")
 
   def __post_init__(self):

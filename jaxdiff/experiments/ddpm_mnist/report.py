@@ -122,5 +122,33 @@ def render_report(result: dict[str, Any]) -> str:
       f"| real test images (floor) | {floor['classifier_fd']:.2f} | "
       f"{floor['confident_share']:.1%} | {floor['class_histogram']} |",
     ]
+    if "sampler_table" in quality:
+      lines += ["", *_sampler_table_lines(quality["sampler_table"], sampling["num_samples"])]
   lines += ["", "![samples](samples.png)", "", "![loss](loss.png)", "", "![denoise](denoise.png)"]
   return "\n".join(lines) + "\n"
+
+
+def _sampler_table_lines(rows: list[dict[str, Any]], num_samples: int) -> list[str]:
+  header = "| sampler | model evaluations | classifier FD | confident | class share range | s |"
+  lines = [
+    "## Samplers",
+    "",
+    f"The same EMA parameters and initial noise, {num_samples} samples per row; the class share "
+    "range is the most frequent class's share of the samples minus the least frequent's; the "
+    "time is sampling only, compiled beforehand.",
+    "",
+    header,
+    "|---|---|---|---|---|---|",
+  ]
+  for row in rows:
+    if row["sampler"] == "ddim":
+      name = f"DDIM, {row['ddim_steps']} steps"
+    elif row["corrector_steps"]:
+      name = f"PC, {row['corrector_steps']} corrector step(s), snr {row['snr']:g}"
+    else:
+      name = "DDPM (ancestral)"
+    lines.append(
+      f"| {name} | {row['model_evaluations']} | {row['classifier_fd']:.2f} | "
+      f"{row['confident_share']:.1%} | {row['class_share_range']:.1%} | {row['seconds']:.1f} |"
+    )
+  return lines
