@@ -73,6 +73,20 @@ def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
   return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices)
 
 
+def make_data_mesh(batch_size: int, num_examples: int) -> Mesh:
+  """:func:`make_mesh` over all local devices, for batches of ``batch_size`` from a data set.
+
+  Raises:
+    BatchShardingError: ``batch_size`` does not split evenly over the devices.
+    ValueError: the ``num_examples`` are fewer than one batch.
+  """
+  mesh = make_mesh()
+  check_divisible(batch_size, mesh)
+  if num_examples < batch_size:
+    raise ValueError(f"{num_examples} training examples are fewer than one batch of {batch_size}")
+  return mesh
+
+
 def data_sharding(mesh: Mesh) -> NamedSharding:
   """Leading axis split across the mesh."""
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))

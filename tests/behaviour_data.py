@@ -40,3 +40,9 @@ def mnist_like(train: int = 64, test: int = 16) -> Dataset:
   x_test, y_test = split(test)
   names = tuple(str(i) for i in range(10))
   return Dataset("mnist_like", x_train, y_train, x_test, y_test, names, "synthetic")
+
+
+def save_mnist_npz(dataset: Dataset, path) -> None:
+  """Writes ``dataset`` in the ``mnist.npz`` layout (images without the channel axis)."""
+  np.savez(path, x_train=dataset.x_train[..., 0], y_train=dataset.y_train,
+           x_test=dataset.x_test[..., 0], y_test=dataset.y_test)  # fmt: skip

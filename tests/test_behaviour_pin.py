@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from behaviour_data import cifar_like, mnist_like
+from behaviour_data import cifar_like, mnist_like, save_mnist_npz
 
 from jaxdiff.experiments.cifar.comparison import run_comparison
 from jaxdiff.experiments.cifar.config import ComparisonConfig
@@ -50,8 +50,7 @@ def test_ddpm_losses_parameters_bound_and_scores_are_unchanged(tmp_path):
   assert sums == REFERENCE["ddpm_ema_leaf_sums"]
 
   npz = tmp_path / "mnist_like.npz"
-  np.savez(npz, x_train=data.x_train[..., 0], y_train=data.y_train, x_test=data.x_test[..., 0],
-           y_test=data.y_test)  # fmt: skip
+  save_mnist_npz(data, npz)
   report = experiment.run_experiment(DDPM_CONFIG, str(npz), tmp_path / "ddpm", quiet=True)
   assert report["test_bits_per_dim"] == REFERENCE["ddpm_bits_per_dim"]
   assert report["sample_quality"] == REFERENCE["ddpm_sample_quality"]

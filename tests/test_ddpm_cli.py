@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from behaviour_data import mnist_like, save_mnist_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / "experiments" / "ddpm_mnist.py"
@@ -23,20 +24,8 @@ TINY_RUN = ["--model-size", "tiny", "--batch-size", 8, "--num-samples", 8, "--ev
 @pytest.fixture(scope="module")
 def tiny_mnist(tmp_path_factory):
   """64 train and 16 test 28x28 uint8 images: blobs whose position is the label."""
-  rng = np.random.default_rng(0)
-
-  def images(count):
-    labels = np.arange(count) % 10
-    pixels = rng.integers(0, 40, (count, 28, 28), dtype=np.uint8)
-    for image, label in zip(pixels, labels):
-      row, column = divmod(int(label), 5)
-      image[4 + 12 * row : 12 + 12 * row, 2 + 5 * column : 6 + 5 * column] = 250
-    return pixels, labels
-
-  x_train, y_train = images(64)
-  x_test, y_test = images(16)
   path = tmp_path_factory.mktemp("data") / "tiny_mnist.npz"
-  np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+  save_mnist_npz(mnist_like(train=64, test=16), path)
   return path
 
 

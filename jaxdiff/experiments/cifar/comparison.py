@@ -28,24 +28,15 @@ from jaxdiff.data import Dataset, load_dataset
 from jaxdiff.experiments.cifar import plots, report
 from jaxdiff.experiments.cifar.config import ComparisonConfig
 from jaxdiff.experiments.cifar.registry import OPTIMIZERS, is_langevin
+from jaxdiff.keys import langevin_noise_key, seed_key
 from jaxdiff.models import SimpleCNN
 from jaxdiff.policy import ExecutionPolicy
 
 
-# Named key streams. The numbers are fixed: changing one changes every result.
+# Stream 0 of the root (jaxdiff.keys has the seeds' streams); fixed, as it fixes a result.
 def subset_key(root: jax.Array) -> jax.Array:
   """The shuffle that picks ``--train-size`` training images."""
   return jax.random.fold_in(root, 0)
-
-
-def seed_key(root: jax.Array, seed: int) -> jax.Array:
-  """A seed's parameters, data order and loss randomness: the same for every optimizer."""
-  return jax.random.fold_in(root, 1 + seed)
-
-
-def langevin_noise_key(run_key: jax.Array) -> jax.Array:
-  """The Langevin noise of a run, from its seed's key."""
-  return jax.random.fold_in(run_key, 7)
 
 
 class RunSetting(NamedTuple):
@@ -125,12 +116,7 @@ def run_comparison(
   clock = clock or train.PhaseClock()
   root = jax.random.key(config.seed)
   data = training_subset(data, config.train_size, subset_key(root))
-  mesh = parallel.make_mesh()
-  parallel.check_divisible(config.batch_size, mesh)
-  if len(data.x_train) < config.batch_size:
-    raise ValueError(
-      f"{len(data.x_train)} training images are fewer than one batch of {config.batch_size}"
-    )
+  mesh = parallel.make_data_mesh(config.batch_size, len(data.x_train))
   policy = ExecutionPolicy.for_mesh(mesh, loop=config.loop)
   model = SimpleCNN(num_classes=data.num_classes, convolution=policy.convolution)
   task = classification.classifier_task(model, data.image_shape)
