@@ -17,7 +17,6 @@ import pytest
 import scipy.linalg
 
 from jaxdiff import langevin, parallel, train
-from jaxdiff.tasks import Task
 from jaxdiff.langevin import (
   cyclical_diffusion,
   cyclical_learning_rate,
@@ -25,6 +24,7 @@ from jaxdiff.langevin import (
   psgld,
   sghmc,
 )
+from jaxdiff.tasks import Task
 
 CHAINS = 1000
 
