@@ -70,12 +70,20 @@ def track_params_ema(decay: float) -> optax.GradientTransformation:
     if params is None:
       raise ValueError("track_params_ema needs params: call update(updates, state, params)")
     new_params = optax.apply_updates(params, updates)
-    ema = jax.tree.map(
-      lambda old, new: (decay * old + (1.0 - decay) * new).astype(old.dtype), state.ema, new_params
-    )
-    return updates, ParamsEMAState(ema=ema)
+    return updates, ParamsEMAState(ema=update_average(state.ema, new_params, decay))
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def update_average(average: optax.Params, params: optax.Params, decay: float) -> optax.Params:
+  """One EMA step, ``decay · average + (1 − decay) · params``, in the average's dtypes.
+
+  The update of :func:`track_params_ema` and of the training engine's
+  ``Trainer(ema_decay=...)``.
+  """
+  return jax.tree.map(
+    lambda old, new: (decay * old + (1.0 - decay) * new).astype(old.dtype), average, params
+  )
 
 
 def find_params_ema(opt_state: optax.OptState) -> optax.Params:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform as host
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,6 +53,15 @@ def package_version(package: str) -> str:
     return importlib.metadata.version(package)
   except importlib.metadata.PackageNotFoundError:
     return MISSING
+
+
+def describe_run(started: float, phase_seconds: dict[str, float] | None = None) -> dict[str, Any]:
+  """:func:`describe` plus a finished run's wall time since ``started`` (a
+  ``time.perf_counter()``), its phases' seconds (rounded to tenths), if given, and the date."""
+  run = {"wall_time_s": time.perf_counter() - started}
+  if phase_seconds is not None:
+    run["phase_seconds"] = {phase: round(seconds, 1) for phase, seconds in phase_seconds.items()}
+  return {**describe(), **run, "date": time.strftime("%Y-%m-%d")}
 
 
 def describe(packages: Sequence[str] = ()) -> dict[str, Any]:

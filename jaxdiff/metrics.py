@@ -10,6 +10,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -48,6 +50,12 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, num_bins: 
   correct_sum = np.bincount(bins, weights=correct, minlength=num_bins)
   confidence_sum = np.bincount(bins, weights=confidence, minlength=num_bins)
   return float(np.abs(correct_sum - confidence_sum).sum() / confidence.shape[0])
+
+
+def finite_or_none(value) -> float | None:
+  """``value`` as a float, or None where it is NaN or infinite: JSON holds no NaN."""
+  value = float(value)
+  return value if math.isfinite(value) else None
 
 
 def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from jaxdiff import parallel
 from jaxdiff.checkpoint import Checkpoints, check_no_checkpoints
+from jaxdiff.ema import update_average
 from jaxdiff.policy import ExecutionPolicy
 from jaxdiff.tasks import Batch, Params, Task
 
@@ -340,10 +341,7 @@ class _Programs:
     params = optax.apply_updates(state.params, updates)
     ema = state.ema_params
     if ema is not None:
-      decay = self.trainer.ema_decay
-      ema = jax.tree.map(
-        lambda old, new: (decay * old + (1.0 - decay) * new).astype(old.dtype), ema, params
-      )
+      ema = update_average(ema, params, self.trainer.ema_decay)
     healthy = jnp.isfinite(loss) & (state.diverged_at < 0)
     keep_if_healthy = lambda new, old: jnp.where(healthy, new, old)  # noqa: E731
     diverged_at = jnp.where(

@@ -188,8 +188,8 @@ def _train_optimizer(config, name, settings, trainer, state, predict, data, devi
       [
         {
           "epoch": end.epoch + 1,
-          "train_loss": _finite_or_none(np.nanmean(end.metrics["loss"][:, run])),
-          "train_accuracy": _finite_or_none(np.nanmean(end.metrics["accuracy"][:, run])),
+          "train_loss": metrics.finite_or_none(np.nanmean(end.metrics["loss"][:, run])),
+          "train_accuracy": metrics.finite_or_none(np.nanmean(end.metrics["accuracy"][:, run])),
           **_scores(probs[run], data.y_test),
         }
         for run in range(num_runs)
@@ -212,23 +212,34 @@ def _train_optimizer(config, name, settings, trainer, state, predict, data, devi
   # Per step of one run: programs carrying different numbers of runs (a sweep's grid) compare
   # fairly. The first epoch includes compilation: leave it out when there are others.
   step_time = float(np.median(epoch_seconds[1:] or epoch_seconds)) / num_runs
+  average = extras["posterior"]
+  snapshots = int(average.count) if langevin else 0
+  averaged = posterior.averaged_probs(average) if snapshots else None
   return [
     _record(
-      name, setting, run, state, extras, history, test_probs[run], train_probs[run], data, step_time
+      name,
+      setting,
+      run,
+      state,
+      history,
+      test_probs[run],
+      train_probs[run],
+      None if averaged is None else averaged[run],
+      snapshots,
+      data,
+      step_time,
     )  # fmt: skip
     for run, setting in enumerate(settings)
   ]
 
 
-def _record(name, setting, run, state, extras, history, test_probs, train_probs, data,
-            step_time) -> RunRecord:  # fmt: skip
+def _record(name, setting, run, state, history, test_probs, train_probs, averaged_probs,
+            snapshots, data, step_time) -> RunRecord:  # fmt: skip
   diverged_at = int(state.diverged_at[run])
   losses = np.asarray(history["last_epoch_losses"][run], np.float64)
   posterior_scores = None
-  average = extras["posterior"]
-  if is_langevin(name) and int(average.count) > 0:
-    averaged = posterior.averaged_probs(average)[run]
-    posterior_scores = {**_scores(averaged, data.y_test), "snapshots": int(average.count)}
+  if averaged_probs is not None:
+    posterior_scores = {**_scores(averaged_probs, data.y_test), "snapshots": snapshots}
   finite_losses = losses[np.isfinite(losses)]
   return RunRecord(
     optimizer=name,
@@ -239,7 +250,9 @@ def _record(name, setting, run, state, extras, history, test_probs, train_probs,
     status="diverged" if diverged_at >= 0 else "ok",
     diverged_at_step=diverged_at if diverged_at >= 0 else None,
     epochs=[epoch[run] for epoch in history["epochs"]],
-    last_epoch_loss_std=_finite_or_none(np.std(finite_losses)) if finite_losses.size else None,
+    last_epoch_loss_std=metrics.finite_or_none(np.std(finite_losses))
+    if finite_losses.size
+    else None,
     final={
       **_scores(test_probs, data.y_test),
       "train_accuracy": metrics.accuracy(train_probs, data.y_train),
@@ -252,14 +265,9 @@ def _record(name, setting, run, state, extras, history, test_probs, train_probs,
 def _scores(probs: np.ndarray, labels: np.ndarray) -> Scores:
   return Scores(
     test_accuracy=metrics.accuracy(probs, labels),
-    test_nll=_finite_or_none(metrics.negative_log_likelihood(probs, labels)),
-    test_ece=_finite_or_none(metrics.expected_calibration_error(probs, labels)),
+    test_nll=metrics.finite_or_none(metrics.negative_log_likelihood(probs, labels)),
+    test_ece=metrics.finite_or_none(metrics.expected_calibration_error(probs, labels)),
   )
-
-
-def _finite_or_none(value) -> float | None:
-  value = float(value)
-  return value if math.isfinite(value) else None
 
 
 def main_results(
@@ -300,9 +308,7 @@ def run_experiment(
   records = run_comparison(config, data, out, resume=resume, quiet=quiet, clock=clock)
   train_size = config.train_size or len(data.x_train)
   # The rest of the wall time: the data's device copy, progress, this report's own writing.
-  env = {**environment.describe(), "wall_time_s": time.perf_counter() - started,
-         "phase_seconds": {phase: round(s, 1) for phase, s in clock.seconds.items()},
-         "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+  env = environment.describe_run(started, clock.seconds)
   settings = {
     **dataclasses.asdict(config),
     "train_size": min(train_size, len(data.x_train)),

@@ -248,11 +248,7 @@ def run_experiment(
     "config": dataclasses.asdict(config),
     "data": data.source,
     "data_label": data.label,
-    "environment": {
-      **environment.describe(),
-      "date": time.strftime("%Y-%m-%d"),
-      "wall_time_s": time.perf_counter() - started,
-    },  # fmt: skip
+    "environment": environment.describe_run(started),
     "train": {
       "steps": len(history["loss"]),
       "final_loss": float(np.mean(history["loss"][-100:])) if history["loss"] else None,

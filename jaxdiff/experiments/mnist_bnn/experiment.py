@@ -335,19 +335,14 @@ def _epoch_record(end: train.EpochEnd, run: int, probs: np.ndarray, labels) -> E
   return EpochRecord(
     epoch=end.epoch + 1,
     train_loss=float(finite_losses.mean()) if finite_losses.size else None,
-    error=_finite_or_none(1.0 - metrics.accuracy(probs, labels)),
-    nll=_finite_or_none(metrics.negative_log_likelihood(probs, labels)),
+    error=metrics.finite_or_none(1.0 - metrics.accuracy(probs, labels)),
+    nll=metrics.finite_or_none(metrics.negative_log_likelihood(probs, labels)),
   )
 
 
 def _scores(probs: np.ndarray, labels: np.ndarray) -> Scores:
   scores = metrics.classification_scores(probs, labels)
-  return Scores(**{name: _finite_or_none(value) for name, value in scores.items()})
-
-
-def _finite_or_none(value) -> float | None:
-  value = float(value)
-  return value if math.isfinite(value) else None
+  return Scores(**{name: metrics.finite_or_none(value) for name, value in scores.items()})
 
 
 def run_experiment(
@@ -374,9 +369,7 @@ def run_experiment(
   out.mkdir(parents=True, exist_ok=True)
   records, picked, num_train = run_benchmark(config, data, out, resume=resume, quiet=quiet,
                                              clock=clock)  # fmt: skip
-  env = {**environment.describe(), "wall_time_s": time.perf_counter() - started,
-         "phase_seconds": {phase: round(s, 1) for phase, s in clock.seconds.items()},
-         "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+  env = environment.describe_run(started, clock.seconds)
   seed_runs = [run for run in records if run["phase"] == "seeds"]
   tuning_runs = [run for run in records if run["phase"] == "tuning"]
   result = {
