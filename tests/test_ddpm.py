@@ -507,7 +507,7 @@ def test_bfloat16_compute_keeps_float32_parameters_gradients_and_loss():
     for dtype in ("float32", "bfloat16")
   }
   tasks = {dtype: ddpm.ddpm_task(model, schedule, (8, 8, 1)) for dtype, model in models.items()}
-  params = tasks["float32"].init(jax.random.key(17))
+  params = jax.jit(tasks["float32"].init)(jax.random.key(17))
   # A fresh U-Net's zero output layer predicts zero in any dtype: perturb every leaf.
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(19), len(leaves))
@@ -518,7 +518,7 @@ def test_bfloat16_compute_keeps_float32_parameters_gradients_and_loss():
   batch, key = {"image": jnp.asarray(images)}, jax.random.key(18)
   loss = {}
   for dtype, task in tasks.items():
-    (loss[dtype], _), grads = jax.value_and_grad(task.loss, has_aux=True)(params, batch, key)
+    (loss[dtype], _), grads = jax.jit(jax.value_and_grad(task.loss, has_aux=True))(params, batch, key)
     assert loss[dtype].dtype == jnp.float32
     assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
   # bfloat16 keeps 8 significant bits (relative rounding 2^-9 per operation): the losses differ,
