@@ -87,7 +87,7 @@ def make_predictor(
     images = parallel.shard_batch(images, mesh)
     num_runs = len(jax.tree.leaves(params)[0])
     probs = [
-      np.asarray(compiled(jax.tree.map(lambda leaf, runs=runs: leaf[runs], params), images))
+      parallel.to_host(compiled(jax.tree.map(lambda leaf, runs=runs: leaf[runs], params), images))
       for runs in run_slices(num_runs, policy.runs_per_call)
     ]
     return np.concatenate(probs)[:, :count]

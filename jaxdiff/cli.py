@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, NoReturn
 
 from jaxdiff import config as config_lib
+from jaxdiff.distributed import DistributedError, ProcessGroup
 from jaxdiff.parallel import PLATFORMS
 
 EXIT_USAGE = 2
@@ -29,16 +30,18 @@ class RunOptions(NamedTuple):
     out: the output folder.
     resume: continue from the last checkpoints in ``out``.
     quiet: no progress bars.
+    process_group: how this process joins a run of several, or None for a run of one.
   """
 
   data: str
   out: str
   resume: bool
   quiet: bool
+  process_group: ProcessGroup | None = None
 
 
 def add_run_flags(parser: argparse.ArgumentParser, default_out: str) -> None:
-  """``--platform``, ``--data``, ``--out``, ``--resume`` and ``--quiet``."""
+  """``--platform``, ``--data``, ``--out``, ``--resume``, ``--quiet`` and the process flags."""
   parser.add_argument(
     "--platform", choices=PLATFORMS, default=None, help="JAX backend (default: JAX's choice)"
   )
@@ -52,6 +55,32 @@ def add_run_flags(parser: argparse.ArgumentParser, default_out: str) -> None:
   )
   parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
+  processes = parser.add_argument_group(
+    "many processes", "one run over several hosts: jax.distributed.initialize's arguments"
+  )
+  processes.add_argument("--coordinator-address", metavar="HOST:PORT",
+                         help="process 0's address and a free port for the coordinator")  # fmt: skip
+  processes.add_argument("--num-processes", type=int, help="how many processes take part")
+  processes.add_argument("--process-id", type=int, help="this process's id, 0 to N-1")
+  processes.add_argument(
+    "--distributed", action="store_true",
+    help="let JAX detect the cluster (Cloud TPU, SLURM, Open MPI, GKE) and join it",
+  )  # fmt: skip
+  processes.add_argument("--initialization-timeout", type=int, default=300, metavar="SECONDS",
+                         help="how long to wait for the coordinator and the other processes")  # fmt: skip
+
+
+def process_group(flags: argparse.Namespace) -> ProcessGroup | None:
+  """The :class:`ProcessGroup` the process flags describe, or None without any of them.
+
+  Raises:
+    DistributedError: the flags conflict or are out of range.
+  """
+  explicit = (flags.coordinator_address, flags.num_processes, flags.process_id)
+  if not flags.distributed and all(value is None for value in explicit):
+    return None
+  return ProcessGroup(*explicit, detect=flags.distributed,
+                      initialization_timeout=flags.initialization_timeout)  # fmt: skip
 
 
 def parse(
@@ -74,7 +103,12 @@ def parse(
   except config_lib.ConfigError as error:
     field = next(f for f in dataclasses.fields(config_type) if f.name == error.field)
     parser.error(f"argument {config_lib.flag_name(field)}: {error.message}")
-  return config, RunOptions(flags.data, flags.out, flags.resume, flags.quiet), flags.platform
+  try:
+    group = process_group(flags)
+  except DistributedError as error:
+    parser.error(str(error))
+  options = RunOptions(flags.data, flags.out, flags.resume, flags.quiet, group)
+  return config, options, flags.platform
 
 
 def use_compilation_cache() -> None:
@@ -103,24 +137,30 @@ def main(
   ``run(config, data_source, out_dir, resume=, quiet=)`` is called with the parsed
   configuration and the run flags.
 
+  With the process flags, the process first joins the others (:mod:`jaxdiff.distributed`).
   A user error (bad flag, data, platform, batch split, an output folder holding an earlier
-  run) becomes one line on stderr and exit code 2.
+  run, an unreachable coordinator) becomes one line on stderr and exit code 2.
 
   Returns:
     The exit code.
   """
   from jaxdiff.checkpoint import CheckpointsExistError  # pylint: disable=g-import-not-at-top
   from jaxdiff.data import DataError  # pylint: disable=g-import-not-at-top
+  from jaxdiff.distributed import initialize  # pylint: disable=g-import-not-at-top
   from jaxdiff.parallel import BatchShardingError, PlatformError, select_platform  # pylint: disable=g-import-not-at-top
 
   config, options, platform = parse(
     config_type, argv, description=description, default_out=default_out
   )
   try:
+    if options.process_group is not None:
+      initialize(options.process_group)  # before select_platform starts the backend
     select_platform(platform)
     use_compilation_cache()
     run(config, options.data, options.out, resume=options.resume, quiet=options.quiet)
-  except (DataError, PlatformError, BatchShardingError, CheckpointsExistError) as error:
+  except (
+    DataError, PlatformError, BatchShardingError, CheckpointsExistError, DistributedError
+  ) as error:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
   return 0

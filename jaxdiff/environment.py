@@ -76,7 +76,7 @@ def describe(packages: Sequence[str] = ()) -> dict[str, Any]:
 
   Returns:
     A JSON-serialisable dict: ``platform`` (``cpu``, ``gpu`` or ``tpu``), ``device_kind``,
-    ``device_count``, ``cpu_model``, ``cpu_cores`` (the machine's), ``usable_cores`` (this
+    ``device_count`` (every process's), ``process_count``, ``cpu_model``, ``cpu_cores`` (the machine's), ``usable_cores`` (this
     process's affinity mask, what a job can actually use) and ``versions`` (name to version).
   """
   device = jax.devices()[0]
@@ -85,6 +85,7 @@ def describe(packages: Sequence[str] = ()) -> dict[str, Any]:
     "platform": device.platform,
     "device_kind": device.device_kind,
     "device_count": jax.device_count(),
+    "process_count": jax.process_count(),
     "cpu_model": cpu_model(),
     "cpu_cores": os.cpu_count(),
     "usable_cores": usable_cores(),

@@ -6,6 +6,10 @@ the destination with ``os.replace``. A reader, or a crash, therefore sees the ol
 new one, never half of one, and a write that fails leaves the old file as it was and no
 temporary file behind.
 
+In a run of several processes (:mod:`jaxdiff.distributed`) only process 0 writes: every
+process computes the same content, and one writer keeps timings of another process out of
+reports and spares a shared file system concurrent writes.
+
 Matplotlib is imported lazily, with the Agg backend, by :func:`pyplot`, so importing this
 module does not pull it in.
 
@@ -25,6 +29,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from jaxdiff.distributed import is_main_process
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str) -> None:
   """Writes ``path`` atomically: ``write(handle)`` fills a temporary file that replaces it.
@@ -40,6 +46,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
   Raises:
     Whatever ``write`` raises; the destination is then untouched and the temporary file gone.
   """
+  if not is_main_process():
+    return
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

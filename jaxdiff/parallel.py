@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -68,8 +69,8 @@ def select_platform(platform: str | None) -> None:
 
 
 def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh named ``"data"`` over ``devices`` (all local devices by default)."""
-  devices = list(devices) if devices is not None else jax.local_devices()
+  """A 1-D mesh named ``"data"`` over ``devices`` (by default every process's devices)."""
+  devices = list(devices) if devices is not None else jax.devices()
   return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices)
 
 
@@ -121,6 +122,23 @@ def shard_batch(tree: Any, mesh: Mesh) -> Any:
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Places a whole copy of every leaf on each device of the mesh."""
   return jax.device_put(tree, replicated_sharding(mesh))
+
+
+def to_host(tree: Any) -> Any:
+  """Every leaf as a host numpy array holding its whole (global) value.
+
+  A leaf split over several processes' devices is gathered from all of them
+  (``multihost_utils.process_allgather``), so every process must call this for it, as
+  every process runs the same program in JAX's multi-controller model. Other leaves are
+  copied from a local device.
+  """
+
+  def fetch(leaf):
+    if isinstance(leaf, jax.Array) and not (leaf.is_fully_addressable or leaf.is_fully_replicated):
+      return multihost_utils.process_allgather(leaf, tiled=True)
+    return np.asarray(leaf)
+
+  return jax.tree.map(fetch, tree)
 
 
 def mean_value_and_grad(fun: Callable[..., Any], has_aux: bool = False) -> Callable[..., Any]:

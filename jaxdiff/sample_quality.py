@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdiff import classification, parallel, train
+from jaxdiff import classification, distributed, parallel, train
 from jaxdiff.data import Dataset, default_cache_dir
 from jaxdiff.files import write_npz
 from jaxdiff.metrics import frechet_distance, gaussian_fit
@@ -127,7 +127,8 @@ def train_feature_classifier(
     raise ValueError(f"labels must be below {NUM_CLASSES}, got up to {data.y_train.max()}")
   cache = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "mnist_classifier"
   path = cache / f"{ARCHITECTURE}-{_fingerprint(data, key, epochs, batch_size)}.npz"
-  if path.exists():
+  # Training runs collectives: every process trains, or none (hosts may not share the cache).
+  if distributed.every_process(path.exists()):
     return _load_params(path)
   mesh = mesh if mesh is not None else parallel.make_mesh()
   # A data set smaller than one batch (as in tests) trains on whole-set batches.

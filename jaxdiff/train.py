@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from jaxdiff import parallel
 from jaxdiff.checkpoint import Checkpoints, check_no_checkpoints
+from jaxdiff.distributed import is_main_process
 from jaxdiff.ema import update_average
 from jaxdiff.policy import ExecutionPolicy
 from jaxdiff.tasks import Batch, Params, Task
@@ -521,7 +522,8 @@ def fit(
     run_names: how log lines name each run (default: ``run 0``, ``run 1``, …).
     name: the progress bar's and log lines' label.
     quiet: no progress bar.
-    log: where one-line reports go (a resume, a diverged run).
+    log: where one-line reports go (a resume, a diverged run). In a run of several
+      processes, only process 0 logs and shows a progress bar.
     clock: sums the wall time of the phases ``train`` and ``checkpoint`` (the hook may
       time its own).
 
@@ -544,6 +546,8 @@ def fit(
       f"time_limit_s={time_limit_s}"
     )
   clock = clock or PhaseClock()
+  if not is_main_process():
+    quiet, log = True, lambda line: None
   num_runs = len(state.step)
   run_names = list(run_names) if run_names is not None else [f"run {i}" for i in range(num_runs)]
   steps_per_epoch = trainer.steps_per_epoch(data)
@@ -600,7 +604,8 @@ def fit(
         complete = done % steps_per_epoch == 0
         end = EpochEnd(epoch, complete, state, metrics, seconds, history, extras)
         returned = on_epoch_end(end)
-        extras = extras if returned is None else returned
+        # On the host: checkpointed by every process alike, whatever device the hook used.
+        extras = extras if returned is None else jax.device_get(returned)
       if checkpoints is not None:
         with clock("checkpoint"):
           checkpoints.save(done, state, extras, history)

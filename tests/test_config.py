@@ -118,7 +118,9 @@ def test_a_switch_must_default_to_off():
     config.add_flags(argparse.ArgumentParser(), On)
 
 
-RUN_FLAGS = {"--help", "--platform", "--data", "--out", "--resume", "--quiet"}
+RUN_FLAGS = {"--help", "--platform", "--data", "--out", "--resume", "--quiet",
+             "--coordinator-address", "--num-processes", "--process-id", "--distributed",
+             "--initialization-timeout"}  # fmt: skip
 
 
 @pytest.mark.parametrize(

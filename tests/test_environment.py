@@ -13,6 +13,7 @@ def test_describe_lists_device_host_and_versions():
     "platform",
     "device_kind",
     "device_count",
+    "process_count",
     "cpu_model",
     "cpu_cores",
     "usable_cores",
@@ -20,6 +21,7 @@ def test_describe_lists_device_host_and_versions():
   }
   assert described["platform"] == jax.default_backend() == "cpu"
   assert described["device_count"] == jax.device_count() == 4  # conftest.py's simulated CPUs
+  assert described["process_count"] == 1
   assert isinstance(described["cpu_model"], str) and described["cpu_model"]
   assert 1 <= described["usable_cores"] <= described["cpu_cores"]
   versions = described["versions"]
