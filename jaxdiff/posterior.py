@@ -6,7 +6,8 @@ model average. :class:`PredictiveAverage` keeps the running sum on the device (o
 run of a vmapped group), so no parameter set need be stored; a :class:`SnapshotSchedule` says
 which epochs end with a snapshot, and :func:`averaging_hook` does both on
 :func:`jaxdiff.train.fit`, checkpointed with the run (so a resumed run averages the same
-snapshots as an uninterrupted one).
+snapshots as an uninterrupted one). Optionally, :class:`ParameterSnapshots` also keeps the last
+K snapshots' parameters as orbax checkpoints, for later use (new data, other metrics).
 
 Example:
   >>> average = init_average(num_runs=3, num_examples=len(x_test), num_classes=10)
@@ -19,11 +20,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
 from jaxdiff.train import EpochEnd
 
@@ -94,11 +97,62 @@ def averaged_probs(average: PredictiveAverage) -> np.ndarray:
   return np.asarray(average.probs_sum) / count
 
 
+class ParameterSnapshots:
+  """The parameters of the last ``keep`` snapshots, as orbax checkpoints numbered by the step.
+
+  Saves are asynchronous and atomic, as :class:`jaxdiff.checkpoint.Checkpoints`' are; a step
+  already saved is not written again, so a resumed run, which retrains the epochs after its
+  last checkpoint to the same parameters, keeps the same snapshots. Every leaf keeps its
+  leading run axis.
+
+  Args:
+    directory: where the snapshots go.
+    keep: how many of the latest snapshots to keep (older ones are deleted).
+
+  Example:
+    >>> snapshots = ParameterSnapshots("out/snapshots", keep=5)
+    >>> hook = averaging_hook(predict, x_test, SnapshotSchedule(burn_in=5), snapshots=snapshots)
+    >>> result = fit(trainer, state, data, epochs=10, extras=extras, on_epoch_end=hook)
+    >>> snapshots.close()
+    >>> params = snapshots.restore(snapshots.steps()[-1], like=result.state.params)
+  """
+
+  def __init__(self, directory: str | Path, keep: int):
+    if keep < 1:
+      raise ValueError(f"keep must be at least 1 snapshot, got {keep}")
+    self._manager = ocp.CheckpointManager(
+      Path(directory).resolve(),
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=True, create=True
+      ),
+    )
+
+  def save(self, step: int, params: Any) -> None:
+    """Keeps ``params`` as the snapshot of ``step`` (returns before the files are written)."""
+    if step not in self._manager.all_steps():
+      self._manager.save(step, args=ocp.args.StandardSave(params))
+
+  def steps(self) -> list[int]:
+    """The steps of the kept snapshots, oldest first."""
+    return sorted(self._manager.all_steps())
+
+  def restore(self, step: int, like: Any) -> Any:
+    """The snapshot of ``step``, in the shapes, dtypes and shardings of ``like``."""
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    return self._manager.restore(step, args=ocp.args.StandardRestore(target))
+
+  def close(self) -> None:
+    """Waits for the last save to be written, then releases orbax's threads; :meth:`steps` and
+    :meth:`restore` still work."""
+    self._manager.close()
+
+
 def averaging_hook(
   predict: Callable[[Any, Any], Any],
   images: Any,
   schedule: SnapshotSchedule,
   name: str = "posterior",
+  snapshots: ParameterSnapshots | None = None,
 ) -> Callable[[EpochEnd], dict[str, Any]]:
   """A :func:`jaxdiff.train.fit` hook that adds a snapshot at the schedule's epochs.
 
@@ -108,6 +162,7 @@ def averaging_hook(
     images: the evaluation inputs.
     schedule: when to take snapshots; only complete epochs count.
     name: the key of the :class:`PredictiveAverage` in the fit's extras (a dict).
+    snapshots: also keep the snapshots' parameters there (None: only the average).
 
   Returns:
     The hook: it returns the extras with ``extras[name]`` updated.
@@ -117,6 +172,8 @@ def averaging_hook(
     extras = dict(end.extras)
     if end.complete and schedule.takes(end.epoch):
       extras[name] = add_snapshot(extras[name], jnp.asarray(predict(end.state.params, images)))
+      if snapshots is not None:
+        snapshots.save(int(end.state.step[0]), end.state.params)
     return extras
 
   return hook

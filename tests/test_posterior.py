@@ -113,3 +113,30 @@ def test_the_hook_leaves_incomplete_epochs_alone(setup):
   result = train.fit(trainer, _state(trainer), data, steps=6, extras=extras, on_epoch_end=hook,
                      quiet=True)  # fmt: skip
   assert int(result.extras["posterior"].count) == 1  # epoch 0; the 2 steps of epoch 1 are not
+
+
+def test_the_last_k_snapshots_parameters_are_kept(tmp_path, setup):
+  trainer, data, predict, evaluation = setup
+  snapshots = posterior.ParameterSnapshots(tmp_path / "snapshots", keep=2)
+  hook = posterior.averaging_hook(predict, evaluation, posterior.SnapshotSchedule(burn_in=1),
+                                  snapshots=snapshots)  # fmt: skip
+  params_at = {}
+
+  def record_and_snapshot(end):
+    params_at[int(end.state.step[0])] = jax.device_get(end.state.params)
+    return hook(end)
+
+  extras = {"posterior": posterior.init_average(NUM_RUNS, len(evaluation), 3)}
+  result = train.fit(trainer, _state(trainer), data, epochs=5, extras=extras,
+                     on_epoch_end=record_and_snapshot, quiet=True)  # fmt: skip
+  snapshots.save(20, result.state.params)  # already kept: not written again
+  snapshots.close()
+  # 64 images in batches of 16: 4 steps an epoch; snapshots after epochs 1-4 (steps 8-20).
+  assert int(result.extras["posterior"].count) == 4
+  assert snapshots.steps() == [16, 20]
+  for step in (16, 20):
+    restored = snapshots.restore(step, like=result.state.params)
+    for kept, recorded in zip(jax.tree.leaves(restored), jax.tree.leaves(params_at[step])):
+      np.testing.assert_array_equal(np.asarray(kept), recorded)
+  with pytest.raises(ValueError, match="at least 1"):
+    posterior.ParameterSnapshots(tmp_path / "none", keep=0)
