@@ -445,7 +445,8 @@ def psgld(
     ("eps", eps),
   ]:
     _check_hyperparameter(name, value)
-  if adapt_steps is not None and adapt_steps < 1:
+  # Under inject_hyperparams (as jaxdiff's Trainer wraps it) adapt_steps may be a tracer.
+  if not (adapt_steps is None or isinstance(adapt_steps, jax.core.Tracer) or adapt_steps >= 1):
     raise ValueError(f"adapt_steps must be positive or None, got {adapt_steps!r}")
   noiseless = _is_static_zero(diffusion)
 

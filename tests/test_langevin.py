@@ -402,6 +402,23 @@ def test_inject_hyperparams_vmap_init_over_learning_rates_and_diffusions():
     _assert_normal_moments(row, 2 * float(d) * float(lr))
 
 
+def test_psgld_under_inject_hyperparams_inits_and_updates_under_jit():
+  # The engine's wrapping: every numeric argument, adapt_steps among them, becomes a traced
+  # hyperparameter inside the jitted, vmapped init.
+  factory = optax.inject_hyperparams(psgld)
+  params = jnp.zeros(8)
+  states = jax.jit(jax.vmap(lambda lr: factory(learning_rate=lr, diffusion=1e-3,
+                                               key=jax.random.key(0)).init(params)))(
+    jnp.array([0.1, 0.01])
+  )  # fmt: skip
+  assert states.hyperparams["adapt_steps"].tolist() == [1000, 1000]
+  opt = factory(learning_rate=0.0, diffusion=0.0, key=jax.random.key(0))
+  updates, _ = jax.jit(jax.vmap(opt.update, in_axes=(None, 0, None)))(jnp.ones(8), states, params)
+  assert updates.shape == (2, 8) and bool(jnp.all(jnp.isfinite(updates)))
+  with pytest.raises(ValueError, match="adapt_steps"):
+    psgld(0.1, 1e-3, jax.random.key(0), adapt_steps=0)
+
+
 # --------------------------------------------------------------------------- adam, psgld
 
 
