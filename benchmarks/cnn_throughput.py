@@ -12,7 +12,9 @@ default) on random uint8 CIFAR-shaped data already in memory, for:
 Each framework first runs one untimed epoch (for JAX that is compile plus the
 first epoch, reported separately), then ``--repeats`` timed epochs of ``--steps``
 steps, taken in turns with the other's (``common.alternate``), each with its
-framework's default thread count; the reported rate is the median.
+framework's default thread count; the reported rate is the median. A busy machine (other
+processes' CPU time, ``common.MachineWatch``) or unsteady epochs print a WARNING line and mark
+the ratio as not trusted.
 
   python benchmarks/cnn_throughput.py --batch-size 100 --steps 200 --repeats 3
   python benchmarks/cnn_throughput.py --skip-torch --convolution lax
@@ -40,6 +42,7 @@ def main():
   twins = None if flags.skip_torch else common.import_twins()
 
   print(common.header(twins.PACKAGES if twins else ()), flush=True)
+  watch = common.MachineWatch()
   trainer, state, arrays = common.cnn_engine(1, flags.batch_size, flags.steps,
                                              convolution=flags.convolution,
                                              scan_unroll=flags.scan_unroll)  # fmt: skip
@@ -54,10 +57,11 @@ def main():
     epochs["pytorch"] = twins.cnn_epochs(
       arrays["image"], arrays["label"], flags.batch_size, flags.steps, twins.torch_device()
     )
-  rates = common.report_rates(
+  rates, steady = common.report_rates(
     common.alternate(epochs, flags.repeats), flags.batch_size, flags.steps
   )
-  common.print_ratio(rates, why_not=common.skipped_torch(flags, twins))
+  quiet = watch.report()
+  common.print_ratio(rates, why_not=common.skipped_torch(flags, twins), trusted=quiet and steady)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import collections
 import datetime
 import gzip
 import json
+import os
 import pathlib
 import statistics
 import tempfile
@@ -49,6 +50,82 @@ def header(packages=()) -> str:
     f"{described['usable_cores']} cores; {versions}; "
     f"{datetime.datetime.now().isoformat(timespec='seconds')}"
   )
+
+
+# ----------------------------------------------------------------------------- a quiet machine?
+
+# Other processes' CPU use, in cores averaged over the run, above which a timing is marked:
+# a busy 2-thread process beside the PyTorch twin made its epochs 7-40x slower.
+BUSY_CORES = 0.25
+# Max/min of one framework's timed epochs above which they are marked as unsteady: this
+# machine's quiet epochs drift by 15-30 % (RESULTS.md), a busy machine's by several times.
+SPREAD_LIMIT = 1.5
+
+
+def _cpu_seconds_by_process() -> dict[int, float]:
+  """Every process's user+system CPU seconds so far, from /proc (empty where there is none)."""
+  ticks = os.sysconf("SC_CLK_TCK")
+  seconds = {}
+  for entry in pathlib.Path("/proc").iterdir():
+    if not entry.name.isdigit():
+      continue
+    try:
+      # Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+      fields = (entry / "stat").read_text().rpartition(")")[2].split()
+      parent = int(fields[1])
+      seconds[int(entry.name)] = (parent, (int(fields[11]) + int(fields[12])) / ticks)
+    except (OSError, ValueError, IndexError):
+      continue  # the process ended while being read
+  return seconds
+
+
+def _family(processes: dict, root: int) -> set[int]:
+  """``root`` and its descendants among ``processes`` (pid -> (parent, seconds))."""
+  family, grew = {root}, True
+  while grew:
+    children = {pid for pid, (parent, _) in processes.items() if parent in family} - family
+    family |= children
+    grew = bool(children)
+  return family
+
+
+class MachineWatch:
+  """Whether the machine stayed quiet while a benchmark ran: other processes' CPU time and the
+  load average, from the watch's creation to :meth:`report`.
+
+  Other processes are every process except this one and its children (a benchmark's workers);
+  a process that started during the run counts with all its CPU time, one that ended during it
+  is missed (an undercount, never a false alarm).
+  """
+
+  def __init__(self):
+    self._started = time.perf_counter()
+    self._load = os.getloadavg()[0]
+    self._before = _cpu_seconds_by_process()
+
+  def other_cores(self) -> float:
+    """Other processes' CPU seconds per wall second since the watch started."""
+    after = _cpu_seconds_by_process()
+    ours = _family(after, os.getpid())
+    used = sum(
+      seconds - self._before.get(pid, (None, 0.0))[1]
+      for pid, (_, seconds) in after.items()
+      if pid not in ours
+    )
+    return max(0.0, used) / max(time.perf_counter() - self._started, 1e-9)
+
+  def report(self) -> bool:
+    """Prints one line on the machine's load over the run (a WARNING if busy); True if quiet."""
+    cores, load = self.other_cores(), os.getloadavg()[0]
+    text = (f"other processes used {cores:.2f} cores on average; load average "
+            f"{self._load:.2f} at start, {load:.2f} at end")  # fmt: skip
+    quiet = cores <= BUSY_CORES
+    if quiet:
+      print(f"machine: quiet ({text})", flush=True)
+    else:
+      print(f"WARNING: the machine was busy ({text}, above {BUSY_CORES}): the figures of this "
+            "run are not comparable with a quiet machine's", flush=True)  # fmt: skip
+    return quiet
 
 
 def import_twins():
@@ -234,23 +311,33 @@ FIRST_LABELS = {"jaxdiff": "compile+first epoch", "pytorch": "warm-up epoch"}
 
 
 def report_rates(timed, batch_size, steps, suffix="", decimals=0):
-  """Prints each framework's images/s over its median timed epoch (``alternate``'s result);
-  returns ``{name: rate}``. The untimed first epoch is reported apart."""
-  rates = {}
+  """Prints each framework's images/s over its median timed epoch (``alternate``'s result) and
+  its epochs' spread (max/min), with a WARNING line above :data:`SPREAD_LIMIT`; returns
+  ``{name: rate}`` and whether every framework's epochs were steady. The untimed first epoch is
+  reported apart."""
+  rates, steady = {}, True
   for name, (first, timings) in timed.items():
     rates[name] = steps * batch_size / statistics.median(timings)
+    spread = max(timings) / min(timings)
     print(
       f"{name}{suffix}: {rates[name]:.{decimals}f} images/s (median of {len(timings)} epochs "
-      f"of {steps} steps; {FIRST_LABELS[name]} {first:.1f} s)",
+      f"of {steps} steps, max/min {spread:.2f}; {FIRST_LABELS[name]} {first:.1f} s)",
       flush=True,
     )
-  return rates
+    if spread > SPREAD_LIMIT:
+      steady = False
+      print(f"WARNING: {name}{suffix}'s epochs spread {spread:.2f}x (max/min), above "
+            f"{SPREAD_LIMIT}: its rate is not a steady figure", flush=True)  # fmt: skip
+  return rates, steady
 
 
-def print_ratio(rates, suffix="", why_not=""):
-  """The ``ratio jaxdiff/pytorch`` line, kept last either way so that tools always find it."""
+def print_ratio(rates, suffix="", why_not="", trusted=True):
+  """The ``ratio jaxdiff/pytorch`` line, kept last either way so that tools always find it;
+  marked ``(NOT TRUSTED: ...)`` unless ``trusted`` (a quiet machine, steady epochs)."""
   if "pytorch" in rates:
-    print(f"ratio jaxdiff/pytorch{suffix}: {rates['jaxdiff'] / rates['pytorch']:.2f}", flush=True)
+    mark = "" if trusted else " (NOT TRUSTED: busy machine or unsteady epochs, see above)"
+    ratio = rates["jaxdiff"] / rates["pytorch"]
+    print(f"ratio jaxdiff/pytorch{suffix}: {ratio:.2f}{mark}", flush=True)
   else:
     print(f"pytorch{suffix}: skipped ({why_not})")
     print(f"ratio jaxdiff/pytorch{suffix}: n/a", flush=True)

@@ -20,7 +20,8 @@ Before timing, the twin is checked at the tiny size to be the same function
 Each framework first runs one untimed epoch (for JAX that is compile plus the
 first epoch, reported separately), then ``--repeats`` timed epochs of ``--steps``
 steps, taken in turns with the other's (``common.alternate``), each with its
-framework's default thread count; the reported rate is the median.
+framework's default thread count; the reported rate is the median. A busy machine or unsteady
+epochs print a WARNING line and mark the ratio as not trusted (``common.MachineWatch``).
 
   python benchmarks/ddpm_throughput.py --sizes tiny,small --steps 50 --repeats 3
   python benchmarks/ddpm_throughput.py --image-shape 32,32,3 --size base --batch-size 64
@@ -61,6 +62,7 @@ def main():
   )
   device = twins.torch_device() if twins else None
   for size in flags.sizes:
+    watch = common.MachineWatch()
     size_config = dataclasses.replace(config, model_size=size)
     trainer, state = common.ddpm_engine(size_config, images)
     initial = common.first_run_params(state)
@@ -68,8 +70,10 @@ def main():
     if twins is not None:
       epochs["pytorch"] = twins.ddpm_epochs(images, size_config, flags.steps, initial, device)
     timed = common.alternate(epochs, flags.repeats)
-    rates = common.report_rates(timed, flags.batch_size, flags.steps, f" ({size})", decimals=1)
-    common.print_ratio(rates, f" ({size})", common.skipped_torch(flags, twins))
+    rates, steady = common.report_rates(timed, flags.batch_size, flags.steps, f" ({size})",
+                                        decimals=1)  # fmt: skip
+    quiet = watch.report()
+    common.print_ratio(rates, f" ({size})", common.skipped_torch(flags, twins), quiet and steady)
 
 
 if __name__ == "__main__":
