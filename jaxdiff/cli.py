@@ -159,7 +159,11 @@ def main(
     use_compilation_cache()
     run(config, options.data, options.out, resume=options.resume, quiet=options.quiet)
   except (
-    DataError, PlatformError, BatchShardingError, CheckpointsExistError, DistributedError
+    DataError,
+    PlatformError,
+    BatchShardingError,
+    CheckpointsExistError,
+    DistributedError,
   ) as error:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE

@@ -39,9 +39,6 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-#: The CPU collectives JAX uses across processes when none was chosen.
-CPU_COLLECTIVES = "gloo"
-
 
 class DistributedError(RuntimeError):
   """Joining the processes failed: bad settings or an unreachable coordinator."""
@@ -109,16 +106,14 @@ def host_port(address: str) -> tuple[str, int]:
 def initialize(group: ProcessGroup) -> None:
   """Joins this process to the others: call before anything starts a JAX backend.
 
-  CPU collectives across processes are set to gloo unless another implementation was chosen
-  (without one, CPU devices of different processes cannot reduce together).
+  CPU devices of different processes reduce over JAX's ``jax_cpu_collectives_implementation``
+  (gloo by default).
 
   Raises:
     DistributedError: process 0 cannot serve the coordinator's port, or another process
       cannot reach it within ``group.initialization_timeout`` seconds.
     RuntimeError: JAX had already started (``jax.distributed.initialize``'s own error).
   """
-  if jax.config.jax_cpu_collectives_implementation in (None, "none"):
-    jax.config.update("jax_cpu_collectives_implementation", CPU_COLLECTIVES)
   if group.detect:
     jax.distributed.initialize(initialization_timeout=group.initialization_timeout)
     return
