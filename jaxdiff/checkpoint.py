@@ -33,6 +33,22 @@ def check_no_checkpoints(directory: str | Path) -> None:
     )
 
 
+def async_manager(directory: str | Path, max_to_keep: int) -> ocp.CheckpointManager:
+  """An orbax manager of numbered checkpoints in ``directory``: asynchronous saves, the latest
+  ``max_to_keep`` kept, the folder created if missing."""
+  return ocp.CheckpointManager(
+    Path(directory).resolve(),
+    options=ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, enable_async_checkpointing=True, create=True
+    ),
+  )
+
+
+def restore_target(tree: Any) -> Any:
+  """What orbax restores into: the shapes, dtypes and shardings of ``tree``'s arrays."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
 class Checkpoints:
   """Numbered orbax checkpoints of a state, extra arrays and a JSON history.
 
@@ -45,12 +61,7 @@ class Checkpoints:
   """
 
   def __init__(self, directory: str | Path, max_to_keep: int = 2):
-    self._manager = ocp.CheckpointManager(
-      Path(directory).resolve(),
-      options=ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, enable_async_checkpointing=True, create=True
-      ),
-    )
+    self._manager = async_manager(directory, max_to_keep)
 
   def latest_step(self) -> int | None:
     """The number of the latest checkpoint (the training step it was taken at), or None."""
@@ -74,7 +85,7 @@ class Checkpoints:
 
   def restore(self, step: int, state: Any, extras: Any) -> tuple[Any, Any, dict]:
     """Restores ``step`` into the shapes, dtypes and shardings of ``state`` and ``extras``."""
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"state": state, "extras": extras})
+    target = restore_target({"state": state, "extras": extras})
     restored = self._manager.restore(
       step,
       args=ocp.args.Composite(

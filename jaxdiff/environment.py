@@ -76,8 +76,9 @@ def describe(packages: Sequence[str] = ()) -> dict[str, Any]:
 
   Returns:
     A JSON-serialisable dict: ``platform`` (``cpu``, ``gpu`` or ``tpu``), ``device_kind``,
-    ``device_count`` (every process's), ``process_count``, ``cpu_model``, ``cpu_cores`` (the machine's), ``usable_cores`` (this
-    process's affinity mask, what a job can actually use) and ``versions`` (name to version).
+    ``device_count`` (every process's), ``process_count``, ``cpu_model``, ``cpu_cores`` (the
+    machine's), ``usable_cores`` (this process's affinity mask, what a job can actually use)
+    and ``versions`` (name to version).
   """
   device = jax.devices()[0]
   names = dict.fromkeys((*LIBRARY_PACKAGES, *packages))

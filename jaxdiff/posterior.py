@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxdiff.checkpoint import async_manager, restore_target
 from jaxdiff.train import EpochEnd
 
 
@@ -120,12 +121,7 @@ class ParameterSnapshots:
   def __init__(self, directory: str | Path, keep: int):
     if keep < 1:
       raise ValueError(f"keep must be at least 1 snapshot, got {keep}")
-    self._manager = ocp.CheckpointManager(
-      Path(directory).resolve(),
-      options=ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=True, create=True
-      ),
-    )
+    self._manager = async_manager(directory, keep)
 
   def save(self, step: int, params: Any) -> None:
     """Keeps ``params`` as the snapshot of ``step`` (returns before the files are written)."""
@@ -138,8 +134,7 @@ class ParameterSnapshots:
 
   def restore(self, step: int, like: Any) -> Any:
     """The snapshot of ``step``, in the shapes, dtypes and shardings of ``like``."""
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    return self._manager.restore(step, args=ocp.args.StandardRestore(target))
+    return self._manager.restore(step, args=ocp.args.StandardRestore(restore_target(like)))
 
   def close(self) -> None:
     """Waits for the last save to be written, then releases orbax's threads; :meth:`steps` and
