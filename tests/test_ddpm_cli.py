@@ -6,11 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from behaviour_data import mnist_like, save_mnist_npz
+from behaviour_data import checkpoint_leaves, mnist_like, save_mnist_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / "experiments" / "ddpm_mnist.py"
@@ -37,17 +35,6 @@ def cache_env(tmp_path_factory):
 def _cli(env, *args):
   return subprocess.run([sys.executable, str(CLI), *map(str, args)], capture_output=True,
                         text=True, timeout=900, cwd=ROOT, env=env, check=False)  # fmt: skip
-
-
-def _host(leaf) -> np.ndarray:
-  if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-    leaf = jax.random.key_data(leaf)
-  return np.asarray(leaf)
-
-
-def _checkpoint_arrays(out: Path, step: int):
-  tree = ocp.PyTreeCheckpointer().restore(out / "checkpoints" / str(step) / "arrays")
-  return [_host(leaf) for leaf in jax.tree.leaves(tree)]
 
 
 def test_outputs_and_resume(tmp_path, tiny_mnist, cache_env):
@@ -82,8 +69,8 @@ def test_outputs_and_resume(tmp_path, tiny_mnist, cache_env):
   assert "## Samplers" in markdown and "| DDIM, 25 steps | 25 |" in markdown
   assert "T = 50;" in markdown
 
-  for resumed_leaf, straight_leaf in zip(_checkpoint_arrays(resumed, 12),
-                                         _checkpoint_arrays(straight, 12)):  # fmt: skip
+  for resumed_leaf, straight_leaf in zip(checkpoint_leaves(resumed / "checkpoints" / "12"),
+                                         checkpoint_leaves(straight / "checkpoints" / "12")):  # fmt: skip
     np.testing.assert_array_equal(resumed_leaf, straight_leaf)
   straight_report = json.loads((straight / "report.json").read_text())
   assert report["test_bits_per_dim"] == straight_report["test_bits_per_dim"]

@@ -12,10 +12,9 @@ import signal
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+from behaviour_data import checkpoint_leaves, save_tiny_cifar_npz
 from multiprocess import ROOT, free_port, run, started, wait_all
 from PIL import Image
 
@@ -40,12 +39,8 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_cifar(tmp_path_factory):
-  rng = np.random.default_rng(0)
   path = tmp_path_factory.mktemp("data") / "tiny_cifar.npz"
-  np.savez(path, x_train=rng.integers(0, 256, (240, 32, 32, 3), dtype=np.uint8),
-           y_train=np.arange(240) % 10,
-           x_test=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
-           y_test=np.arange(40) % 10)  # fmt: skip
+  save_tiny_cifar_npz(path)
   return path
 
 
@@ -69,15 +64,6 @@ def cifar_runs(tmp_path_factory, tiny_cifar, cache):
 
 def _report(out: Path) -> dict:
   return json.loads((out / "report.json").read_text())
-
-
-def _leaves(directory: Path) -> list[np.ndarray]:
-  """A checkpoint's arrays, restored as numpy: its devices need not exist in this process."""
-  checkpointer = ocp.PyTreeCheckpointer()
-  metadata = checkpointer.metadata(directory / "arrays").item_metadata.tree
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
-  restored = checkpointer.restore(directory / "arrays", restore_args=as_numpy)
-  return [np.asarray(leaf) for leaf in jax.tree.leaves(restored)]
 
 
 def _assert_close(one, two):
@@ -104,8 +90,8 @@ def test_two_processes_train_what_one_process_trains(cifar_runs):
   averages = [[run["posterior_average"][name] for run in report["runs"]]
               for report in (one, two) for name in ("test_nll", "snapshots")]  # fmt: skip
   np.testing.assert_allclose(averages[2:], averages[:2], rtol=RTOL)
-  _assert_close(_leaves(cifar_runs[1] / "checkpoints" / "langevin" / "30"),
-                _leaves(cifar_runs[2] / "checkpoints" / "langevin" / "30"))  # fmt: skip
+  _assert_close(checkpoint_leaves(cifar_runs[1] / "checkpoints" / "langevin" / "30"),
+                checkpoint_leaves(cifar_runs[2] / "checkpoints" / "langevin" / "30"))  # fmt: skip
 
 
 def test_a_killed_process_stops_the_others_and_resume_completes(tmp_path, tiny_cifar, cache,
@@ -128,8 +114,8 @@ def test_a_killed_process_stops_the_others_and_resume_completes(tmp_path, tiny_c
 
   _run_ok(CIFAR, [*args, "--resume"], processes=2, devices=2, cache=cache)
   # The same processes and devices as the uninterrupted run: the same reductions, bit for bit.
-  resumed = _leaves(out / "checkpoints" / "langevin" / "30")
-  straight = _leaves(cifar_runs[2] / "checkpoints" / "langevin" / "30")
+  resumed = checkpoint_leaves(out / "checkpoints" / "langevin" / "30")
+  straight = checkpoint_leaves(cifar_runs[2] / "checkpoints" / "langevin" / "30")
   for a, b in zip(resumed, straight, strict=True):
     np.testing.assert_array_equal(a, b)
   assert [run["final"] for run in _report(out)["runs"]] == [
@@ -151,7 +137,7 @@ def test_ddpm_in_two_processes_matches_one(tmp_path, cache):
     _run_ok(DDPM, ["--data", data, "--out", out, *DDPM_RUN], processes=processes,
             devices=4 // processes, cache=cache)  # fmt: skip
     reports[processes] = _report(out)
-    leaves[processes] = _leaves(out / "checkpoints" / "12")
+    leaves[processes] = checkpoint_leaves(out / "checkpoints" / "12")
   _assert_close(leaves[1], leaves[2])
   one, two = reports[1], reports[2]
   np.testing.assert_allclose(two["train"]["final_loss"], one["train"]["final_loss"], rtol=RTOL)
