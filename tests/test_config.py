@@ -80,6 +80,18 @@ def test_the_same_checks_run_in_python():
     ComparisonConfig(optimizers=("sgd", "rmsprop"))
   with pytest.raises(config.ConfigError, match="bpd_timesteps: must be at most T - 1 = 99"):
     DDPMConfig(num_timesteps=100, bpd_timesteps=100)
+  with pytest.raises(config.ConfigError, match="base_channels: must be a multiple of the 4"):
+    DDPMConfig(model_size="tiny", base_channels=6)
+
+
+def test_ddpm_width_and_depth_override_the_size():
+  model = DDPMConfig(model_size="small", base_channels=16, num_res_blocks=1).make_model()
+  assert (model.base_channels, model.num_res_blocks, model.channel_multipliers) == (
+    16,
+    1,
+    (1, 2, 2),
+  )
+  assert DDPMConfig(model_size="tiny").make_model().base_channels == 8
 
 
 @pytest.mark.parametrize(

@@ -203,6 +203,103 @@ def test_noise_prediction_loss_reproduced_by_hand():
   np.testing.assert_allclose(zero_loss, np.mean(noise**2), rtol=RTOL)
 
 
+def _x_t_and_draws(schedule, x0, key):
+  """The loss's documented draws (key → (t_key, noise_key)) and the x_t they make."""
+  t_key, noise_key = jax.random.split(key)
+  t = jax.random.randint(t_key, (x0.shape[0],), 0, schedule.num_steps, dtype=jnp.int32)
+  noise = jax.random.normal(noise_key, x0.shape)
+  return ddpm.q_sample(schedule, x0, t, noise), t, noise
+
+
+def test_prediction_targets_by_hand_and_their_conversion_to_eps():
+  x0 = jax.random.uniform(jax.random.key(30), (10, 3, 3, 1), minval=-1, maxval=1)
+  x_t, t, noise = _x_t_and_draws(SCHEDULE, x0, jax.random.key(31))
+  s = _f64(SCHEDULE)
+  sqrt_ab = np.sqrt(s["alpha_bars"][np.asarray(t)]).reshape(-1, 1, 1, 1)
+  sqrt_1m = np.sqrt(1 - s["alpha_bars"][np.asarray(t)]).reshape(-1, 1, 1, 1)
+  want_v = sqrt_ab * np.asarray(noise) - sqrt_1m * np.asarray(x0)
+  np.testing.assert_allclose(
+    ddpm.prediction_target(SCHEDULE, x0, t, noise, "v"), want_v, rtol=RTOL, atol=1e-6
+  )
+  assert ddpm.prediction_target(SCHEDULE, x0, t, noise, "x0") is x0
+  assert ddpm.prediction_target(SCHEDULE, x0, t, noise, "eps") is noise
+  # The exact target of each parametrisation implies the true noise and the true x_0. The x0
+  # case divides by √(1 − ᾱ_0) = 0.01, which scales float32 rounding (1e-7) up to 1e-5.
+  for prediction in ddpm.PREDICTIONS:
+    target = ddpm.prediction_target(SCHEDULE, x0, t, noise, prediction)
+    eps = ddpm.eps_from_prediction(SCHEDULE, x_t, t, target, prediction)
+    np.testing.assert_allclose(eps, noise, rtol=1e-4, atol=1e-4, err_msg=prediction)
+    x0_back = ddpm.predict_x0_from_eps(SCHEDULE, x_t, t, eps)
+    np.testing.assert_allclose(x0_back, x0, rtol=1e-4, atol=1e-4, err_msg=prediction)
+    denoise_fn = ddpm.denoiser(lambda x, t, target=target: target, SCHEDULE, prediction)
+    np.testing.assert_array_equal(denoise_fn(x_t, t), eps)
+
+
+def test_min_snr_weights_by_hand():
+  t = jnp.array([0, 3, 6, 9], jnp.int32)
+  s = _f64(SCHEDULE)
+  snr = s["alpha_bars"][np.asarray(t)] / (1 - s["alpha_bars"][np.asarray(t)])
+  np.testing.assert_allclose(ddpm.signal_to_noise(SCHEDULE, t), snr, rtol=RTOL)
+  gamma = 30.0
+  assert snr.min() < gamma < snr.max()  # both sides of the clip are checked
+  clipped = np.minimum(snr, gamma)
+  want = {"eps": clipped / snr, "v": clipped / (snr + 1), "x0": clipped}
+  for prediction, weights in want.items():
+    got = ddpm.loss_weight(SCHEDULE, t, prediction, "min_snr", gamma)
+    np.testing.assert_allclose(got, weights, rtol=RTOL, err_msg=prediction)
+    np.testing.assert_array_equal(ddpm.loss_weight(SCHEDULE, t, prediction), np.ones(4))
+  with pytest.raises(ValueError, match="loss weighting 'snr'"):
+    ddpm.loss_weight(SCHEDULE, t, "eps", "snr")
+  with pytest.raises(ValueError, match="min_snr_gamma must be positive"):
+    ddpm.loss_weight(SCHEDULE, t, "eps", "min_snr", 0.0)
+
+
+def test_min_snr_loss_is_the_same_in_every_parametrisation():
+  # One x_0 estimate written as an ε, v or x_0 prediction: min-SNR weights the x_0 error by
+  # min(SNR, γ) in all three, so the three losses agree (same key, same draws).
+  x0 = jax.random.uniform(jax.random.key(32), (8, 3, 3, 1), minval=-1, maxval=1)
+  key = jax.random.key(33)
+
+  def x0_estimate(x, t):
+    return jnp.tanh(0.8 * x) - 0.02 * t.reshape(-1, 1, 1, 1)
+
+  def as_prediction(prediction):
+    def model_fn(x, t):
+      eps = ddpm.eps_from_prediction(SCHEDULE, x, t, x0_estimate(x, t), "x0")
+      return {"eps": eps, "x0": x0_estimate(x, t)}.get(
+        prediction, ddpm.prediction_target(SCHEDULE, x0_estimate(x, t), t, eps, "v")
+      )
+
+    return model_fn
+
+  losses = {
+    prediction: ddpm.diffusion_loss(
+      as_prediction(prediction), SCHEDULE, x0, key, prediction, "min_snr", 30.0
+    )
+    for prediction in ddpm.PREDICTIONS
+  }
+  np.testing.assert_allclose(losses["eps"], losses["x0"], rtol=1e-4)
+  np.testing.assert_allclose(losses["v"], losses["x0"], rtol=1e-4)
+  # And the x0 loss by hand.
+  x_t, t, _ = _x_t_and_draws(SCHEDULE, x0, key)
+  weights = np.minimum(np.asarray(ddpm.signal_to_noise(SCHEDULE, t)), 30.0).reshape(-1, 1, 1, 1)
+  want = np.mean(weights * (np.asarray(x0_estimate(x_t, t)) - np.asarray(x0)) ** 2)
+  np.testing.assert_allclose(losses["x0"], want, rtol=1e-5)
+
+
+def test_diffusion_loss_defaults_are_noise_prediction_loss_bitwise():
+  x0 = jax.random.uniform(jax.random.key(34), (6, 3, 3, 2), minval=-1, maxval=1)
+
+  def model_fn(x, t):
+    return 0.5 * x + 0.01 * t.reshape(-1, 1, 1, 1)
+
+  got = ddpm.diffusion_loss(model_fn, SCHEDULE, x0, jax.random.key(35))
+  np.testing.assert_array_equal(got, ddpm.noise_prediction_loss(model_fn, SCHEDULE, x0,
+                                                                jax.random.key(35)))  # fmt: skip
+  with pytest.raises(ValueError, match="prediction target 'score'"):
+    ddpm.diffusion_loss(model_fn, SCHEDULE, x0, jax.random.key(35), prediction="score")
+
+
 # ----------------------------------------------------------------------------- samplers
 
 
@@ -478,19 +575,23 @@ class _TinyEps(nn.Module):
     return nn.Dense(x.shape[-1])(x) + nn.Embed(8, x.shape[-1])(t)[:, None, None, :]
 
 
-def test_ddpm_task_loss_is_l_simple_on_scaled_images():
+@pytest.mark.parametrize("prediction, weighting", [("eps", "uniform"), ("v", "min_snr")])
+def test_ddpm_task_loss_is_the_diffusion_loss_on_scaled_images(prediction, weighting):
   # The engine run itself is left to the end-to-end tests, which compile a Trainer.
   schedule = ddpm.make_schedule("linear", 8)
-  task = ddpm.ddpm_task(_TinyEps(), schedule, (4, 4, 1))
+  task = ddpm.ddpm_task(_TinyEps(), schedule, (4, 4, 1), prediction, weighting, 2.0)
   images = np.random.default_rng(0).integers(0, 256, (4, 4, 4, 1)).astype(np.uint8)
   params = task.init(jax.random.key(15))
   batch, key = {"image": jnp.asarray(images)}, jax.random.key(16)
   (loss, metrics), grads = jax.value_and_grad(task.loss, has_aux=True)(params, batch, key)
-  want = ddpm.noise_prediction_loss(
+  want = ddpm.diffusion_loss(
     lambda x, t: _TinyEps().apply({"params": params}, x, t),
     schedule,
     jnp.asarray(images, jnp.float32) / 127.5 - 1,
     key,
+    prediction,
+    weighting,
+    2.0,
   )
   np.testing.assert_allclose(loss, want, rtol=1e-6)
   assert metrics == {}
@@ -518,7 +619,9 @@ def test_bfloat16_compute_keeps_float32_parameters_gradients_and_loss():
   batch, key = {"image": jnp.asarray(images)}, jax.random.key(18)
   loss = {}
   for dtype, task in tasks.items():
-    (loss[dtype], _), grads = jax.jit(jax.value_and_grad(task.loss, has_aux=True))(params, batch, key)
+    (loss[dtype], _), grads = jax.jit(jax.value_and_grad(task.loss, has_aux=True))(
+      params, batch, key
+    )
     assert loss[dtype].dtype == jnp.float32
     assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
   # bfloat16 keeps 8 significant bits (relative rounding 2^-9 per operation): the losses differ,
@@ -570,7 +673,10 @@ OLD_ALL = (
 def test_old_public_names_stay_importable():
   missing = [name for name in OLD_ALL + ("DenoiseFn",) if not hasattr(ddpm, name)]
   assert not missing, missing
-  assert set(OLD_ALL) | {"ddpm_task", "langevin_corrector_step", "sample_pc"} == set(ddpm.__all__)
+  added = {"ddpm_task", "langevin_corrector_step", "sample_pc", "LOSS_WEIGHTINGS", "PREDICTIONS",
+           "denoiser", "diffusion_loss", "eps_from_prediction", "loss_weight",
+           "prediction_target", "signal_to_noise"}  # fmt: skip
+  assert set(OLD_ALL) | added == set(ddpm.__all__)
 
 
 def test_diffusion_task_is_the_old_name_of_ddpm_task():

@@ -16,15 +16,17 @@ Conventions used throughout:
   (:func:`to_unit_range`; :func:`to_uint8` inverts it).
 * The network enters as ``denoise_fn(x_t, t) -> eps``: ``x_t`` of shape ``(batch, ...)``, ``t`` an
   int32 array of shape ``(batch,)``, and the predicted noise with the shape of ``x_t``. It closes
-  over the parameters, e.g. ``lambda x, t: model.apply({"params": params}, x, t)``.
+  over the parameters, e.g. ``lambda x, t: model.apply({"params": params}, x, t)``. A network
+  trained to predict ``v`` or ``x_0`` enters through :func:`denoiser`, which converts its output.
 * Every random function takes an explicit ``jax.random`` key.
 
 The package is split by stage, as in score_sde's ``losses.py`` / ``sampling.py``:
 
 * :mod:`jaxdiff.ddpm.schedules`: the noise schedules, :class:`NoiseSchedule`.
 * :mod:`jaxdiff.ddpm.images`: the data range, :func:`to_unit_range` and :func:`to_uint8`.
-* :mod:`jaxdiff.ddpm.losses`: the forward process, the training loss and the reverse step.
-* :mod:`jaxdiff.ddpm.sampling`: the DDPM and DDIM samplers.
+* :mod:`jaxdiff.ddpm.losses`: the forward process, the training losses (ε, v or ``x_0``
+  prediction; uniform or min-SNR weights), :func:`denoiser` and the reverse step.
+* :mod:`jaxdiff.ddpm.sampling`: the DDPM, predictor–corrector and DDIM samplers.
 * :mod:`jaxdiff.ddpm.likelihood`: the variational bound in bits per dimension.
 * :mod:`jaxdiff.ddpm.task`: :func:`ddpm_task`, the training-engine task.
 
@@ -46,12 +48,20 @@ References:
 from jaxdiff.ddpm.images import to_uint8, to_unit_range
 from jaxdiff.ddpm.likelihood import bits_per_dim, discretized_gaussian_log_likelihood
 from jaxdiff.ddpm.losses import (
+  LOSS_WEIGHTINGS,
+  PREDICTIONS,
   VARIANCES,
+  denoiser,
+  diffusion_loss,
+  eps_from_prediction,
+  loss_weight,
   noise_prediction_loss,
   p_mean_variance,
   predict_x0_from_eps,
+  prediction_target,
   q_posterior,
   q_sample,
+  signal_to_noise,
 )
 from jaxdiff.ddpm.losses import DenoiseFn as DenoiseFn  # the type of denoise_fn, not in __all__
 from jaxdiff.ddpm.sampling import (
@@ -76,6 +86,8 @@ from jaxdiff.ema import ParamsEMAState, find_params_ema, track_params_ema
 diffusion_task = ddpm_task
 
 __all__ = [
+  "LOSS_WEIGHTINGS",
+  "PREDICTIONS",
   "SCHEDULES",
   "VARIANCES",
   "NoiseSchedule",
@@ -84,21 +96,27 @@ __all__ = [
   "cosine_schedule",
   "ddim_timesteps",
   "ddpm_task",
+  "denoiser",
+  "diffusion_loss",
   "diffusion_task",
   "discretized_gaussian_log_likelihood",
+  "eps_from_prediction",
   "find_params_ema",
   "langevin_corrector_step",
   "linear_schedule",
+  "loss_weight",
   "make_schedule",
   "noise_prediction_loss",
   "p_mean_variance",
   "predict_x0_from_eps",
+  "prediction_target",
   "q_posterior",
   "q_sample",
   "sample_ddim",
   "sample_ddpm",
   "sample_pc",
   "schedule_from_betas",
+  "signal_to_noise",
   "to_uint8",
   "to_unit_range",
   "track_params_ema",

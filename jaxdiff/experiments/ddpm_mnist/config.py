@@ -7,7 +7,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from jaxdiff.config import ConfigError, option, validate
-from jaxdiff.ddpm import SCHEDULES
+from jaxdiff.ddpm import LOSS_WEIGHTINGS, PREDICTIONS, SCHEDULES
 from jaxdiff.models.unet import UNET_SIZES, UNet, make_unet
 
 SAMPLERS = ("ddpm", "ddim", "pc")
@@ -30,6 +30,15 @@ class DDPMConfig:
     choices=SCHEDULES, noun="noise schedule",
   )  # fmt: skip
   num_timesteps: int = option(1000, "T, the steps of the forward process", greater_than=0)
+  prediction: str = option(
+    "eps", "what the U-Net predicts: eps (the noise, Ho et al.), v (Salimans & Ho) or x0",
+    choices=PREDICTIONS, noun="prediction target",
+  )  # fmt: skip
+  loss_weighting: str = option(
+    "uniform", "per-timestep loss weights: uniform or min_snr (Hang et al.'s min-SNR-gamma)",
+    choices=LOSS_WEIGHTINGS, noun="loss weighting",
+  )  # fmt: skip
+  min_snr_gamma: float = option(5.0, "gamma of --loss-weighting min_snr", greater_than=0)
   sampler: str = option(
     "ddpm", "ddpm (ancestral), ddim (eta = 0) or pc (predictor-corrector: Langevin corrector "
     "steps before each ancestral step)", choices=SAMPLERS, noun="sampler",
@@ -38,6 +47,12 @@ class DDPMConfig:
   corrector_steps: int = option(1, "pc: Langevin corrector steps per noise level", at_least=0)
   snr: float = option(0.16, "pc: the corrector's target signal-to-noise ratio", greater_than=0)
   model_size: str = option("small", "U-Net size", choices=UNET_SIZES, noun="model size")
+  base_channels: int | None = option(
+    None, "the U-Net's channels at full resolution, in place of the size's", greater_than=0
+  )
+  num_res_blocks: int | None = option(
+    None, "residual blocks per resolution, in place of the size's", greater_than=0
+  )
   compute_dtype: str = option(
     "float32", "the U-Net's computation dtype (bfloat16 on a GPU or TPU); parameters, "
     "optimizer state and the loss stay float32", choices=COMPUTE_DTYPES, noun="compute dtype",
@@ -69,9 +84,14 @@ class DDPMConfig:
     validate(self)
     if self.sampler == "ddim" and self.sample_steps > self.num_timesteps:
       raise ConfigError("sample_steps", f"must be at most T = {self.num_timesteps}")
+    groups = UNET_SIZES[self.model_size].get("num_groups", UNet.num_groups)
+    if self.base_channels is not None and self.base_channels % groups:
+      raise ConfigError("base_channels", f"must be a multiple of the {groups} GroupNorm groups")
     if self.bpd_timesteps is not None and self.bpd_timesteps > self.num_timesteps - 1:
       raise ConfigError("bpd_timesteps", f"must be at most T - 1 = {self.num_timesteps - 1}")
 
   def make_model(self) -> UNet:
-    """The U-Net of ``model_size``, computing in ``compute_dtype``."""
-    return make_unet(self.model_size, dtype=jnp.dtype(self.compute_dtype))
+    """The U-Net of ``model_size`` with any width or depth given, computing in ``compute_dtype``."""
+    overrides = {"base_channels": self.base_channels, "num_res_blocks": self.num_res_blocks}
+    given = {name: value for name, value in overrides.items() if value is not None}
+    return make_unet(self.model_size, dtype=jnp.dtype(self.compute_dtype), **given)

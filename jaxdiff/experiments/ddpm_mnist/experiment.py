@@ -104,7 +104,8 @@ def make_trainer(
     ImageShapeError: the U-Net cannot take images of ``image_shape``.
   """
   check_image_shape(image_shape, config.model_size)
-  task = ddpm.ddpm_task(setup.model, setup.schedule, image_shape)
+  task = ddpm.ddpm_task(setup.model, setup.schedule, image_shape, config.prediction,
+                        config.loss_weighting, config.min_snr_gamma)  # fmt: skip
   trainer = train.Trainer(task, ddpm_optimizer(config), setup.mesh, config.batch_size,
                           setup.policy, ema_decay=config.ema_decay)  # fmt: skip
   state = trainer.init(
@@ -174,8 +175,9 @@ def run_experiment(
   ema, history = train_ddpm(config, setup, data, out, resume=resume, quiet=quiet)
   schedule = setup.schedule
 
-  def denoise(x, t):
-    return setup.model.apply({"params": ema}, x, t)
+  denoise = ddpm.denoiser(
+    lambda x, t: setup.model.apply({"params": ema}, x, t), schedule, config.prediction
+  )
 
   shape = (config.num_samples,) + data.image_shape
   sampling_started = time.perf_counter()

@@ -39,7 +39,7 @@ def plot_loss(losses: list[float], path: Path) -> None:
     smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
     ax.plot(steps[window - 1 :], smooth, label=f"mean of {window}")
   ax.set_xlabel("step")
-  ax.set_ylabel("noise-prediction MSE")
+  ax.set_ylabel("training loss (weighted MSE)")
   ax.set_yscale("log")
   ax.set_title("DDPM training loss")
   ax.legend()
@@ -67,7 +67,8 @@ def render_report(result: dict[str, Any]) -> str:
     "## Setup",
     "",
     f"- Data: {result['data_label']} (`{result['data']}`)",
-    f"- Model: U-Net `{config['model_size']}` in {config.get('compute_dtype', 'float32')}; "
+    f"- Model: U-Net `{config['model_size']}`{_unet_overrides(config)} in "
+    f"{config.get('compute_dtype', 'float32')}, predicting {_target(config)}; "
     f"schedule {config['schedule']}, "
     f"T = {config['num_timesteps']}; sampler {config['sampler']}"
     + {
@@ -126,6 +127,22 @@ def render_report(result: dict[str, Any]) -> str:
       lines += ["", *_sampler_table_lines(quality["sampler_table"], sampling["num_samples"])]
   lines += ["", "![samples](samples.png)", "", "![loss](loss.png)", "", "![denoise](denoise.png)"]
   return "\n".join(lines) + "\n"
+
+
+def _unet_overrides(config: dict[str, Any]) -> str:
+  parts = []
+  if config.get("base_channels"):
+    parts.append(f"{config['base_channels']} base channels")
+  if config.get("num_res_blocks"):
+    parts.append(f"{config['num_res_blocks']} residual blocks per level")
+  return f" ({', '.join(parts)})" if parts else ""
+
+
+def _target(config: dict[str, Any]) -> str:
+  prediction = config.get("prediction", "eps")
+  if config.get("loss_weighting", "uniform") == "min_snr":
+    return f"{prediction} with min-SNR-{config['min_snr_gamma']:g} loss weights"
+  return f"{prediction} (uniform loss weights)"
 
 
 def _sampler_table_lines(rows: list[dict[str, Any]], num_samples: int) -> list[str]:
