@@ -517,8 +517,10 @@ def fit(
     extras: arrays saved and restored with the state (e.g. running sums of predictions).
     on_epoch_end: ``hook(EpochEnd) -> new extras or None (unchanged)``.
     time_limit_s: stop once this much wall time has gone into training in this call of
-      ``fit``: after the first call of the engine, each call takes only the steps that the
-      latest call's pace says still fit (the steps reached are in ``history["calls"]``).
+      ``fit``: the first call of the engine takes one step (it measures the pace, compilation
+      included), and each later call only the steps that the latest call's pace says still
+      fit (the steps reached are in ``history["calls"]``). A scanned epoch compiles a program
+      per partial length, so the first epoch may compile two more.
     run_names: how log lines name each run (default: ``run 0``, ``run 1``, …).
     name: the progress bar's and log lines' label.
     quiet: no progress bar.
@@ -578,7 +580,9 @@ def fit(
     reported = set(np.flatnonzero(np.asarray(state.diverged_at) >= 0).tolist())
     while done < total and len(reported) < num_runs:
       limit = total - done
-      if deadline is not None and pace is not None:
+      if deadline is not None and pace is None:
+        limit = 1  # the first call measures the pace: one step, not an epoch that may overrun
+      elif deadline is not None:
         limit = min(limit, int((deadline - time.perf_counter()) / pace))
         if limit <= 0:
           break
