@@ -65,6 +65,7 @@ from jaxdiff.ddpm.losses import (
 )
 from jaxdiff.ddpm.losses import DenoiseFn as DenoiseFn  # the type of denoise_fn, not in __all__
 from jaxdiff.ddpm.sampling import (
+  PREDICTORS,
   ddim_timesteps,
   langevin_corrector_step,
   sample_ddim,
@@ -88,6 +89,7 @@ diffusion_task = ddpm_task
 __all__ = [
   "LOSS_WEIGHTINGS",
   "PREDICTIONS",
+  "PREDICTORS",
   "SCHEDULES",
   "VARIANCES",
   "NoiseSchedule",

@@ -20,6 +20,9 @@ from jaxdiff.ddpm.losses import DenoiseFn, _check_variance, p_mean_variance, pre
 from jaxdiff.ddpm.schedules import NoiseSchedule
 from jaxdiff.langevin import LangevinNoiseState, add_langevin_noise
 
+#: The predictor–corrector sampler's predictors: the ancestral step or the DDIM step.
+PREDICTORS = ("ddpm", "ddim")
+
 
 def _initial_noise(key: jax.Array, shape: tuple[int, ...], initial_noise: jax.Array | None):
   if initial_noise is None:
@@ -128,14 +131,19 @@ def sample_pc(
   clip: bool = True,
   return_trajectory_at: tuple[int, ...] = (),
   initial_noise: jax.Array | None = None,
+  predictor: str = "ddpm",
+  num_steps: int = 100,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
-  """Predictor–corrector sampling: at each level, Langevin corrector steps, then a DDPM step.
+  """Predictor–corrector sampling: at each level, Langevin corrector steps, then a predictor.
 
-  At every timestep ``t`` from ``T − 1`` down to 0, ``corrector_steps`` steps of
-  :func:`langevin_corrector_step` move the samples towards ``q(x_t)``, then the ancestral step
-  of :func:`sample_ddpm` (the predictor) takes them to ``t − 1``. With ``corrector_steps=0``
-  this is :func:`sample_ddpm`, bit for bit. Under ``jax.jit`` mark ``shape``,
-  ``corrector_steps``, ``variance``, ``clip`` and ``return_trajectory_at`` static.
+  At every timestep ``t`` of the predictor, from ``T − 1`` down to 0, ``corrector_steps`` steps
+  of :func:`langevin_corrector_step` move the samples towards ``q(x_t)``, then the predictor
+  takes them to the next level: the ancestral step of :func:`sample_ddpm` (``"ddpm"``, every
+  one of the ``T`` timesteps) or the deterministic step of :func:`sample_ddim` (``"ddim"``, the
+  ``num_steps`` of :func:`ddim_timesteps`). With ``corrector_steps=0`` this is
+  :func:`sample_ddpm` or :func:`sample_ddim` with ``eta=0``, bit for bit. Under ``jax.jit``
+  mark ``shape``, ``corrector_steps``, ``predictor``, ``num_steps``, ``variance``, ``clip``
+  and ``return_trajectory_at`` static.
 
   Args:
     denoise_fn: ``denoise_fn(x_t, t) -> eps`` (see :mod:`jaxdiff.ddpm`).
@@ -145,10 +153,13 @@ def sample_pc(
     shape: the batch shape.
     corrector_steps: Langevin steps per noise level, ``M ≥ 0``.
     snr: the corrector's target signal-to-noise ratio.
-    variance: the predictor's ``σ_t²``, as for :func:`sample_ddpm`.
+    variance: the ancestral predictor's ``σ_t²``, as for :func:`sample_ddpm`.
     clip: clip each predicted ``x_0`` to ``[-1, 1]``.
-    return_trajectory_at: as for :func:`sample_ddpm` (the sample entering each level).
+    return_trajectory_at: as for :func:`sample_ddpm` (the sample entering each level); the
+      ancestral predictor only.
     initial_noise: ``x_T`` to start from instead of a draw.
+    predictor: one of :data:`PREDICTORS`, ``"ddpm"`` or ``"ddim"``.
+    num_steps: the DDIM predictor's steps, in ``[1, T]`` (unused by ``"ddpm"``).
 
   Returns:
     As :func:`sample_ddpm`.
@@ -162,8 +173,23 @@ def sample_pc(
     raise ValueError(f"corrector_steps must be >= 0, got {corrector_steps}")
   if not snr > 0:
     raise ValueError(f"snr must be positive, got {snr}")
+  if predictor not in PREDICTORS:
+    raise ValueError(f"unknown predictor {predictor!r}; choose one of {PREDICTORS}")
+  if predictor == "ddim":
+    if return_trajectory_at:
+      raise ValueError("return_trajectory_at needs the ancestral predictor (predictor='ddpm')")
+    return _ddim(denoise_fn, schedule, key, shape, num_steps, 0.0, clip, initial_noise,
+                 corrector_steps, snr)  # fmt: skip
   return _ancestral(denoise_fn, schedule, key, shape, variance, clip, return_trajectory_at,
                     initial_noise, corrector_steps, snr)  # fmt: skip
+
+
+def _correct(denoise_fn, schedule, x, t, level, corrector_key, corrector_steps, snr):
+  """The corrector steps at timestep ``t``, the ``level``-th of the predictor's levels."""
+  for m in range(corrector_steps):
+    count = level * corrector_steps + m
+    x = langevin_corrector_step(denoise_fn, schedule, x, t, corrector_key, count, snr)
+  return x
 
 
 def _ancestral(denoise_fn, schedule, key, shape, variance, clip, return_trajectory_at,
@@ -183,9 +209,7 @@ def _ancestral(denoise_fn, schedule, key, shape, variance, clip, return_trajecto
     x, trajectory = carry
     if record:
       trajectory = jnp.where(record_at == t, x[None], trajectory)
-    for m in range(corrector_steps):
-      count = t * corrector_steps + m
-      x = langevin_corrector_step(denoise_fn, schedule, x, t, corrector_key, count, snr)
+    x = _correct(denoise_fn, schedule, x, t, t, corrector_key, corrector_steps, snr)
     t_batch = jnp.full((shape[0],), t, jnp.int32)
     mean, _, log_variance, _ = p_mean_variance(denoise_fn, schedule, x, t_batch, clip, variance)
     noise = jax.random.normal(jax.random.fold_in(step_key, t), shape, x.dtype)
@@ -256,13 +280,21 @@ def sample_ddim(
     ...   )
     ... )
   """
+  return _ddim(denoise_fn, schedule, key, shape, num_steps, eta, clip, initial_noise,
+               corrector_steps=0, snr=0.0)  # fmt: skip
+
+
+def _ddim(denoise_fn, schedule, key, shape, num_steps, eta, clip, initial_noise,
+          corrector_steps, snr):  # fmt: skip
   timesteps = ddim_timesteps(schedule.num_steps, num_steps)
   init_key, step_key = jax.random.split(key)
+  corrector_key = jax.random.fold_in(step_key, schedule.num_steps)
   x = _initial_noise(init_key, shape, initial_noise)
   alpha_bars_next = jnp.append(schedule.alpha_bars[timesteps[1:]], 1.0)
 
   def step(x, inputs):
-    t, alpha_bar_next = inputs
+    level, t, alpha_bar_next = inputs
+    x = _correct(denoise_fn, schedule, x, t, level, corrector_key, corrector_steps, snr)
     t_batch = jnp.full((shape[0],), t, jnp.int32)
     eps = denoise_fn(x, t_batch)
     x0 = predict_x0_from_eps(schedule, x, t_batch, eps)
@@ -278,5 +310,6 @@ def sample_ddim(
     noise = jax.random.normal(jax.random.fold_in(step_key, t), shape, x.dtype)
     return jnp.sqrt(alpha_bar_next) * x0 + direction * eps + sigma * noise, None
 
-  x, _ = jax.lax.scan(step, x, (jnp.asarray(timesteps), alpha_bars_next))
+  levels = jnp.arange(len(timesteps), dtype=jnp.int32)
+  x, _ = jax.lax.scan(step, x, (levels, jnp.asarray(timesteps), alpha_bars_next))
   return x

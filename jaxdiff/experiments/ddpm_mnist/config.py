@@ -7,7 +7,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from jaxdiff.config import ConfigError, option, validate
-from jaxdiff.ddpm import LOSS_WEIGHTINGS, PREDICTIONS, SCHEDULES
+from jaxdiff.ddpm import LOSS_WEIGHTINGS, PREDICTIONS, PREDICTORS, SCHEDULES
 from jaxdiff.models.unet import UNET_SIZES, UNet, make_unet
 
 SAMPLERS = ("ddpm", "ddim", "pc")
@@ -43,7 +43,13 @@ class DDPMConfig:
     "ddpm", "ddpm (ancestral), ddim (eta = 0) or pc (predictor-corrector: Langevin corrector "
     "steps before each ancestral step)", choices=SAMPLERS, noun="sampler",
   )  # fmt: skip
-  sample_steps: int = option(100, "DDIM steps (DDPM and PC always take T)", greater_than=0)
+  sample_steps: int = option(
+    100, "DDIM steps, also PC's with --pc-predictor ddim (DDPM always takes T)", greater_than=0
+  )
+  pc_predictor: str = option(
+    "ddpm", "pc: the predictor, ddpm (the ancestral step, all T levels) or ddim "
+    "(--sample-steps levels)", choices=PREDICTORS, noun="predictor",
+  )  # fmt: skip
   corrector_steps: int = option(1, "pc: Langevin corrector steps per noise level", at_least=0)
   snr: float = option(0.16, "pc: the corrector's target signal-to-noise ratio", greater_than=0)
   model_size: str = option("small", "U-Net size", choices=UNET_SIZES, noun="model size")
@@ -75,14 +81,16 @@ class DDPMConfig:
     greater_than=0,
   )
   sampler_table: bool = option(
-    False, "also sample with DDPM, DDIM (25/50/100 steps) and PC (1-2 corrector steps, a few "
-    "snr values) from the same EMA parameters, and table their scores and times",
+    False, "also sample with DDPM, DDIM (25/50/100 steps) and PC (DDIM-100 or DDPM predictor, "
+    "1-2 corrector steps, a few snr values) from the same EMA parameters, and table their "
+    "scores and times",
   )  # fmt: skip
   seed: int = option(0, "the root of every key")
 
   def __post_init__(self):
     validate(self)
-    if self.sampler == "ddim" and self.sample_steps > self.num_timesteps:
+    uses_ddim = self.sampler == "ddim" or (self.sampler == "pc" and self.pc_predictor == "ddim")
+    if uses_ddim and self.sample_steps > self.num_timesteps:
       raise ConfigError("sample_steps", f"must be at most T = {self.num_timesteps}")
     groups = UNET_SIZES[self.model_size].get("num_groups", UNet.num_groups)
     if self.base_channels is not None and self.base_channels % groups:

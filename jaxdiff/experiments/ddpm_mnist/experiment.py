@@ -187,14 +187,30 @@ def run_experiment(
     "ddpm": lambda key: ddpm.sample_ddpm(
       denoise, schedule, key, shape, return_trajectory_at=trajectory_steps
     ),
-    "pc": lambda key: ddpm.sample_pc(
-      denoise,
-      schedule,
-      key,
-      shape,
-      corrector_steps=config.corrector_steps,
-      snr=config.snr,
-      return_trajectory_at=trajectory_steps,
+    "pc": lambda key: (
+      ddpm.sample_pc(
+        denoise,
+        schedule,
+        key,
+        shape,
+        corrector_steps=config.corrector_steps,
+        snr=config.snr,
+        return_trajectory_at=trajectory_steps,
+      )
+      if config.pc_predictor == "ddpm"
+      else (
+        ddpm.sample_pc(
+          denoise,
+          schedule,
+          key,
+          shape,
+          corrector_steps=config.corrector_steps,
+          snr=config.snr,
+          predictor="ddim",
+          num_steps=config.sample_steps,
+        ),
+        None,
+      )
     ),  # fmt: skip
     "ddim": lambda key: (
       ddpm.sample_ddim(denoise, schedule, key, shape, num_steps=config.sample_steps),
@@ -271,15 +287,17 @@ def run_experiment(
   return result
 
 
-# (sampler, DDIM steps, corrector steps, snr) of the sampler table's rows.
+# (sampler, DDIM steps, corrector steps, snr) of the sampler table's rows: a PC row with DDIM
+# steps has the DDIM predictor, one without the ancestral predictor over all T levels.
 SAMPLER_TABLE = (
   ("ddpm", None, 0, None),
   ("ddim", 25, 0, None),
   ("ddim", 50, 0, None),
   ("ddim", 100, 0, None),
-  ("pc", None, 1, 0.08),
+  ("pc", 100, 1, 0.08),
+  ("pc", 100, 1, 0.16),
+  ("pc", 100, 2, 0.16),
   ("pc", None, 1, 0.16),
-  ("pc", None, 2, 0.16),
 )
 
 
@@ -289,12 +307,13 @@ def _sampler_table(config, denoise, schedule, shape, options, score) -> list[dic
   for sampler, ddim_steps, corrector_steps, snr in SAMPLER_TABLE:
     if ddim_steps is not None and ddim_steps > config.num_timesteps:
       continue
+    levels = config.num_timesteps if ddim_steps is None else ddim_steps
     if sampler == "ddim":
       draw = functools.partial(ddpm.sample_ddim, num_steps=ddim_steps)
-      evaluations = ddim_steps
     else:
-      draw = functools.partial(ddpm.sample_pc, corrector_steps=corrector_steps, snr=snr or 0.16)
-      evaluations = config.num_timesteps * (1 + corrector_steps)
+      predictor = "ddpm" if ddim_steps is None else "ddim"
+      draw = functools.partial(ddpm.sample_pc, corrector_steps=corrector_steps, snr=snr or 0.16,
+                               predictor=predictor, num_steps=levels)  # fmt: skip
     sample = jax.jit(lambda key, draw=draw: draw(denoise, schedule, key, shape),
                      compiler_options=options)  # fmt: skip
     key = stream_key(config, Stream.SAMPLES)
@@ -306,7 +325,7 @@ def _sampler_table(config, denoise, schedule, shape, options, score) -> list[dic
     shares = np.asarray(scores["class_histogram"]) / len(images)
     rows.append({
       "sampler": sampler, "ddim_steps": ddim_steps, "corrector_steps": corrector_steps,
-      "snr": snr, "model_evaluations": evaluations, "seconds": seconds,
+      "snr": snr, "model_evaluations": levels * (1 + corrector_steps), "seconds": seconds,
       "classifier_fd": scores["classifier_fd"], "confident_share": scores["confident_share"],
       "class_share_range": float(shares.max() - shares.min()),
     })  # fmt: skip

@@ -73,8 +73,8 @@ def render_report(result: dict[str, Any]) -> str:
     f"T = {config['num_timesteps']}; sampler {config['sampler']}"
     + {
       "ddim": f" ({config['sample_steps']} steps)",
-      "pc": f" ({config['corrector_steps']} Langevin corrector steps per level, snr "
-      f"{config['snr']:g})",
+      "pc": f" ({_pc_predictor(config)} predictor, {config['corrector_steps']} Langevin "
+      f"corrector steps per level, snr {config['snr']:g})",
     }.get(config["sampler"], ""),
     f"- Training: {train_info['steps']} steps"
     + (f" (a budget of {config['train_minutes']:g} min)" if config.get("train_minutes") else "")
@@ -129,6 +129,12 @@ def render_report(result: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _pc_predictor(config: dict[str, Any]) -> str:
+  if config.get("pc_predictor", "ddpm") == "ddim":
+    return f"DDIM {config['sample_steps']}-step"
+  return "ancestral"
+
+
 def _unet_overrides(config: dict[str, Any]) -> str:
   parts = []
   if config.get("base_channels"):
@@ -161,7 +167,8 @@ def _sampler_table_lines(rows: list[dict[str, Any]], num_samples: int) -> list[s
     if row["sampler"] == "ddim":
       name = f"DDIM, {row['ddim_steps']} steps"
     elif row["corrector_steps"]:
-      name = f"PC, {row['corrector_steps']} corrector step(s), snr {row['snr']:g}"
+      predictor = "DDPM" if row["ddim_steps"] is None else f"DDIM {row['ddim_steps']}"
+      name = f"PC: {predictor} + {row['corrector_steps']} corrector step(s), snr {row['snr']:g}"
     else:
       name = "DDPM (ancestral)"
     lines.append(
