@@ -20,9 +20,11 @@ from jaxdiff.experiments.ddpm_mnist import experiment
 from jaxdiff.experiments.ddpm_mnist.config import DDPMConfig
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "behaviour_reference.json").read_text())
+# The recipe of the reference run spelt out, so that later changes of the defaults keep it.
 DDPM_CONFIG = DDPMConfig(
   model_size="tiny", steps=10, batch_size=8, num_samples=8, eval_images=4, bpd_timesteps=2,
-  sampler="ddim", sample_steps=3, num_timesteps=100,
+  sampler="ddim", sample_steps=3, num_timesteps=100, schedule="linear", prediction="eps",
+  loss_weighting="uniform", learning_rate=2e-4, warmup_steps=200, ema_decay=0.995,
 )  # fmt: skip
 
 

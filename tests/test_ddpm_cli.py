@@ -58,15 +58,17 @@ def test_outputs_and_resume(tmp_path, tiny_mnist, cache_env):
   assert sum(report["sample_quality"]["samples"]["class_histogram"]) == 8
   markdown = (resumed / "report.md").read_text()
   assert "bits/dim" in markdown and "not comparable to published FIDs" in markdown
-  # The sampler table: every sampler that fits T = 50 (DDIM 100 does not), from one model.
+  # The sampler table: every sampler that fits T = 50 (DDIM 100 does not; the PC rows' DDIM
+  # predictor takes the 50 steps there are), from one model.
   table = report["sample_quality"]["sampler_table"]
   assert [(row["sampler"], row["ddim_steps"], row["corrector_steps"]) for row in table] == [
-    ("ddpm", None, 0), ("ddim", 25, 0), ("ddim", 50, 0), ("pc", None, 1), ("pc", None, 1),
-    ("pc", None, 2),
+    ("ddpm", None, 0), ("ddim", 25, 0), ("ddim", 50, 0), ("pc", 50, 1), ("pc", 50, 1),
+    ("pc", 50, 2),
   ]  # fmt: skip
   assert [row["model_evaluations"] for row in table] == [50, 25, 50, 100, 100, 150]
   assert all(np.isfinite(row["classifier_fd"]) and row["seconds"] > 0 for row in table)
   assert "## Samplers" in markdown and "| DDIM, 25 steps | 25 |" in markdown
+  assert "| PC: DDIM 50 + 2 corrector step(s), snr 0.16 | 150 |" in markdown
   assert "T = 50;" in markdown
 
   for resumed_leaf, straight_leaf in zip(checkpoint_leaves(resumed / "checkpoints" / "12"),
@@ -111,6 +113,17 @@ T_50 = ["--num-timesteps", "50"]
       "argument --sample-steps: must be at most T = 50",
     ),
     ([*T_50, "--bpd-timesteps", "50"], "argument --bpd-timesteps: must be at most T - 1 = 49"),
+    (
+      [*T_50, "--sampler", "pc", "--pc-predictor", "ddim", "--sample-steps", "51"],
+      "argument --sample-steps: must be at most T = 50",
+    ),
+    (["--prediction", "score"], "argument --prediction: unknown prediction target score"),
+    (["--loss-weighting", "snr"], "argument --loss-weighting: unknown loss weighting snr"),
+    (["--pc-predictor", "euler"], "argument --pc-predictor: unknown predictor euler"),
+    (
+      ["--model-size", "tiny", "--base-channels", "6"],
+      "argument --base-channels: must be a multiple of the 4 GroupNorm groups",
+    ),
   ],
 )
 def test_bad_flags_give_one_line_and_exit_2(tmp_path, tiny_mnist, cache_env, args, message):

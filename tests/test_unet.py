@@ -59,7 +59,12 @@ def test_fresh_model_predicts_zero_noise(fresh_params, images):
 
 @pytest.mark.parametrize(
   "size, low, high",
-  [("tiny", 10_000, 100_000), ("small", 1_000_000, 2_000_000), ("base", 4_000_000, 8_000_000)],
+  [
+    ("tiny", 10_000, 100_000),
+    ("narrow", 200_000, 400_000),
+    ("small", 1_000_000, 2_000_000),
+    ("base", 4_000_000, 8_000_000),
+  ],
 )
 def test_preset_parameter_counts(size, low, high):
   assert low <= _count(_abstract_init(make_unet(size), (1, 28, 28, 1))) <= high

@@ -28,8 +28,11 @@ from jax import lax
 Dtype = Any
 
 UNET_SIZES: dict[str, dict[str, Any]] = {
-  # Parameters for 28x28x1 inputs: 44 969, 1 623 169 and 6 469 889.
+  # Parameters for 28x28x1 inputs: 44 969, 280 177, 1 623 169 and 6 469 889.
   "tiny": {"base_channels": 8, "channel_multipliers": (1, 2), "num_res_blocks": 1, "num_groups": 4},
+  # small's levels at half its width and one residual block each: 3.6x its training steps per
+  # CPU second, which on MNIST buys more than small's capacity (benchmarks/RESULTS.md).
+  "narrow": {"base_channels": 16, "channel_multipliers": (1, 2, 2), "num_res_blocks": 1},
   "small": {"base_channels": 32, "channel_multipliers": (1, 2, 2), "num_res_blocks": 2},
   "base": {"base_channels": 64, "channel_multipliers": (1, 2, 2), "num_res_blocks": 2},
 }

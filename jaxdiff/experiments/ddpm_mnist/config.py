@@ -17,21 +17,26 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 
 @dataclasses.dataclass(frozen=True)
 class DDPMConfig:
-  """A DDPM training run, its sampling and its evaluation (each field's help says what it is)."""
+  """A DDPM training run, its sampling and its evaluation (each field's help says what it is).
+
+  The defaults are the recipe that learnt most per CPU second in ``benchmarks/ddpm_recipe.py``
+  (``benchmarks/RESULTS.md``): the narrow U-Net, v-prediction, the cosine schedule, Adam at
+  1e-3 on batches of 32.
+  """
 
   steps: int = option(2000, "optimizer steps", greater_than=0)
   train_minutes: float | None = option(
     None, "train for this many minutes of wall time instead of --steps (the steps reached are "
     "recorded), so any machine gets the model its time allows", greater_than=0,
   )  # fmt: skip
-  batch_size: int = option(128, "global batch size, a multiple of the devices", greater_than=0)
+  batch_size: int = option(32, "global batch size, a multiple of the devices", greater_than=0)
   schedule: str = option(
-    "linear", "noise schedule: linear (Ho et al.) or cosine (Nichol & Dhariwal)",
+    "cosine", "noise schedule: linear (Ho et al.) or cosine (Nichol & Dhariwal)",
     choices=SCHEDULES, noun="noise schedule",
   )  # fmt: skip
   num_timesteps: int = option(1000, "T, the steps of the forward process", greater_than=0)
   prediction: str = option(
-    "eps", "what the U-Net predicts: eps (the noise, Ho et al.), v (Salimans & Ho) or x0",
+    "v", "what the U-Net predicts: eps (the noise, Ho et al.), v (Salimans & Ho) or x0",
     choices=PREDICTIONS, noun="prediction target",
   )  # fmt: skip
   loss_weighting: str = option(
@@ -52,7 +57,7 @@ class DDPMConfig:
   )  # fmt: skip
   corrector_steps: int = option(1, "pc: Langevin corrector steps per noise level", at_least=0)
   snr: float = option(0.16, "pc: the corrector's target signal-to-noise ratio", greater_than=0)
-  model_size: str = option("small", "U-Net size", choices=UNET_SIZES, noun="model size")
+  model_size: str = option("narrow", "U-Net size", choices=UNET_SIZES, noun="model size")
   base_channels: int | None = option(
     None, "the U-Net's channels at full resolution, in place of the size's", greater_than=0
   )
@@ -63,7 +68,7 @@ class DDPMConfig:
     "float32", "the U-Net's computation dtype (bfloat16 on a GPU or TPU); parameters, "
     "optimizer state and the loss stay float32", choices=COMPUTE_DTYPES, noun="compute dtype",
   )  # fmt: skip
-  learning_rate: float = option(2e-4, "Adam's peak learning rate", flag="lr", greater_than=0)
+  learning_rate: float = option(1e-3, "Adam's peak learning rate", flag="lr", greater_than=0)
   warmup_steps: int = option(200, "linear warm-up of the learning rate", at_least=0)
   grad_clip: float = option(1.0, "global-norm gradient clipping", greater_than=0)
   ema_decay: float = option(
@@ -81,9 +86,9 @@ class DDPMConfig:
     greater_than=0,
   )
   sampler_table: bool = option(
-    False, "also sample with DDPM, DDIM (25/50/100 steps) and PC (DDIM-100 or DDPM predictor, "
-    "1-2 corrector steps, a few snr values) from the same EMA parameters, and table their "
-    "scores and times",
+    False, "also sample with DDPM, DDIM (25/50/100 steps) and PC (the DDIM-100 predictor, 1-2 "
+    "corrector steps, a few snr values) from the same EMA parameters, and table their scores "
+    "and times",
   )  # fmt: skip
   seed: int = option(0, "the root of every key")
 
