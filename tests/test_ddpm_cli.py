@@ -85,6 +85,22 @@ def test_outputs_and_resume(tmp_path, tiny_mnist, cache_env):
   assert json.loads((straight / "report.json").read_text()) == straight_report
 
 
+@pytest.mark.parametrize("predictor", ["ddpm", "ddim"])
+def test_predictor_corrector_sampling(tmp_path, tiny_mnist, cache_env, predictor):
+  out = tmp_path / predictor
+  run = _cli(cache_env, "--data", tiny_mnist, "--out", out, "--steps", 2, *TINY_RUN,
+             "--sampler", "pc", "--pc-predictor", predictor, "--corrector-steps", 1)  # fmt: skip
+  assert run.returncode == 0, run.stderr[-3000:]
+  report = json.loads((out / "report.json").read_text())
+  assert report["sampling"]["sampler"] == "pc"
+  assert sum(report["sample_quality"]["samples"]["class_histogram"]) == 8
+  named = {"ddpm": "ancestral predictor", "ddim": "DDIM 3-step predictor"}[predictor]
+  assert (
+    f"sampler pc ({named}, 1 Langevin corrector steps per level" in (out / "report.md").read_text()
+  )
+  assert (out / "denoise.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 T_50 = ["--num-timesteps", "50"]
 
 

@@ -183,35 +183,21 @@ def run_experiment(
   sampling_started = time.perf_counter()
   trajectory_steps = _trajectory_timesteps(config.num_timesteps)
   options = dict(setup.policy.compiler_options)
+  pc_records = config.pc_predictor == "ddpm"  # the DDIM predictor records no trajectory
+
+  def predictor_corrector(key):
+    samples = ddpm.sample_pc(
+      denoise, schedule, key, shape, corrector_steps=config.corrector_steps, snr=config.snr,
+      return_trajectory_at=trajectory_steps if pc_records else (),
+      predictor=config.pc_predictor, num_steps=config.sample_steps,
+    )  # fmt: skip
+    return samples if pc_records else (samples, None)
+
   samplers = {
     "ddpm": lambda key: ddpm.sample_ddpm(
       denoise, schedule, key, shape, return_trajectory_at=trajectory_steps
     ),
-    "pc": lambda key: (
-      ddpm.sample_pc(
-        denoise,
-        schedule,
-        key,
-        shape,
-        corrector_steps=config.corrector_steps,
-        snr=config.snr,
-        return_trajectory_at=trajectory_steps,
-      )
-      if config.pc_predictor == "ddpm"
-      else (
-        ddpm.sample_pc(
-          denoise,
-          schedule,
-          key,
-          shape,
-          corrector_steps=config.corrector_steps,
-          snr=config.snr,
-          predictor="ddim",
-          num_steps=config.sample_steps,
-        ),
-        None,
-      )
-    ),  # fmt: skip
+    "pc": predictor_corrector,
     "ddim": lambda key: (
       ddpm.sample_ddim(denoise, schedule, key, shape, num_steps=config.sample_steps),
       None,
