@@ -46,7 +46,7 @@ class DDPMConfig:
   min_snr_gamma: float = option(5.0, "gamma of --loss-weighting min_snr", greater_than=0)
   sampler: str = option(
     "ddpm", "ddpm (ancestral), ddim (eta = 0) or pc (predictor-corrector: Langevin corrector "
-    "steps before each ancestral step)", choices=SAMPLERS, noun="sampler",
+    "steps before each step of --pc-predictor)", choices=SAMPLERS, noun="sampler",
   )  # fmt: skip
   sample_steps: int = option(
     100, "DDIM steps, also PC's with --pc-predictor ddim (DDPM always takes T)", greater_than=0
