@@ -77,10 +77,15 @@ def noise_prediction_loss(
   Returns:
     The mean over every element of the batch, a scalar.
   """
+  t, noise = _draw_timesteps_and_noise(schedule, x0, key)
+  return jnp.mean(jnp.square(denoise_fn(q_sample(schedule, x0, t, noise), t) - noise))
+
+
+def _draw_timesteps_and_noise(schedule: NoiseSchedule, x0: jax.Array, key: jax.Array):
+  """The losses' draws: ``key → (t_key, noise_key)``, ``t ~ U{0, ..., T − 1}``, ``ε ~ N(0, I)``."""
   t_key, noise_key = jax.random.split(key)
   t = jax.random.randint(t_key, (x0.shape[0],), 0, schedule.num_steps, dtype=jnp.int32)
-  noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
-  return jnp.mean(jnp.square(denoise_fn(q_sample(schedule, x0, t, noise), t) - noise))
+  return t, jax.random.normal(noise_key, x0.shape, x0.dtype)
 
 
 def q_posterior(
@@ -332,9 +337,7 @@ def diffusion_loss(
   _check_choice(weighting, LOSS_WEIGHTINGS, "loss weighting")
   if prediction == "eps" and weighting == "uniform":
     return noise_prediction_loss(model_fn, schedule, x0, key)
-  t_key, noise_key = jax.random.split(key)
-  t = jax.random.randint(t_key, (x0.shape[0],), 0, schedule.num_steps, dtype=jnp.int32)
-  noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
+  t, noise = _draw_timesteps_and_noise(schedule, x0, key)
   target = prediction_target(schedule, x0, t, noise, prediction)
   squared_error = jnp.square(model_fn(q_sample(schedule, x0, t, noise), t) - target)
   weights = loss_weight(schedule, t, prediction, weighting, min_snr_gamma)
