@@ -15,6 +15,7 @@ from behaviour_data import mnist_like, save_mnist_npz
 from jaxdiff.classification import classifier_task
 from jaxdiff.experiments.mnist_bnn.config import BnnConfig
 from jaxdiff.experiments.mnist_bnn.experiment import snapshot_schedule
+from jaxdiff.experiments.mnist_bnn.report import render_markdown
 from jaxdiff.models import MLP
 from jaxdiff.tasks import Task, with_gaussian_prior
 
@@ -57,6 +58,13 @@ def test_gaussian_prior_keeps_init_and_rejects_bad_arguments():
     with_gaussian_prior(task, num_examples=0)
   with pytest.raises(ValueError, match="prior_variance"):
     with_gaussian_prior(task, num_examples=10, prior_variance=0.0)
+
+
+def test_published_protocol_is_the_seeds_length_and_cadence_whatever_the_tuning_length():
+  assert BnnConfig().is_published_protocol()
+  assert BnnConfig(tuning_epochs=8).is_published_protocol()
+  assert not BnnConfig(epochs=20, lr_halving_epochs=4).is_published_protocol()
+  assert not BnnConfig(lr_halving_epochs=10).is_published_protocol()
 
 
 @pytest.mark.parametrize(
@@ -106,6 +114,14 @@ def test_cli_tunes_every_method_and_reports_averaged_and_final_scores(tmp_path, 
   assert all(run["averaged"] is not None and run["final"] is not None for run in tuning_runs)
   markdown = (out / "report.md").read_text()
   assert "shortened run" in markdown and "python experiments/mnist_bnn.py" in markdown
+  # Seeds at the published length with shorter tuning: no warning, the tuning's length said.
+  seeds_published = {**report, "protocol": {**report["protocol"], "published": True,
+                                            "epochs": 100}}  # fmt: skip
+  markdown = render_markdown(seeds_published)
+  assert "shortened run" not in markdown
+  halving = report["protocol"]["tuning_lr_halving_epochs"]
+  assert (f"2 epochs with the learning rate halved every {halving:g}: the seeds' 100 epochs "
+          "and cadence scaled down") in markdown  # fmt: skip
   for name in ("scores.png", "tuning.png", "curves.png"):
     assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -164,10 +164,24 @@ def _tuning_rows(tuning: dict) -> list[str]:
 
 
 def _published_hours(result: dict) -> float:
-  # Every method's tuning runs (one per grid point) and seeds, each for the published epochs.
-  runs_per_method = len(result["tuning"]["grid"]) + result["config"]["seeds"]
+  # Every method's tuning runs (one per grid point, this run's length) and its seeds for the
+  # published epochs.
+  epochs_per_method = (
+    len(result["tuning"]["grid"]) * result["tuning"]["epochs"]
+    + result["config"]["seeds"] * PUBLISHED_EPOCHS
+  )
   epoch_seconds = sum(entry["epoch_time_s"] for entry in result["summary"].values())
-  return epoch_seconds * runs_per_method * PUBLISHED_EPOCHS / 3600
+  return epoch_seconds * epochs_per_method / 3600
+
+
+def _tuning_length(protocol: dict) -> str:
+  length = (
+    f"{protocol['tuning_epochs']} epochs with the learning rate halved every "
+    f"{protocol['tuning_lr_halving_epochs']:g}"
+  )
+  if protocol["tuning_epochs"] < protocol["epochs"]:
+    length += f": the seeds' {protocol['epochs']} epochs and cadence scaled down to fit the budget"
+  return length
 
 
 def render_markdown(result: dict) -> str:
@@ -193,7 +207,8 @@ def render_markdown(result: dict) -> str:
         "The model, prior, batch, temperature, grid, seeds and held-out split are as "
         f"published. Scores after {protocol['epochs']} epochs are not comparable to published "
         f"{PUBLISHED_EPOCHS}-epoch ones. At this run's seconds per epoch, the published "
-        f"protocol would train for about {_published_hours(result):.1f} h on this machine."
+        f"protocol's seeds (with this run's tuning) would train for about "
+        f"{_published_hours(result):.1f} h on this machine."
       ),
       "",
     ]
@@ -221,9 +236,9 @@ def render_markdown(result: dict) -> str:
     ),
     (
       f"- Learning-rate tuning: one shared grid {tuning['grid']} for every method; each method "
-      f"trains one run per grid point ({tuning['epochs']} epochs, the same initial parameters, "
-      "data order and noise for every point) on the training images and is scored on the "
-      f"held-out images; the picked rate is the one with the {tuning['criterion']}. The test "
+      f"trains one run per grid point ({_tuning_length(protocol)}; the same initial "
+      "parameters, data order and noise for every point) on the training images and is scored "
+      f"on the held-out images; the picked rate is the one with the {tuning['criterion']}. The test "
       "set is used only for the seeds' runs at the picked rate."
     ),
     "- Methods:",
