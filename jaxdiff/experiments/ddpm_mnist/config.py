@@ -86,7 +86,7 @@ class DDPMConfig:
     greater_than=0,
   )
   sampler_table: bool = option(
-    False, "also sample with DDPM, DDIM (25/50/100 steps) and PC (the DDIM-100 predictor, 1-2 "
+    False, "also sample with DDPM, DDIM (25/50/100 steps) and PC (the DDIM-100 predictor, 1-3 "
     "corrector steps, a few snr values) from the same EMA parameters, and table their scores "
     "and times",
   )  # fmt: skip

@@ -118,8 +118,8 @@ def render_report(result: dict[str, Any]) -> str:
       "",
       "| | classifier FD | confident (p ≥ 0.9) | class histogram |",
       "|---|---|---|---|",
-      f"| DDPM samples | {samples['classifier_fd']:.2f} | {samples['confident_share']:.1%} | "
-      f"{samples['class_histogram']} |",
+      f"| samples ({config['sampler']}) | {samples['classifier_fd']:.2f} | "
+      f"{samples['confident_share']:.1%} | {samples['class_histogram']} |",
       f"| real test images (floor) | {floor['classifier_fd']:.2f} | "
       f"{floor['confident_share']:.1%} | {floor['class_histogram']} |",
     ]
@@ -152,16 +152,19 @@ def _target(config: dict[str, Any]) -> str:
 
 
 def _sampler_table_lines(rows: list[dict[str, Any]], num_samples: int) -> list[str]:
-  header = "| sampler | model evaluations | classifier FD | confident | class share range | s |"
+  header = (
+    "| sampler | model evaluations | classifier FD | confident | rarest class "
+    "| class share range | s |"
+  )
   lines = [
     "## Samplers",
     "",
     f"The same EMA parameters and initial noise, {num_samples} samples per row; the class share "
-    "range is the most frequent class's share of the samples minus the least frequent's; the "
+    "range is the most frequent class's share of the samples minus the rarest class's; the "
     "time is sampling only, compiled beforehand.",
     "",
     header,
-    "|---|---|---|---|---|---|",
+    "|---|---|---|---|---|---|---|",
   ]
   for row in rows:
     if row["sampler"] == "ddim":
@@ -173,6 +176,7 @@ def _sampler_table_lines(rows: list[dict[str, Any]], num_samples: int) -> list[s
       name = "DDPM (ancestral)"
     lines.append(
       f"| {name} | {row['model_evaluations']} | {row['classifier_fd']:.2f} | "
-      f"{row['confident_share']:.1%} | {row['class_share_range']:.1%} | {row['seconds']:.1f} |"
+      f"{row['confident_share']:.1%} | {row['rarest_class_share']:.1%} | "
+      f"{row['class_share_range']:.1%} | {row['seconds']:.1f} |"
     )
   return lines
