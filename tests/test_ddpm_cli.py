@@ -49,7 +49,7 @@ def test_outputs_and_resume(tmp_path, tiny_mnist, cache_env):
   whole = _cli(cache_env, "--data", tiny_mnist, "--out", straight, "--steps", 12, *TINY_RUN)
   assert whole.returncode == 0, whole.stderr[-3000:]
 
-  for name in ("samples.png", "loss.png", "denoise.png"):
+  for name in ("samples.png", "loss.png", "denoise.png", "samplers.png"):
     assert (resumed / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   report = json.loads((resumed / "report.json").read_text())
   assert report["train"]["steps"] == 12

@@ -164,7 +164,8 @@ def run_experiment(
   """Trains, samples, scores and writes every output to ``out_dir``.
 
   Writes ``samples.png``, ``loss.png``, ``denoise.png``, ``report.json`` and
-  ``report.md`` (atomically) beside the checkpoints.
+  ``report.md`` (atomically) beside the checkpoints, and with ``sampler_table``
+  ``samplers.png``.
   """
   started = time.perf_counter()
   data = load_dataset(data_source, name="mnist" if data_source == "tfds" else None)
@@ -237,10 +238,11 @@ def run_experiment(
       ),
     }
     if config.sampler_table:
-      quality["sampler_table"] = _sampler_table(
+      quality["sampler_table"], previews = _sampler_table(
         config, denoise, schedule, shape, options, lambda images: sample_quality.evaluate_samples(
           classifier, images, reference)
       )  # fmt: skip
+      report.plot_sampler_previews(quality["sampler_table"], previews, out / "samplers.png")
 
   report.plot_samples(samples_uint8, out / "samples.png")
   report.plot_loss(history["loss"], out / "loss.png")
@@ -292,9 +294,18 @@ SAMPLER_TABLE = (
 )
 
 
-def _sampler_table(config, denoise, schedule, shape, options, score) -> list[dict[str, Any]]:
-  """Every row of :data:`SAMPLER_TABLE` sampled from the same parameters and key, scored."""
-  rows = []
+# Images of each sampler table row shown in samplers.png.
+PREVIEW_IMAGES = 16
+
+
+def _sampler_table(
+  config, denoise, schedule, shape, options, score
+) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+  """Every row of :data:`SAMPLER_TABLE` sampled from the same parameters and key, scored.
+
+  Returns the rows and each row's first :data:`PREVIEW_IMAGES` images.
+  """
+  rows, previews = [], []
   for sampler, ddim_steps, corrector_steps, snr in SAMPLER_TABLE:
     if sampler == "ddim" and ddim_steps > config.num_timesteps:
       continue
@@ -314,7 +325,9 @@ def _sampler_table(config, denoise, schedule, shape, options, score) -> list[dic
     started = time.perf_counter()
     images = ddpm.to_uint8(jax.block_until_ready(sample(key)))
     seconds = time.perf_counter() - started
-    scores = score(np.asarray(images))
+    images = np.asarray(images)
+    previews.append(images[:PREVIEW_IMAGES])
+    scores = score(images)
     shares = np.asarray(scores["class_histogram"]) / len(images)
     rows.append({
       "sampler": sampler, "ddim_steps": ddim_steps, "corrector_steps": corrector_steps,
@@ -323,7 +336,7 @@ def _sampler_table(config, denoise, schedule, shape, options, score) -> list[dic
       "class_share_range": float(shares.max() - shares.min()),
       "rarest_class_share": float(shares.min()),
     })  # fmt: skip
-  return rows
+  return rows, previews
 
 
 def _trajectory_timesteps(num_timesteps: int) -> tuple[int, ...]:

@@ -125,6 +125,7 @@ def render_report(result: dict[str, Any]) -> str:
     ]
     if "sampler_table" in quality:
       lines += ["", *_sampler_table_lines(quality["sampler_table"], sampling["num_samples"])]
+      lines += ["", "![the first samples of each sampler](samplers.png)"]
   lines += ["", "![samples](samples.png)", "", "![loss](loss.png)", "", "![denoise](denoise.png)"]
   return "\n".join(lines) + "\n"
 
@@ -151,6 +152,33 @@ def _target(config: dict[str, Any]) -> str:
   return f"{prediction} (uniform loss weights)"
 
 
+def sampler_name(row: dict[str, Any]) -> str:
+  """A sampler table row's sampler in words."""
+  if row["sampler"] == "ddim":
+    return f"DDIM, {row['ddim_steps']} steps"
+  if row["corrector_steps"]:
+    predictor = "DDPM" if row["ddim_steps"] is None else f"DDIM {row['ddim_steps']}"
+    return f"PC: {predictor} + {row['corrector_steps']} corrector step(s), snr {row['snr']:g}"
+  return "DDPM (ancestral)"
+
+
+def plot_sampler_previews(
+  rows: list[dict[str, Any]], previews: list[np.ndarray], path: Path
+) -> None:
+  """One line of images per sampler table row (the same initial noise in every line)."""
+  plt = pyplot()
+  count, height, width, channels = previews[0].shape
+  fig, axes = plt.subplots(len(rows), 1, figsize=(count * 0.6, len(rows) * 0.9), squeeze=False)
+  for ax, row, images in zip(axes[:, 0], rows, previews):
+    strip = np.zeros((height, count * (width + 2), channels), np.uint8)
+    for index, image in enumerate(images):
+      strip[:, index * (width + 2) + 1 : index * (width + 2) + 1 + width] = image
+    ax.imshow(strip.squeeze(-1) if channels == 1 else strip, cmap="gray", interpolation="nearest")
+    ax.set_title(sampler_name(row), fontsize=9, loc="left")
+    ax.set_axis_off()
+  save_figure(fig, path)
+
+
 def _sampler_table_lines(rows: list[dict[str, Any]], num_samples: int) -> list[str]:
   header = (
     "| sampler | model evaluations | classifier FD | confident | rarest class "
@@ -167,15 +195,8 @@ def _sampler_table_lines(rows: list[dict[str, Any]], num_samples: int) -> list[s
     "|---|---|---|---|---|---|---|",
   ]
   for row in rows:
-    if row["sampler"] == "ddim":
-      name = f"DDIM, {row['ddim_steps']} steps"
-    elif row["corrector_steps"]:
-      predictor = "DDPM" if row["ddim_steps"] is None else f"DDIM {row['ddim_steps']}"
-      name = f"PC: {predictor} + {row['corrector_steps']} corrector step(s), snr {row['snr']:g}"
-    else:
-      name = "DDPM (ancestral)"
     lines.append(
-      f"| {name} | {row['model_evaluations']} | {row['classifier_fd']:.2f} | "
+      f"| {sampler_name(row)} | {row['model_evaluations']} | {row['classifier_fd']:.2f} | "
       f"{row['confident_share']:.1%} | {row['rarest_class_share']:.1%} | "
       f"{row['class_share_range']:.1%} | {row['seconds']:.1f} |"
     )
