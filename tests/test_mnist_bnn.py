@@ -15,6 +15,8 @@ from behaviour_data import mnist_like, save_mnist_npz
 from jaxdiff.classification import classifier_task
 from jaxdiff.experiments.mnist_bnn.config import BnnConfig
 from jaxdiff.experiments.mnist_bnn.experiment import snapshot_schedule
+from jaxdiff.experiments.mnist_bnn.registry import METHODS as METHOD_SPECS
+from jaxdiff.experiments.mnist_bnn.registry import Schedule
 from jaxdiff.experiments.mnist_bnn.report import render_markdown
 from jaxdiff.models import MLP
 from jaxdiff.tasks import Task, with_gaussian_prior
@@ -65,6 +67,20 @@ def test_published_protocol_is_the_seeds_length_and_cadence_whatever_the_tuning_
   assert BnnConfig(tuning_epochs=8).is_published_protocol()
   assert not BnnConfig(epochs=20, lr_halving_epochs=4).is_published_protocol()
   assert not BnnConfig(lr_halving_epochs=10).is_published_protocol()
+
+
+def test_psgld_adapts_its_preconditioner_through_the_burn_in_then_freezes_it():
+  schedule = Schedule(total_steps=20, halving_steps=10, cycles=1, exploration=0.5,
+                      burn_in_steps=5)  # fmt: skip
+  optimizer = METHOD_SPECS["psgld"].factory(schedule)(0.1, 0.0, jax.random.key(0))
+  params = {"w": jnp.zeros(3)}
+  state = optimizer.init(params)
+  moments = []
+  for step in range(7):
+    _, state = optimizer.update({"w": jnp.full(3, step + 1.0)}, state, params)
+    moments.append(np.asarray(state.second_moment["w"]))
+  assert not np.array_equal(moments[3], moments[4])  # step 5 of 5 still adapts
+  np.testing.assert_array_equal(moments[4], moments[6])  # frozen from then on
 
 
 @pytest.mark.parametrize(

@@ -165,6 +165,7 @@ def train_group(
     halving_steps=max(1, round(config.halving_epochs(epochs) * steps_per_epoch)),
     cycles=config.cycles,
     exploration=config.exploration,
+    burn_in_steps=config.burn_in_epochs(epochs) * steps_per_epoch,
   )
   trainer = train.Trainer(
     setup.task, spec.factory(schedule), setup.mesh, config.batch_size, setup.policy

@@ -109,7 +109,7 @@ def _method_line(name: str, config: BnnConfig, halving: float, cycle: int, num_t
     return f"plain SGD, {decay}; its average is an ensemble of its own trajectory's snapshots"
   kind = {
     "sgld": "SGLD",
-    "psgld": "pSGLD (RMSprop preconditioner, adapted for 1000 steps then frozen)",
+    "psgld": "pSGLD (RMSprop preconditioner, adapted during each run's burn-in then frozen)",
     "sghmc": f"SGHMC, momentum {SGHMC_MOMENTUM:g}",
   }[name]
   return f"{kind}, {noise}, {decay}"
