@@ -17,7 +17,7 @@ from jaxdiff.experiments.mnist_bnn.config import BnnConfig
 from jaxdiff.experiments.mnist_bnn.experiment import snapshot_schedule
 from jaxdiff.experiments.mnist_bnn.registry import METHODS as METHOD_SPECS
 from jaxdiff.experiments.mnist_bnn.registry import Schedule
-from jaxdiff.experiments.mnist_bnn.report import render_markdown
+from jaxdiff.experiments.mnist_bnn.report import headline_table, render_markdown, summarize
 from jaxdiff.models import MLP
 from jaxdiff.tasks import Task, with_gaussian_prior
 
@@ -81,6 +81,22 @@ def test_psgld_adapts_its_preconditioner_through_the_burn_in_then_freezes_it():
     moments.append(np.asarray(state.second_moment["w"]))
   assert not np.array_equal(moments[3], moments[4])  # step 5 of 5 still adapts
   np.testing.assert_array_equal(moments[4], moments[6])  # frozen from then on
+
+
+def test_summary_leaves_diverged_seeds_out_of_the_scores_and_says_so():
+  def run(status, error):
+    scores = {"error": error, "nll": None if status != "ok" else 0.1, "ece": 0.01, "brier": 0.02}
+    return {"method": "psgld", "learning_rate": 0.001, "status": status, "snapshots": 3,
+            "epoch_time_s": 1.0, "averaged": scores, "final": scores}  # fmt: skip
+
+  summary = summarize([run("ok", 0.03), run("diverged", 0.9), run("ok", 0.05)])["psgld"]
+  assert summary["seeds"] == 3 and summary["diverged"] == 1
+  assert summary["averaged"]["error"]["n"] == 2
+  assert summary["averaged"]["error"]["mean"] == pytest.approx(0.04)
+  assert (
+    "| psgld (1 of 3 diverged, left out) | 0.001 | 4.00 ± 1.00 |"
+    in headline_table({"psgld": summary})[2]
+  )
 
 
 @pytest.mark.parametrize(

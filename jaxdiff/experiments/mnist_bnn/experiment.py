@@ -390,9 +390,16 @@ def run_experiment(
     "summary": report.summarize(seed_runs),
     "runs": records,
   }  # fmt: skip
+  write_reports(result, out)
+  return result
+
+
+def write_reports(result: dict[str, Any], out_dir: str | Path) -> None:
+  """report.json, report.md and the figures of ``result`` (run_experiment's), atomically."""
+  out = Path(out_dir)
+  seed_runs = [run for run in result["runs"] if run["phase"] == "seeds"]
   files.write_json(out / "report.json", result)
   files.write_text(out / "report.md", report.render_markdown(result))
   report.plot_scores(result["summary"], out / "scores.png")
   report.plot_tuning(result["tuning"]["table"], out / "tuning.png")
   report.plot_curves(seed_runs, out / "curves.png")
-  return result

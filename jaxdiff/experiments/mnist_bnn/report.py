@@ -37,7 +37,11 @@ def stat(values: Sequence[float | None]) -> Stat:
 
 
 def summarize(seed_runs: Sequence[dict]) -> dict[str, dict]:
-  """Per method: its learning rate and each predictive's scores, mean ± std over the seeds."""
+  """Per method: its learning rate and each predictive's scores, mean ± std over the seeds.
+
+  A diverged seed is counted but left out of the scores: its last finite parameters are
+  not a trained model, and its NLL is infinite where its error is not.
+  """
   groups: dict[str, list[dict]] = {}
   for run in seed_runs:
     groups.setdefault(run["method"], []).append(run)
@@ -51,7 +55,9 @@ def summarize(seed_runs: Sequence[dict]) -> dict[str, dict]:
       "epoch_time_s": runs[0]["epoch_time_s"],
       **{
         predictive: {
-          metric: stat([(run[predictive] or {}).get(metric) for run in runs])
+          metric: stat(
+            [(run[predictive] or {}).get(metric) for run in runs if run["status"] == "ok"]
+          )
           for metric in ("error", "nll", "ece", "brier")
         }
         for predictive in PREDICTIVES
@@ -135,7 +141,8 @@ def headline_table(summary: dict[str, dict]) -> list[str]:
     cells = []
     for metric, scale, digits in (("error", 100, 2), ("nll", 1, 4), ("ece", 100, 2)):
       cells += [_cell(entry[p][metric], scale, digits) for p in PREDICTIVES]
-    diverged = f" ({entry['diverged']} diverged)" if entry["diverged"] else ""
+    diverged = entry["diverged"]
+    diverged = f" ({diverged} of {entry['seeds']} diverged, left out)" if diverged else ""
     rows.append(f"| {name}{diverged} | {entry['learning_rate']:g} | " + " | ".join(cells) + " |")
   return rows
 
