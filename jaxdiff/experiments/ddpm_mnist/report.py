@@ -12,18 +12,23 @@ from jaxdiff import ddpm
 from jaxdiff.files import pyplot, save_figure
 
 
-def plot_samples(samples_uint8: np.ndarray, path: Path, columns: int = 16) -> None:
-  count = min(len(samples_uint8), columns * columns)
-  rows = math.ceil(count / columns)
-  height, width, channels = samples_uint8.shape[1:]
+def _tile(images: np.ndarray, columns: int) -> np.ndarray:
+  """``images`` (N, H, W, C) side by side, ``columns`` a row, each framed by one black pixel."""
+  rows = math.ceil(len(images) / columns)
+  height, width, channels = images.shape[1:]
   grid = np.zeros((rows * (height + 2), columns * (width + 2), channels), np.uint8)
-  for index in range(count):
+  for index, image in enumerate(images):
     row, column = divmod(index, columns)
     grid[row * (height + 2) + 1 : row * (height + 2) + 1 + height,
-         column * (width + 2) + 1 : column * (width + 2) + 1 + width] = samples_uint8[index]  # fmt: skip
+         column * (width + 2) + 1 : column * (width + 2) + 1 + width] = image  # fmt: skip
+  return grid.squeeze(-1) if channels == 1 else grid
+
+
+def plot_samples(samples_uint8: np.ndarray, path: Path, columns: int = 16) -> None:
+  shown = samples_uint8[: columns * columns]
   plt = pyplot()
-  fig, ax = plt.subplots(figsize=(columns * 0.6, rows * 0.6))
-  ax.imshow(grid.squeeze(-1) if channels == 1 else grid, cmap="gray", interpolation="nearest")
+  fig, ax = plt.subplots(figsize=(columns * 0.6, math.ceil(len(shown) / columns) * 0.6))
+  ax.imshow(_tile(shown, columns), cmap="gray", interpolation="nearest")
   ax.set_axis_off()
   ax.set_title("DDPM samples (EMA parameters)")
   save_figure(fig, path)
@@ -167,13 +172,10 @@ def plot_sampler_previews(
 ) -> None:
   """One line of images per sampler table row (the same initial noise in every line)."""
   plt = pyplot()
-  count, height, width, channels = previews[0].shape
+  count = len(previews[0])
   fig, axes = plt.subplots(len(rows), 1, figsize=(count * 0.6, len(rows) * 0.9), squeeze=False)
   for ax, row, images in zip(axes[:, 0], rows, previews):
-    strip = np.zeros((height, count * (width + 2), channels), np.uint8)
-    for index, image in enumerate(images):
-      strip[:, index * (width + 2) + 1 : index * (width + 2) + 1 + width] = image
-    ax.imshow(strip.squeeze(-1) if channels == 1 else strip, cmap="gray", interpolation="nearest")
+    ax.imshow(_tile(images, count), cmap="gray", interpolation="nearest")
     ax.set_title(sampler_name(row), fontsize=9, loc="left")
     ax.set_axis_off()
   save_figure(fig, path)
