@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BASELINE = {"model-size": "small", "batch-size": 32, "lr": 5e-4, "schedule": "linear",
             "prediction": "eps", "loss-weighting": "uniform"}  # fmt: skip
 NARROW = {**BASELINE, "base-channels": 16, "num-res-blocks": 1}  # the "narrow" preset
+KEPT = {**NARROW, "prediction": "v", "schedule": "cosine", "lr": 1e-3}
 RECIPES = {
   "small": BASELINE,
   "tiny": {**BASELINE, "model-size": "tiny"},
@@ -37,6 +38,12 @@ RECIPES = {
   "width16-v-cosine": {**NARROW, "prediction": "v", "schedule": "cosine"},
   "width16-v-lr1e-3": {**NARROW, "prediction": "v", "lr": 1e-3},
   "width24-v": {**NARROW, "base-channels": 24, "prediction": "v"},
+  # From the combination the study above kept (70862eb's defaults), one change at a time.
+  "width16-v-cosine-lr1e-3": KEPT,
+  "width16-v-cosine-lr2e-3": {**KEPT, "lr": 2e-3},
+  "width16-v-cosine-lr2e-3-batch64": {**KEPT, "lr": 2e-3, "batch-size": 64},
+  "width24-v-cosine-lr1e-3": {**KEPT, "base-channels": 24},
+  "width16-v-cosine-lr1e-3-minsnr": {**KEPT, "loss-weighting": "min_snr"},
   "defaults": {},  # the experiment's defaults: what the committed run uses
 }
 
