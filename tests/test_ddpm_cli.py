@@ -129,7 +129,12 @@ T_50 = ["--num-timesteps", "50"]
       [*T_50, "--sampler", "ddim", "--sample-steps", "51", "--bpd-timesteps", "2"],
       "argument --sample-steps: must be at most T = 50",
     ),
-    ([*T_50, "--bpd-timesteps", "50"], "argument --bpd-timesteps: must be at most T - 1 = 49"),
+    (
+      [*T_50, "--sample-steps", "10", "--bpd-timesteps", "50"],
+      "argument --bpd-timesteps: must be at most T - 1 = 49",
+    ),
+    # The default sampler's DDIM predictor takes 100 steps: a smaller T names the flag to lower.
+    (T_50, "argument --sample-steps: must be at most T = 50"),
     (
       [*T_50, "--sampler", "pc", "--pc-predictor", "ddim", "--sample-steps", "51"],
       "argument --sample-steps: must be at most T = 50",
