@@ -21,8 +21,9 @@ class DDPMConfig:
 
   The defaults are the recipe that learnt most per CPU second in ``benchmarks/ddpm_recipe.py``
   (``benchmarks/RESULTS.md``): the narrow U-Net, v-prediction, the cosine schedule, Adam at
-  2e-3 on batches of 32. The default sampler is the sampler table's best row of the committed
-  run: predictor-corrector, DDIM 100 steps with 2 Langevin corrector steps at snr 0.16.
+  2e-3 on batches of 32. The default sampler is the sampler table's row with the best classifier
+  FD (``experiments/results``): predictor-corrector, DDIM 100 steps with 2 Langevin corrector
+  steps at snr 0.16.
   """
 
   steps: int = option(2000, "optimizer steps", greater_than=0)

@@ -141,8 +141,8 @@ def headline_table(summary: dict[str, dict]) -> list[str]:
     cells = []
     for metric, scale, digits in (("error", 100, 2), ("nll", 1, 4), ("ece", 100, 2)):
       cells += [_cell(entry[p][metric], scale, digits) for p in PREDICTIVES]
-    diverged = entry["diverged"]
-    diverged = f" ({diverged} of {entry['seeds']} diverged, left out)" if diverged else ""
+    count = entry["diverged"]
+    diverged = f" ({count} of {entry['seeds']} diverged, left out)" if count else ""
     rows.append(f"| {name}{diverged} | {entry['learning_rate']:g} | " + " | ".join(cells) + " |")
   return rows
 
