@@ -21,8 +21,7 @@ class DDPMConfig:
 
   The defaults are the recipe that learnt most per CPU second in ``benchmarks/ddpm_recipe.py``
   (``benchmarks/RESULTS.md``): the narrow U-Net, v-prediction, the cosine schedule, Adam at
-  2e-3 on batches of 8 (on a CPU a smaller batch costs few images per second, so it buys more
-  updates; on a GPU or TPU raise it). The default sampler is the sampler table's row with the best classifier
+  2e-3 on batches of 32. The default sampler is the sampler table's row with the best classifier
   FD (``experiments/results``): predictor-corrector, DDIM 100 steps with 2 Langevin corrector
   steps at snr 0.16.
   """
@@ -32,7 +31,7 @@ class DDPMConfig:
     None, "train for this many minutes of wall time instead of --steps (the steps reached are "
     "recorded), so any machine gets the model its time allows", greater_than=0,
   )  # fmt: skip
-  batch_size: int = option(8, "global batch size, a multiple of the devices", greater_than=0)
+  batch_size: int = option(32, "global batch size, a multiple of the devices", greater_than=0)
   schedule: str = option(
     "cosine", "noise schedule: linear (Ho et al.) or cosine (Nichol & Dhariwal)",
     choices=SCHEDULES, noun="noise schedule",
