@@ -27,6 +27,7 @@ BASELINE = {"model-size": "small", "batch-size": 32, "lr": 5e-4, "schedule": "li
             "prediction": "eps", "loss-weighting": "uniform"}  # fmt: skip
 NARROW = {**BASELINE, "base-channels": 16, "num-res-blocks": 1}  # the "narrow" preset
 KEPT = {**NARROW, "prediction": "v", "schedule": "cosine", "lr": 1e-3}
+KEPT_LR2E3 = {**KEPT, "lr": 2e-3}  # bbdafe8's defaults
 RECIPES = {
   "small": BASELINE,
   "tiny": {**BASELINE, "model-size": "tiny"},
@@ -40,21 +41,16 @@ RECIPES = {
   "width24-v": {**NARROW, "base-channels": 24, "prediction": "v"},
   # From the combination the study above kept (70862eb's defaults), one change at a time.
   "width16-v-cosine-lr1e-3": KEPT,
-  "width16-v-cosine-lr2e-3": {**KEPT, "lr": 2e-3},
-  "width16-v-cosine-lr2e-3-batch64": {**KEPT, "lr": 2e-3, "batch-size": 64},
+  "width16-v-cosine-lr2e-3": KEPT_LR2E3,
+  "width16-v-cosine-lr2e-3-batch64": {**KEPT_LR2E3, "batch-size": 64},
   "width24-v-cosine-lr1e-3": {**KEPT, "base-channels": 24},
   "width16-v-cosine-lr1e-3-minsnr": {**KEPT, "loss-weighting": "min_snr"},
-  # From bbdafe8's defaults (the kept combination at lr 2e-3): smaller batches, which on a
-  # 2-core CPU cost few images/s and so multiply the updates per second.
-  "width16-v-cosine-lr2e-3-batch16": {**KEPT, "lr": 2e-3, "batch-size": 16},
-  "width16-v-cosine-lr2e-3-batch8": {**KEPT, "lr": 2e-3, "batch-size": 8},
+  # From bbdafe8's defaults: smaller batches, which on a 2-core CPU cost few images/s and so
+  # multiply the updates per second.
+  "width16-v-cosine-lr2e-3-batch16": {**KEPT_LR2E3, "batch-size": 16},
+  "width16-v-cosine-lr2e-3-batch8": {**KEPT_LR2E3, "batch-size": 8},
   "width16-v-cosine-lr1e-3-batch8": {**KEPT, "batch-size": 8},
-  "width16-v-cosine-lr2e-3-batch8-ema0.999": {
-    **KEPT,
-    "lr": 2e-3,
-    "batch-size": 8,
-    "ema-decay": 0.999,
-  },
+  "width16-v-cosine-lr2e-3-batch8-ema0.999": {**KEPT_LR2E3, "batch-size": 8, "ema-decay": 0.999},
   "defaults": {},  # the experiment's defaults: what the committed run uses
 }
 
