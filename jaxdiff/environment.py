@@ -28,16 +28,23 @@ LIBRARY_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
 MISSING = "missing"
 
 
-def cpu_model() -> str:
-  """The host CPU's model name from ``/proc/cpuinfo``, or ``"unknown"`` where there is none."""
+def cpu_info(field: str) -> str | None:
+  """The first value of ``field`` (``"model name"``, ``"vendor_id"``, ``"flags"``, ...) in
+  ``/proc/cpuinfo``, or None where there is no such file or field."""
   try:
     with open("/proc/cpuinfo") as cpuinfo:
       for line in cpuinfo:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
+        name, _, value = line.partition(":")
+        if name.strip() == field:
+          return value.strip()
   except OSError:
     pass
-  return "unknown"
+  return None
+
+
+def cpu_model() -> str:
+  """The host CPU's model name from ``/proc/cpuinfo``, or ``"unknown"`` where there is none."""
+  return cpu_info("model name") or "unknown"
 
 
 def usable_cores() -> int | None:

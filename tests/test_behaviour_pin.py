@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from behaviour_data import cifar_like, mnist_like, save_mnist_npz
 
+from jaxdiff import environment
 from jaxdiff.experiments.cifar.comparison import run_comparison
 from jaxdiff.experiments.cifar.config import ComparisonConfig
 from jaxdiff.experiments.ddpm_mnist import experiment
@@ -32,15 +33,9 @@ REFERENCES = {
 }
 
 
-def _cpu_vendor() -> str:
-  cpuinfo = Path("/proc/cpuinfo")
-  lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-  return next((line.split(":")[1].strip() for line in lines if line.startswith("vendor_id")), "")
-
-
 @pytest.fixture(scope="module")
 def reference():
-  vendor = _cpu_vendor()
+  vendor = environment.cpu_info("vendor_id") or ""
   if vendor not in REFERENCES:
     pytest.fail(
       f"no behaviour reference for this CPU vendor ({vendor or 'unknown'}): record one with the "
