@@ -63,9 +63,11 @@ def test_outputs_and_resume(tmp_path, tiny_mnist, cache_env):
   table = report["sample_quality"]["sampler_table"]
   assert [(row["sampler"], row["ddim_steps"], row["corrector_steps"]) for row in table] == [
     ("ddpm", None, 0), ("ddim", 25, 0), ("ddim", 50, 0), ("pc", 50, 1), ("pc", 50, 1),
-    ("pc", 50, 2), ("pc", 50, 2), ("pc", 50, 3), ("pc", 50, 3),
+    ("pc", 50, 2), ("pc", 50, 2), ("pc", 50, 2), ("pc", 50, 3), ("pc", 50, 3),
   ]  # fmt: skip
-  assert [row["model_evaluations"] for row in table] == [50, 25, 50, 100, 100, 150, 150, 200, 200]
+  assert [row["model_evaluations"] for row in table] == [
+    50, 25, 50, 100, 100, 150, 150, 150, 200, 200
+  ]  # fmt: skip
   assert all(np.isfinite(row["classifier_fd"]) and row["seconds"] > 0 for row in table)
   assert "## Samplers" in markdown and "| DDIM, 25 steps | 25 |" in markdown
   assert "| PC: DDIM 50 + 2 corrector step(s), snr 0.16 | 150 |" in markdown
