@@ -180,7 +180,8 @@ def cnn_trainer(optimizer, batch_size, convolution="auto", **policy_options) -> 
   """
   mesh = parallel.make_mesh()
   policy = ExecutionPolicy.for_mesh(mesh, **policy_options)
-  model = SimpleCNN(convolution=policy.convolution if convolution == "auto" else convolution)
+  policy = policy.with_convolution(None if convolution == "auto" else convolution)
+  model = SimpleCNN(convolution=policy.convolution)
   task = classification.classifier_task(model, CIFAR_SHAPE)
   return train.Trainer(task, optimizer, mesh, batch_size, policy)
 

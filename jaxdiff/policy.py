@@ -7,7 +7,7 @@ Each default keeps its reason in one line; the figures are in ``benchmarks/RESUL
 
 Example:
   >>> mesh = parallel.make_mesh()
-  >>> policy = ExecutionPolicy.for_mesh(mesh)
+  >>> policy = ExecutionPolicy.for_mesh(mesh).with_convolution()
   >>> model = SimpleCNN(convolution=policy.convolution)
   >>> trainer = Trainer(task, optax.adam, mesh=mesh, batch_size=100, policy=policy)
 """
@@ -36,7 +36,9 @@ class ExecutionPolicy:
       donated), ``"scan"`` (one ``lax.scan``), or ``"auto"``: :meth:`loop_for` decides per
       task from whether its step computes a convolution.
     runs_per_call: runs vmapped into one compiled call; 0 means all of them.
-    compiler_options: XLA options for every compiled program (``jax.jit(compiler_options=)``).
+    compiler_options: XLA options for every compiled program (``jax.jit(compiler_options=)``):
+      :meth:`for_mesh`'s suit models with ``lax`` convolutions or none; a model that computes
+      its convolutions as ``convolution`` runs with :meth:`with_convolution`'s.
     convolution: how models with few-channel convolutions (the seed article's CNN) compute
       them, one of :data:`CONVOLUTIONS` (see :mod:`jaxdiff.models.cpu_ops`).
     scan_unroll: steps per iteration of a scanned epoch: more trade compile time for less
@@ -96,6 +98,24 @@ class ExecutionPolicy:
       convolution={"cpu": "banded", "gpu": "banded_rows"}.get(platform, "lax"),
       scan_unroll=scan_unroll,
     )
+
+  def with_convolution(self, convolution: str | None = None) -> ExecutionPolicy:
+    """This policy for a model that computes its convolutions as ``convolution``.
+
+    Args:
+      convolution: one of :data:`CONVOLUTIONS`; None keeps the policy's own choice.
+
+    Returns:
+      The same choices with ``convolution`` and the compiler options measured for it
+      (``cpu_ops.compiler_options``): build the model with the returned ``convolution``.
+
+    Example:
+      >>> policy = ExecutionPolicy.for_mesh(mesh).with_convolution()
+      >>> model = SimpleCNN(convolution=policy.convolution)
+    """
+    convolution = self.convolution if convolution is None else convolution
+    options = cpu_ops.compiler_options(self.platform, convolution)
+    return dataclasses.replace(self, convolution=convolution, compiler_options=options)
 
   def loop_for(self, convolves: bool) -> str:
     """The epoch loop for a step that does (or does not) compute a convolution.

@@ -185,6 +185,67 @@ def test_compiler_options_are_empty_off_the_cpu_and_where_jaxlib_rejects_them(mo
     cpu_ops.compiler_options.cache_clear()
 
 
+@pytest.fixture
+def cpu_flags(monkeypatch):
+  """Sets the CPU flags ``compiler_options`` sees; its cache is cleared around the test."""
+
+  def set_flags(flags):
+    monkeypatch.setattr(cpu_ops, "cpu_info", lambda field: flags if field == "flags" else None)
+    cpu_ops.compiler_options.cache_clear()
+
+  yield set_flags
+  cpu_ops.compiler_options.cache_clear()
+
+
+def test_banded_programs_drop_ynnpack_only_on_the_cpu_kind_measured(cpu_flags):
+  cpu_flags("fpu avx512f amx_bf16 amx_tile")
+  lax_options = cpu_ops.compiler_options("cpu")
+  assert lax_options == {"xla_cpu_experimental_ynn_fusion_type": cpu_ops._YNN_FUSION_TYPES}
+  for formulation in ("banded", "banded_rows"):
+    assert cpu_ops.compiler_options("cpu", formulation) == {"xla_cpu_experimental_ynn_fusion_type": ""}  # fmt: skip
+  assert cpu_ops.compiler_options("gpu", "banded_rows") == {}
+  cpu_flags("fpu avx512f")  # no AMX: the choice measured before, on the EPYC
+  assert cpu_ops.compiler_options("cpu", "banded") == lax_options
+  cpu_flags(None)  # no /proc/cpuinfo
+  assert cpu_ops.compiler_options("cpu", "banded") == lax_options
+
+
+def test_the_banded_cnn_without_ynnpack_computes_the_same_function(cpu_flags, cnn_paths):
+  _, fast, params, images, ((plain_loss, _), plain_grads), _ = cnn_paths
+  cpu_flags("amx_tile")
+  policy = ExecutionPolicy.for_mesh(parallel.make_mesh()).with_convolution("banded")
+  assert dict(policy.compiler_options) == {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+  def loss(params):
+    logits = fast.apply({"params": params}, images)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(8) % 10).mean()
+
+  compiled = (
+    jax.jit(jax.value_and_grad(loss), compiler_options=dict(policy.compiler_options))
+    .lower(params)
+    .compile()
+  )
+  assert "__ynn_fusion" not in compiled.as_text()
+  fast_loss, fast_grads = compiled(params)
+  tolerance = 400 * EPS  # float32 summation order only, as for the default options below
+  np.testing.assert_allclose(fast_loss, plain_loss, rtol=tolerance)
+  for plain_leaf, fast_leaf in zip(jax.tree.leaves(plain_grads), jax.tree.leaves(fast_grads)):
+    scale = float(jnp.abs(plain_leaf).max())
+    np.testing.assert_allclose(fast_leaf, plain_leaf, rtol=0, atol=tolerance * scale)
+
+
+def test_with_convolution_keeps_the_other_choices():
+  policy = ExecutionPolicy.for_mesh(parallel.make_mesh(), loop="scan", scan_unroll=2)
+  banded = policy.with_convolution()
+  assert banded.convolution == policy.convolution == "banded"
+  assert dict(banded.compiler_options) == cpu_ops.compiler_options("cpu", "banded")
+  plain = policy.with_convolution("lax")
+  assert plain.convolution == "lax" and plain.compiler_options == policy.compiler_options
+  assert (banded.loop, banded.scan_unroll, banded.runs_per_call) == ("scan", 2, 1)
+  with pytest.raises(ValueError, match="convolution must be one of"):
+    policy.with_convolution("fft")
+
+
 def test_engine_compiles_its_cpu_step_with_the_compiler_options():
   class ConvClassifier(nn.Module):
     @nn.compact

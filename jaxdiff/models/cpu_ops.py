@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxdiff.environment import cpu_info
+
 FEATURE_MULTIPLE = 16
 """Output features are padded to a multiple of this: one AVX-512 register of float32."""
 
@@ -42,25 +44,38 @@ FORMULATIONS = ("lax", "banded", "banded_rows")
 # less the convolutions. The option takes a list, not a change to the default.
 _YNN_FUSION_TYPES = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 
+# The CPU flag (/proc/cpuinfo) of the CPU kind on which XLA's own dot kernels ran the banded
+# matmuls faster than YNNPACK's: the Intel Xeon measured, which has AMX. Elsewhere (the AMD
+# EPYC measured before) the banded programs keep YNNPACK's dots until a measurement says more.
+_BANDED_ON_XLA_DOTS_FLAG = "amx_tile"
+
 
 @functools.cache
-def compiler_options(platform: str) -> dict[str, str]:
+def compiler_options(platform: str, convolution: str = "lax") -> dict[str, str]:
   """XLA compiler options for jaxdiff's compiled programs: ``jax.jit(compiler_options=...)``.
 
   On the CPU they leave convolutions to XLA's own kernels instead of YNNPACK's, which took
-  longer at every channel count the U-Net has (8-128). The option is experimental, so it is
-  set per compiled function rather than process-wide in ``XLA_FLAGS``, and only where this
-  jaxlib accepts it: a trivial function is compiled with it once.
+  longer at every channel count the U-Net has (8-128). For a program whose convolutions are
+  banded matmuls (``convolution`` not ``"lax"``), on a CPU with :data:`_BANDED_ON_XLA_DOTS_FLAG`
+  they ask for no YNNPACK fusion at all: XLA's own dot kernels ran the seed CNN's step faster
+  there, while the U-Net's and an MLP's ran slower without YNNPACK's dots. The option is
+  experimental, so it is set per compiled function rather than process-wide in ``XLA_FLAGS``,
+  and only where this jaxlib accepts it: a trivial function is compiled with it once.
 
   Args:
     platform: where the program runs (``"cpu"``, ``"gpu"``, ``"tpu"``).
+    convolution: how the program's model computes its convolutions, one of
+      :data:`FORMULATIONS`.
 
   Returns:
     The options; ``{}`` off the CPU, and where this jaxlib rejects them.
   """
   if platform != "cpu":
     return {}
-  options = {"xla_cpu_experimental_ynn_fusion_type": _YNN_FUSION_TYPES}
+  fusion_types = _YNN_FUSION_TYPES
+  if convolution != "lax" and _BANDED_ON_XLA_DOTS_FLAG in (cpu_info("flags") or "").split():
+    fusion_types = ""  # an empty list: no YNNPACK fusion
+  options = {"xla_cpu_experimental_ynn_fusion_type": fusion_types}
   try:
     probe = jax.device_put(jnp.zeros(()), jax.devices("cpu")[0])
     jax.jit(jnp.negative, compiler_options=options).lower(probe).compile()
