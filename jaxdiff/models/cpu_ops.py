@@ -203,8 +203,7 @@ def conv_toeplitz(
   # (batch, out_height, blocks, kh, window, in), one matmul row per block; built in one
   # expression so that XLA makes it in one pass over the input. The rows are a 2-D matrix,
   # not (batch, out_height, blocks, ...): through the 4-D product XLA:CPU computed the
-  # kernel's gradient after a transposing copy of the output's gradient, and the CNN's step
-  # took 1.2 times as long on an Intel Xeon.
+  # kernel's gradient after a transposing copy of the output's gradient (RESULTS.md).
   rows = jnp.stack(
     [
       jnp.stack(
