@@ -211,27 +211,17 @@ def test_banded_programs_drop_ynnpack_only_on_the_cpu_kind_measured(cpu_flags):
 
 
 def test_the_banded_cnn_without_ynnpack_computes_the_same_function(cpu_flags, cnn_paths):
-  _, fast, params, images, ((plain_loss, _), plain_grads), _ = cnn_paths
+  _, fast, params, images, plain_results, _ = cnn_paths
   cpu_flags("amx_tile")
   policy = ExecutionPolicy.for_mesh(parallel.make_mesh()).with_convolution("banded")
   assert dict(policy.compiler_options) == {"xla_cpu_experimental_ynn_fusion_type": ""}
-
-  def loss(params):
-    logits = fast.apply({"params": params}, images)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(8) % 10).mean()
-
   compiled = (
-    jax.jit(jax.value_and_grad(loss), compiler_options=dict(policy.compiler_options))
+    jax.jit(cnn_loss_and_grads(fast, images), compiler_options=dict(policy.compiler_options))
     .lower(params)
     .compile()
   )
   assert "__ynn_fusion" not in compiled.as_text()
-  fast_loss, fast_grads = compiled(params)
-  tolerance = 400 * EPS  # float32 summation order only, as for the default options below
-  np.testing.assert_allclose(fast_loss, plain_loss, rtol=tolerance)
-  for plain_leaf, fast_leaf in zip(jax.tree.leaves(plain_grads), jax.tree.leaves(fast_grads)):
-    scale = float(jnp.abs(plain_leaf).max())
-    np.testing.assert_allclose(fast_leaf, plain_leaf, rtol=0, atol=tolerance * scale)
+  assert_same_cnn_results(plain_results, compiled(params))
 
 
 def test_with_convolution_keeps_the_other_choices():
@@ -286,18 +276,35 @@ def test_max_pool_2x2_equals_flax_max_pool_bitwise_with_gradient(x):
 @pytest.fixture(scope="module")
 def cnn_paths():
   images = jax.random.normal(jax.random.key(4), (8, 32, 32, 3))
-  labels = jnp.arange(8) % 10
   plain, fast = SimpleCNN(convolution="lax"), SimpleCNN(convolution="banded")
   params = plain.init(jax.random.key(5), images)["params"]
+  results = [jax.jit(cnn_loss_and_grads(model, images))(params) for model in (plain, fast)]
+  return plain, fast, params, images, *results
 
-  def loss_and_grads(model):
-    def loss(params):
-      logits = model.apply({"params": params}, images)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
 
-    return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+def cnn_loss_and_grads(model, images):
+  """``params -> ((loss, logits), grads)`` of ``model`` on ``images``, labelled 0, 1, 2, ..."""
+  labels = jnp.arange(len(images)) % 10
 
-  return plain, fast, params, images, loss_and_grads(plain), loss_and_grads(fast)
+  def loss(params):
+    logits = model.apply({"params": params}, images)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+
+  return jax.value_and_grad(loss, has_aux=True)
+
+
+def assert_same_cnn_results(plain_results, fast_results):
+  """Two :func:`cnn_loss_and_grads` results agree up to float32 summation order."""
+  (plain_loss, plain_logits), plain_grads = plain_results
+  (fast_loss, fast_logits), fast_grads = fast_results
+  # Only float32 summation order differs; the longest sums have 400 terms (Dense_0), so
+  # relative differences stay within 400·ε ≈ 5e-5 of each value's scale.
+  tolerance = 400 * EPS
+  np.testing.assert_allclose(fast_logits, plain_logits, rtol=tolerance, atol=tolerance)
+  np.testing.assert_allclose(fast_loss, plain_loss, rtol=tolerance)
+  for plain_leaf, fast_leaf in zip(jax.tree.leaves(plain_grads), jax.tree.leaves(fast_grads)):
+    scale = float(jnp.abs(plain_leaf).max())
+    np.testing.assert_allclose(fast_leaf, plain_leaf, rtol=0, atol=tolerance * scale)
 
 
 def test_simple_cnn_cpu_ops_keep_the_parameters(cnn_paths):
@@ -309,15 +316,8 @@ def test_simple_cnn_cpu_ops_keep_the_parameters(cnn_paths):
 
 
 def test_simple_cnn_cpu_ops_compute_the_same_logits_and_gradients(cnn_paths):
-  *_, ((plain_loss, plain_logits), plain_grads), ((fast_loss, fast_logits), fast_grads) = cnn_paths
-  # Only float32 summation order differs; the longest sums have 400 terms (Dense_0), so
-  # relative differences stay within 400·ε ≈ 5e-5 of each value's scale.
-  tolerance = 400 * EPS
-  np.testing.assert_allclose(fast_logits, plain_logits, rtol=tolerance, atol=tolerance)
-  np.testing.assert_allclose(fast_loss, plain_loss, rtol=tolerance)
-  for plain_leaf, fast_leaf in zip(jax.tree.leaves(plain_grads), jax.tree.leaves(fast_grads)):
-    scale = float(jnp.abs(plain_leaf).max())
-    np.testing.assert_allclose(fast_leaf, plain_leaf, rtol=0, atol=tolerance * scale)
+  *_, plain_results, fast_results = cnn_paths
+  assert_same_cnn_results(plain_results, fast_results)
 
 
 def test_the_policy_chooses_the_cpu_ops_for_the_simple_cnn_on_the_cpu(cnn_paths):
