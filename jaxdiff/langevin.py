@@ -376,57 +376,53 @@ def psgld(
   diffusion: optax.ScalarOrSchedule,
   key: chex.PRNGKey,
   decay: float = 0.99,
-  eps: float = 1e-5,
+  eps: float = 1e-8,
   adapt_steps: int | None = 1000,
 ) -> optax.GradientTransformation:
-  """Preconditioned SGLD with an RMSprop preconditioner (Li et al., 2016).
+  r"""Preconditioned SGLD with an RMSprop preconditioner bounded by 1 (after Li et al., 2016).
 
-  Elementwise, with ``g`` the gradient:
+  Elementwise, with ``g`` the gradient and ``n`` the number of parameters:
 
   .. code-block:: text
 
-    V_t = decay · V_{t−1} + (1 − decay) · g²,   V_{−1} = 0   (t < adapt_steps)
-    G_t = 1 / (eps + √(V_t / (1 − decay^{t+1})))               (bias-corrected, as Adam)
+    V_t = decay · V_{t−1} + (1 − decay) · g²,   V_{−1} = 0        (t < adapt_steps)
+    V̂_t = V_t / (1 − decay^{t+1})                                 (bias-corrected, as Adam)
+    λ_t = √(Σ V̂_t / n) + eps                                      (the gradients' RMS)
+    G_t = λ_t / (λ_t + √V̂_t)
     θ_{t+1} = θ_t − η_t · G_t · g + N(0, 2 · D_t · η_t · G_t)
 
-  The Γ correction term (the derivative of ``G`` with respect to ``θ``) is
-  dropped, as SGMCMCJax's ``psgld`` does and as Li et al. justify for
-  ``decay`` close to 1. It is not small: while ``V`` keeps adapting, ``G``
-  follows the recent gradients and so the chain's own position, and on
-  Gaussian targets the chain samples too hot, the more so the smaller the
-  step (``benchmarks/RESULTS.md``). So by default ``V`` adapts for the first
-  ``adapt_steps`` steps only and is then frozen: with a constant ``G`` the
-  Γ term is exactly zero and the chain samples ``exp(−L/D)`` (up to the
-  discretisation, as SGLD), with the preconditioner fitted during burn-in.
-  Freeze only once the gradients' scale has settled (set ``adapt_steps`` to the
-  burn-in), and expect a frozen preconditioner to tolerate smaller learning
-  rates than an adapting one, which damps a coordinate as soon as its gradients
-  grow: coordinates that saw almost no gradient while ``V`` adapted keep a ``G``
-  near ``1/eps``. In the MNIST Bayesian-MLP benchmark
-  (``experiments/results/mnist_bnn``) every learning rate from 0.01 up
-  diverged within 150 steps of the freeze, frozen after 1 000 steps or after
-  the burn-in.
-  ``adapt_steps=None`` keeps adapting for ever, as Li et al. and SGMCMCJax
-  do: a preconditioner that follows the loss landscape, for a noisy
-  optimizer rather than a sampler. Unlike theirs, ``V`` is bias-corrected
-  (``t + 1`` stops at ``adapt_steps``): from ``V_{−1} = 0`` the first steps'
-  noise would otherwise be ``(1 − decay)^{−1/4}`` times too large, which
-  threw some chains far out for the whole burn-in.
+  ``G`` is Li et al.'s ``1 / (λ + √V)`` with the damping ``λ`` set to the root mean square of
+  the gradients over all parameters instead of a fixed constant, and scaled by ``λ``: so
+  ``0 < G ≤ 1``, a coordinate with typical gradients takes half an SGLD step and one with
+  gradients far above the typical ones a proportionally smaller step. Three consequences:
+  ``η`` means what it means for SGLD (on a quadratic, ``G ≤ 1`` makes the chain at ``η`` as
+  stable as SGLD at ``η``, whatever the gradients); where no gradient has been seen (a start at
+  a stationary point, inputs that are always zero) ``G = 1``, SGLD's step, not ``1/eps``; and
+  ``G`` is unchanged when the loss is scaled. The cost: coordinates with gradients below the
+  typical ones move at SGLD's pace, no faster, where Li et al.'s ``G`` speeds them up.
 
-  Noise is drawn exactly as in :func:`add_langevin_noise` (same helper), so
-  the same guarantees hold: independent across elements, leaves and steps,
-  identical on data-parallel replicas, bitwise noiseless drift for
-  ``diffusion == 0``.
+  The Γ correction term (the derivative of ``G`` with respect to ``θ``) is dropped, as
+  SGMCMCJax's ``psgld`` does. While ``V`` adapts, ``G`` follows the chain's recent gradients
+  and so its position, and the chain samples too hot. So by default ``V`` adapts for the first
+  ``adapt_steps`` steps only (the burn-in) and is then frozen: with a constant ``G`` the Γ term
+  is exactly zero and the chain samples ``exp(−L/D)`` up to the discretisation, as SGLD does.
+  ``adapt_steps=None`` keeps adapting, as Li et al. do: a noisy optimizer more than a sampler.
+  The measurements behind these choices are in ``benchmarks/RESULTS.md`` (its pSGLD section).
+
+  Noise is drawn exactly as in :func:`add_langevin_noise` (same helper), so the same
+  guarantees hold: independent across elements, leaves and steps, identical on data-parallel
+  replicas, bitwise noiseless drift for ``diffusion == 0``.
 
   Args:
     learning_rate: ``η_t``, float or schedule.
     diffusion: ``D_t``, float or schedule; ``D = T/N`` for temperature ``T``
       with a mean loss over ``N`` examples.
     key: a single PRNG key, e.g. ``jax.random.key(seed)``.
-    decay: the second-moment decay rate.
-    eps: added to ``√V`` to bound the preconditioner.
-    adapt_steps: steps over which ``V`` adapts before it is frozen (the samples
-      before then are burn-in); None never freezes it.
+    decay: the second-moment decay rate, in ``[0, 1)``.
+    eps: added to ``λ``, so that ``G`` is 1 rather than undefined while every gradient seen is
+      zero.
+    adapt_steps: steps over which ``V`` adapts before it is frozen (the samples before then
+      are burn-in); None never freezes it.
 
   Returns:
     A :class:`optax.GradientTransformation` with state :class:`PSGLDState`,
@@ -434,22 +430,28 @@ def psgld(
 
   Raises:
     TypeError: if ``key`` is not a single PRNG key.
-    ValueError: if a concrete ``learning_rate``, ``diffusion``, ``decay`` or
-      ``eps`` is negative or not finite, or ``adapt_steps`` is below 1.
+    ValueError: if a concrete ``learning_rate``, ``diffusion`` or ``eps`` is negative or not
+      finite, ``decay`` is outside ``[0, 1)``, or ``adapt_steps`` is below 1.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> opt = psgld(0.01, diffusion_for_temperature(1.0, 60_000), jax.random.key(0))
+    >>> params = jnp.zeros(3)
+    >>> updates, state = opt.update(jnp.zeros(3), opt.init(params))  # no gradient yet: G = 1
+    >>> int(state.count)
+    1
 
   References:
     Li et al., `Preconditioned Stochastic Gradient Langevin Dynamics for Deep
     Neural Networks <https://arxiv.org/abs/1512.07666>`_, AAAI 2016.
   """
   _check_key(key)
-  for name, value in [
-    ("learning_rate", learning_rate),
-    ("diffusion", diffusion),
-    ("decay", decay),
-    ("eps", eps),
-  ]:
+  for name, value in [("learning_rate", learning_rate), ("diffusion", diffusion), ("eps", eps)]:
     _check_hyperparameter(name, value)
-  # Under inject_hyperparams (as jaxdiff's Trainer wraps it) adapt_steps may be a tracer.
+  # Under inject_hyperparams (as jaxdiff's Trainer wraps it) decay and adapt_steps may be tracers.
+  if not (isinstance(decay, jax.core.Tracer) or 0.0 <= float(decay) < 1.0):
+    raise ValueError(f"decay must lie in [0, 1) (1 would never forget, nor bias-correct), got "
+                     f"{decay!r}")  # fmt: skip
   if not (adapt_steps is None or isinstance(adapt_steps, jax.core.Tracer) or adapt_steps >= 1):
     raise ValueError(f"adapt_steps must be positive or None, got {adapt_steps!r}")
   noiseless = _is_static_zero(diffusion)
@@ -470,13 +472,13 @@ def psgld(
         lambda new, old: jnp.where(adapting, new, old), second_moment, state.second_moment
       )
     lr = _value_at(learning_rate, state.count)
-    # Bias-corrected as Adam's: V starts at 0, and V_0 = (1 − decay)·g² would make the first
-    # steps' preconditioner, and so their noise, 1/√(1 − decay) times too large.
+    # Bias-corrected as Adam's: V starts at 0, and V_0 = (1 − decay)·g² alone would understate
+    # the gradients' second moment by that factor.
     times_updated = optax.safe_increment(state.count)
     if adapt_steps is not None:
       times_updated = jnp.minimum(times_updated, adapt_steps)
     corrected = optax.tree.bias_correction(second_moment, decay, times_updated)
-    preconditioner = jax.tree.map(lambda v: 1.0 / (eps + jnp.sqrt(v)), corrected)
+    preconditioner = _bounded_preconditioner(corrected, eps)
     new_updates = jax.tree.map(lambda g, p: (-lr * p * g).astype(g.dtype), updates, preconditioner)
     if not noiseless:
       scale = 2.0 * _value_at(diffusion, state.count) * lr
@@ -489,6 +491,16 @@ def psgld(
     )
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _bounded_preconditioner(second_moment: optax.Updates, eps: chex.Numeric) -> optax.Updates:
+  """:func:`psgld`'s ``G = λ / (λ + √V)``, with ``λ`` the RMS of ``√V`` over every element plus
+  ``eps``; computed in at least float32."""
+  leaves = jax.tree.leaves(second_moment)
+  count = sum(leaf.size for leaf in leaves)
+  total = sum(jnp.sum(leaf, dtype=jnp.promote_types(leaf.dtype, jnp.float32)) for leaf in leaves)
+  damping = jnp.sqrt(total / count) + eps
+  return jax.tree.map(lambda v: damping / (damping + jnp.sqrt(v)), second_moment)
 
 
 def diffusion_for_temperature(temperature: float, num_examples: int) -> float:

@@ -442,7 +442,7 @@ def test_langevin_adam_descends_a_quadratic():
 
 
 def test_psgld_noise_variance_is_preconditioned_elementwise():
-  lr, diffusion, decay, eps = 0.01, 0.02, 0.99, 1e-5
+  lr, diffusion, decay, eps = 0.01, 0.02, 0.99, 1e-8
   # Four gradient scales, each on a block of N_STAT/4 elements: the
   # preconditioner G differs per block, and each block is its own sample.
   scales = np.array([0.01, 0.1, 1.0, 10.0], np.float32)
@@ -450,9 +450,11 @@ def test_psgld_noise_variance_is_preconditioned_elementwise():
   grads = jnp.asarray(np.repeat(scales, block))
 
   # Hand computation of the first step from V_{-1} = 0; the preconditioner divides V by the
-  # bias correction 1 − decay, as Adam does.
+  # bias correction 1 − decay, as Adam does, and is damped by the gradients' RMS.
   second_moment = (1 - decay) * np.repeat(scales, block).astype(np.float64) ** 2
-  precond = 1.0 / (eps + np.sqrt(second_moment / (1 - decay)))
+  corrected = second_moment / (1 - decay)
+  damping = np.sqrt(corrected.mean()) + eps
+  precond = damping / (damping + np.sqrt(corrected))
   drift = -lr * precond * np.repeat(scales, block)
 
   def first_step(d):
@@ -463,8 +465,37 @@ def test_psgld_noise_variance_is_preconditioned_elementwise():
     np.testing.assert_allclose(state.second_moment, second_moment, rtol=1e-6)
     return np.asarray(updates, np.float64)
 
-  np.testing.assert_allclose(first_step(0.0), drift, rtol=1e-6)
+  np.testing.assert_allclose(first_step(0.0), drift, rtol=1e-5)
   noise = first_step(diffusion) - drift
   for b in range(len(scales)):
     part = slice(b * block, (b + 1) * block)
     _assert_normal_moments(noise[part], 2 * diffusion * lr * precond[part][0])
+
+
+def test_psgld_preconditioner_is_bounded_by_one_and_blind_to_the_loss_scale():
+  params = {"w": jnp.zeros((3, 4)), "b": jnp.zeros(4)}
+  grads = {"w": jnp.linspace(-2.0, 3.0, 12).reshape(3, 4), "b": jnp.array([0.0, 1e-6, 5.0, 1.0])}
+  opt = psgld(0.1, 0.0, jax.random.key(0))
+
+  def drift(scale):
+    updates, _ = opt.update(jax.tree.map(lambda g: scale * g, grads), opt.init(params))
+    return updates
+
+  # D = 0: the update is −η·G·g, so G = −update / (η·g); at g = 0, G = 1 by the limit.
+  for leaf, grad in zip(jax.tree.leaves(drift(1.0)), jax.tree.leaves(grads)):
+    grad = np.asarray(grad)
+    preconditioner = -np.asarray(leaf)[grad != 0] / (0.1 * grad[grad != 0])
+    assert np.all((preconditioner > 0) & (preconditioner <= 1.0))
+  # G depends on the gradients' ratios only: scaling the loss scales the drift, nothing else.
+  chex.assert_trees_all_close(drift(1e3), jax.tree.map(lambda u: 1e3 * u, drift(1.0)), rtol=1e-5)
+  # No gradient seen yet (a start at a stationary point): G = 1, SGLD's step, not 1/eps.
+  noisy = psgld(0.1, 0.5, jax.random.key(1))
+  zeros = jnp.zeros(N_STAT)
+  updates, _ = noisy.update(zeros, noisy.init(zeros))
+  _assert_normal_moments(np.asarray(updates, np.float64), 2 * 0.5 * 0.1)
+
+
+@pytest.mark.parametrize("decay", [1.0, 1.5, -0.1])
+def test_psgld_refuses_a_decay_outside_zero_one(decay):
+  with pytest.raises(ValueError, match="decay"):
+    psgld(0.1, 1e-3, jax.random.key(0), decay=decay)

@@ -29,8 +29,11 @@ from jaxdiff.tasks import Task
 CHAINS = 1000
 
 
-def _second_moments(make_optimizer, curvature, steps, burn_in, gradient_noise=0.0):
-  """Per-chain time averages of ``θθᵀ`` ``(chains, d, d)`` and the chains' final states."""
+def _second_moments(make_optimizer, curvature, steps, burn_in, gradient_noise=0.0, start=None):
+  """Per-chain time averages of ``θθᵀ`` ``(chains, d, d)`` and the chains' final states.
+
+  Chains start at a draw from the target, or all at ``start``.
+  """
   curvature = jnp.asarray(curvature, jnp.float32)
   dimension = curvature.shape[0]
 
@@ -38,6 +41,8 @@ def _second_moments(make_optimizer, curvature, steps, burn_in, gradient_noise=0.
     start_key, sampler_key, gradient_key = jax.random.split(key, 3)
     target_cov = jnp.linalg.inv(curvature)
     theta = jax.random.multivariate_normal(start_key, jnp.zeros(dimension), target_cov)
+    if start is not None:
+      theta = jnp.asarray(start, jnp.float32)
     optimizer = make_optimizer(sampler_key)
 
     def step(carry, t):
@@ -110,32 +115,50 @@ def test_sghmc_samples_a_gaussian_at_each_temperature(temperature, gradient_nois
     assert abs(mean / temperature - 1) < 0.01 + 4 * se / temperature
 
 
+def _psgld_preconditioner(second_moment, eps=1e-8):
+  """psgld's frozen G = λ / (λ + √V) from the chains' V ``(chains, d)``, per chain."""
+  damping = np.sqrt(second_moment.mean(axis=1, keepdims=True)) + eps
+  return damping / (damping + np.sqrt(second_moment))
+
+
+PSGLD_CURVATURE = [[1.0, 0.0], [0.0, 10.0]]
+
+
+@pytest.mark.parametrize("start", ["target", "zero", "far"])
 @pytest.mark.parametrize("gradient_noise", [0.0, 1.0])
-def test_psgld_with_its_defaults_samples_a_gaussian(gradient_noise):
-  lr, diffusion, curvature = 0.01, 1.0, 10.0
+def test_psgld_with_its_defaults_samples_the_target_from_any_start(start, gradient_noise):
+  lr, diffusion = 0.01, 1.0
+  curvature = np.asarray(PSGLD_CURVATURE)
+  # "zero" starts at the mode, where the first gradients are zero (without noise): there a
+  # preconditioner 1/eps threw chains far out for the whole run.
+  starts = {"target": None, "zero": np.zeros(2), "far": np.full(2, 5.0)}
   moments, states = _second_moments(
-    lambda key: psgld(lr, diffusion, key), [[curvature]], 6000, 2000, gradient_noise
+    lambda key: psgld(lr, diffusion, key), curvature, 6000, 2000, gradient_noise, starts[start]
   )
   # After its 1000 adaptation steps each chain's preconditioner is fixed: the chain is SGLD
-  # with step ηG, whose exact stationary variance is known from the final state's V.
-  second_moment = np.asarray(states.second_moment, np.float64)[:, 0]
-  preconditioner = 1 / (1e-5 + np.sqrt(second_moment))
-  exact = [_sgld_covariance(curvature, lr, diffusion, gradient_noise, g)[0, 0]
-           for g in preconditioner]  # fmt: skip
-  mean, se = _mean_and_se(moments[:, 0, 0] - np.asarray(exact))
-  assert abs(mean) < 4 * se, (mean, se)
+  # with step ηG, whose exact stationary covariance is known from the final state's V.
+  second_moment = np.asarray(states.second_moment, np.float64)
+  # The state's V is not bias-corrected: 1 − 0.99^1000 differs from 1 by 4e-5, negligible here.
+  preconditioners = _psgld_preconditioner(second_moment)
+  assert np.all(preconditioners <= 1.0)
+  exact = np.stack([_sgld_covariance(curvature, lr, diffusion, gradient_noise, g)
+                    for g in preconditioners])  # fmt: skip
+  variances = np.diagonal(moments, axis1=1, axis2=2)
+  mean, se = _mean_and_se(variances - np.diagonal(exact, axis1=1, axis2=2))
+  assert np.all(np.abs(mean) < 4 * se), (mean, se)
   if gradient_noise == 0:
-    # Within 10 % of the target variance D / a (the docstring's claim).
-    sampled, sampled_se = _mean_and_se(moments[:, 0, 0] * curvature / diffusion)
-    assert abs(sampled - 1) < 0.10 - 4 * sampled_se, sampled
+    # Within 10 % of the target variance D / a (the issue's bar), from every start.
+    sampled, sampled_se = _mean_and_se(variances * np.diagonal(curvature) / diffusion)
+    assert np.all(np.abs(sampled - 1) < 0.10 - 4 * sampled_se), sampled
 
 
 def test_psgld_that_never_freezes_samples_too_hot():
   """Why the default freezes: the adaptive preconditioner follows the chain (Γ dropped)."""
-  moments, _ = _second_moments(lambda key: psgld(0.01, 1.0, key, adapt_steps=None), [[1.0]],
-                               6000, 2000)  # fmt: skip
+  moments, _ = _second_moments(lambda key: psgld(0.001, 1.0, key, adapt_steps=None),
+                               PSGLD_CURVATURE, 20_000, 5000)  # fmt: skip
   sampled, se = _mean_and_se(moments[:, 0, 0])
-  assert sampled - 4 * se > 1.2  # 33 % too hot in benchmarks/psgld_bias.py
+  # 14 % too hot on the flat axis in benchmarks/psgld_bias.py; a frozen chain is within 2 %.
+  assert sampled - 4 * se > 1.05, (sampled, se)
 
 
 def _gaussian_kl(covariance, target):
