@@ -26,7 +26,7 @@ The package is split by stage, as in score_sde's ``losses.py`` / ``sampling.py``
 * :mod:`jaxdiff.ddpm.images`: the data range, :func:`to_unit_range` and :func:`to_uint8`.
 * :mod:`jaxdiff.ddpm.losses`: the forward process, the training losses (ε, v or ``x_0``
   prediction; uniform or min-SNR weights), :func:`denoiser` and the reverse step.
-* :mod:`jaxdiff.ddpm.sampling`: the DDPM, predictor–corrector and DDIM samplers.
+* :mod:`jaxdiff.ddpm.sampling`: the DDPM, predictor–corrector and DDIM samplers and DPM-Solver++.
 * :mod:`jaxdiff.ddpm.likelihood`: the variational bound in bits per dimension.
 * :mod:`jaxdiff.ddpm.task`: :func:`ddpm_task`, the training-engine task.
 
@@ -66,10 +66,12 @@ from jaxdiff.ddpm.losses import (
 from jaxdiff.ddpm.losses import DenoiseFn as DenoiseFn  # the type of denoise_fn, not in __all__
 from jaxdiff.ddpm.sampling import (
   PREDICTORS,
+  SOLVER_ORDERS,
   ddim_timesteps,
   langevin_corrector_step,
   sample_ddim,
   sample_ddpm,
+  sample_dpm_solver,
   sample_pc,
 )
 from jaxdiff.ddpm.schedules import (
@@ -91,6 +93,7 @@ __all__ = [
   "PREDICTIONS",
   "PREDICTORS",
   "SCHEDULES",
+  "SOLVER_ORDERS",
   "VARIANCES",
   "NoiseSchedule",
   "ParamsEMAState",
@@ -116,6 +119,7 @@ __all__ = [
   "q_sample",
   "sample_ddim",
   "sample_ddpm",
+  "sample_dpm_solver",
   "sample_pc",
   "schedule_from_betas",
   "signal_to_noise",
