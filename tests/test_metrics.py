@@ -101,3 +101,28 @@ def test_frechet_distance_is_zero_for_identical_gaussians():
 def test_frechet_distance_rejects_mismatched_shapes():
   with pytest.raises(ValueError, match="shapes do not match"):
     metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
+
+
+def test_seed_statistic_uses_the_sample_std_and_leaves_out_missing_values():
+  stat = metrics.seed_statistic([1.0, 2.0, None, 3.0, float("nan")])
+  assert stat["n"] == 3 and stat["mean"] == 2.0
+  assert stat["std"] == pytest.approx(1.0)  # ddof = 1; the population std would be 0.816
+  assert stat["se"] == pytest.approx(1.0 / np.sqrt(3))
+  assert metrics.seed_statistic([4.0]) == {"mean": 4.0, "std": None, "se": None, "n": 1}
+  assert metrics.seed_statistic([None]) == {"mean": None, "std": None, "se": None, "n": 0}
+
+
+def test_a_paired_difference_sees_what_an_unpaired_comparison_cannot():
+  # Three seeds whose difficulty varies far more than the methods' difference.
+  baseline = [10.0, 20.0, 30.0]
+  better = [9.0, 18.8, 29.1]
+  unpaired_gap = metrics.seed_statistic(baseline)["mean"] - metrics.seed_statistic(better)["mean"]
+  assert unpaired_gap < metrics.seed_statistic(baseline)["std"]  # hidden by the seeds' spread
+  difference = metrics.paired_difference(better, baseline)
+  assert difference["n"] == 3 and difference["mean"] == pytest.approx(-1.0333333)
+  assert metrics.significant(difference) is True  # t = 11.7 on 2 degrees of freedom > 4.30
+  assert metrics.significant(metrics.paired_difference([9.0, 21.0, 29.0], baseline)) is False
+  assert metrics.significant(metrics.paired_difference([9.0], [10.0])) is None
+  assert metrics.paired_difference([1.0, None], [0.0, 5.0])["n"] == 1  # only complete pairs
+  with pytest.raises(ValueError, match="same seeds"):
+    metrics.paired_difference([1.0], [1.0, 2.0])
