@@ -21,6 +21,7 @@ import pytest
 from scipy.stats import norm
 
 from jaxdiff import ddpm
+from jaxdiff.models.unet import make_unet
 
 N_SE = 5  # standard errors allowed in every statistical check
 RTOL = 1e-5  # float32 against float64 closed forms
@@ -571,7 +572,8 @@ def test_find_params_ema_through_inject_hyperparams():
 
 class _TinyEps(nn.Module):
   @nn.compact
-  def __call__(self, x, t):
+  def __call__(self, x, t, deterministic=True):
+    del deterministic  # no dropout
     return nn.Dense(x.shape[-1])(x) + nn.Embed(8, x.shape[-1])(t)[:, None, None, :]
 
 
@@ -599,6 +601,39 @@ def test_ddpm_task_loss_is_the_diffusion_loss_on_scaled_images(prediction, weigh
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 
+def _perturbed(params, key):
+  """Every leaf plus N(0, 0.1²) noise: a fresh U-Net's zero output layer predicts zero."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(
+    treedef, [leaf + 0.1 * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]
+  )
+
+
+def test_ddpm_task_trains_with_dropout_and_leaves_a_dropout_free_loss_as_it_was():
+  schedule = ddpm.make_schedule("linear", 8)
+  models = {rate: make_unet("tiny", dropout=rate) for rate in (0.0, 0.5)}
+  tasks = {rate: ddpm.ddpm_task(model, schedule, (8, 8, 1)) for rate, model in models.items()}
+  params = _perturbed(jax.jit(tasks[0.0].init)(jax.random.key(20)), jax.random.key(21))
+  images = np.random.default_rng(2).integers(0, 256, (4, 8, 8, 1)).astype(np.uint8)
+  batch, key = {"image": jnp.asarray(images)}, jax.random.key(22)
+
+  @jax.jit
+  def deterministic_loss(params, batch, key):  # as sampling applies either model: no dropout
+    model_fn = functools.partial(models[0.0].apply, {"params": params})
+    return ddpm.diffusion_loss(model_fn, schedule, ddpm.to_unit_range(batch["image"]), key)
+
+  want = deterministic_loss(params, batch, key)
+  loss = {rate: jax.jit(task.loss)(params, batch, key)[0] for rate, task in tasks.items()}
+  # Without dropout the task's loss is the deterministic one, from the same draws of t and
+  # noise; separately compiled float32 programs may round a few ulps apart (rtol 1e-6).
+  np.testing.assert_allclose(loss[0.0], want, rtol=1e-6)
+  # With dropout at rate 0.5 half the activations of every residual block are dropped: the
+  # training loss moves by far more than rounding (before the fix it did not: dropout never
+  # acted).
+  assert np.isfinite(loss[0.5]) and abs(loss[0.5] - want) > 1e-3 * abs(want)
+
+
 def test_bfloat16_compute_keeps_float32_parameters_gradients_and_loss():
   from jaxdiff.experiments.ddpm_mnist.config import DDPMConfig  # pylint: disable=g-import-not-at-top
 
@@ -608,13 +643,7 @@ def test_bfloat16_compute_keeps_float32_parameters_gradients_and_loss():
     for dtype in ("float32", "bfloat16")
   }
   tasks = {dtype: ddpm.ddpm_task(model, schedule, (8, 8, 1)) for dtype, model in models.items()}
-  params = jax.jit(tasks["float32"].init)(jax.random.key(17))
-  # A fresh U-Net's zero output layer predicts zero in any dtype: perturb every leaf.
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(19), len(leaves))
-  params = jax.tree.unflatten(
-    treedef, [leaf + 0.1 * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]
-  )
+  params = _perturbed(jax.jit(tasks["float32"].init)(jax.random.key(17)), jax.random.key(19))
   images = np.random.default_rng(1).integers(0, 256, (4, 8, 8, 1)).astype(np.uint8)
   batch, key = {"image": jnp.asarray(images)}, jax.random.key(18)
   loss = {}
