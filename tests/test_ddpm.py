@@ -1,4 +1,4 @@
-"""Tests for jaxdiff.ddpm: schedules, forward process, loss, samplers, bound, EMA, task, API.
+"""Tests for jaxdiff.ddpm: schedules, forward process, loss, samplers, bound, task, API.
 
 Statistical checks use fixed keys and n i.i.d. draws; their tolerances are 5 standard errors,
 SE(mean) = σ/√n and SE(var) = σ²·√(2/n), so a correct implementation fails with probability
@@ -16,7 +16,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from scipy.stats import norm
 
@@ -529,44 +528,6 @@ def test_subsampled_bound_is_the_exact_sum_at_k_equal_t_minus_1():
     ddpm.bits_per_dim(denoise_fn, schedule, x0, key, num_timesteps_sampled=20)
 
 
-# ----------------------------------------------------------------------------- EMA
-
-
-def _two_sgd_steps(optimizer):
-  params = {"w": jnp.array([1.0, 2.0])}
-  grads = {"w": jnp.array([1.0, -1.0])}
-  state = optimizer.init(params)
-  for _ in range(2):
-    updates, state = optimizer.update(grads, state, params)
-    params = optax.apply_updates(params, updates)
-  return params, updates, state
-
-
-def test_params_ema_by_hand():
-  params, updates, state = _two_sgd_steps(optax.chain(optax.sgd(0.1), ddpm.track_params_ema(0.9)))
-  # p: [1, 2] → [0.9, 2.1] → [0.8, 2.2]; ema: [1, 2] → 0.9·[1, 2] + 0.1·[0.9, 2.1] = [0.99, 2.01]
-  # → 0.9·[0.99, 2.01] + 0.1·[0.8, 2.2] = [0.971, 2.029].
-  np.testing.assert_allclose(params["w"], [0.8, 2.2], rtol=1e-6)
-  np.testing.assert_allclose(updates["w"], [-0.1, 0.1], rtol=1e-6)  # passed through
-  np.testing.assert_allclose(ddpm.find_params_ema(state)["w"], [0.971, 2.029], rtol=1e-6)
-  assert isinstance(state[1], ddpm.ParamsEMAState)
-
-
-def test_find_params_ema_through_inject_hyperparams():
-  factory = optax.inject_hyperparams(
-    lambda learning_rate: optax.chain(optax.sgd(learning_rate), ddpm.track_params_ema(0.9))
-  )
-  _, _, state = _two_sgd_steps(factory(learning_rate=0.1))
-  np.testing.assert_allclose(ddpm.find_params_ema(state)["w"], [0.971, 2.029], rtol=1e-6)
-  with pytest.raises(ValueError, match="found 0"):
-    ddpm.find_params_ema(optax.adam(0.1).init({"w": jnp.zeros(2)}))
-  ema = ddpm.track_params_ema(0.9)
-  with pytest.raises(ValueError, match="needs params"):
-    ema.update({"w": jnp.zeros(2)}, ema.init({"w": jnp.zeros(2)}))
-  with pytest.raises(ValueError, match="decay"):
-    ddpm.track_params_ema(1.5)
-
-
 # ----------------------------------------------------------------------------- engine task
 
 
@@ -671,18 +632,17 @@ def test_pixel_range_round_trip():
 
 # ----------------------------------------------------------------------------- package API
 
-# jaxdiff.ddpm.__all__ as it was when ddpm was one module: all of it stays importable.
+# jaxdiff.ddpm.__all__ as it was when ddpm was one module: all of it stays importable (less the
+# optax EMA transformation, dropped before any release).
 OLD_ALL = (
   "SCHEDULES",
   "VARIANCES",
   "NoiseSchedule",
-  "ParamsEMAState",
   "bits_per_dim",
   "cosine_schedule",
   "ddim_timesteps",
   "diffusion_task",
   "discretized_gaussian_log_likelihood",
-  "find_params_ema",
   "linear_schedule",
   "make_schedule",
   "noise_prediction_loss",
@@ -695,7 +655,6 @@ OLD_ALL = (
   "schedule_from_betas",
   "to_uint8",
   "to_unit_range",
-  "track_params_ema",
 )
 
 
