@@ -633,7 +633,7 @@ def test_pixel_range_round_trip():
 # ----------------------------------------------------------------------------- package API
 
 # jaxdiff.ddpm.__all__ as it was when ddpm was one module: all of it stays importable (less the
-# optax EMA transformation, dropped before any release).
+# optax EMA transformation and the old name of ddpm_task, dropped before any release).
 OLD_ALL = (
   "SCHEDULES",
   "VARIANCES",
@@ -641,7 +641,6 @@ OLD_ALL = (
   "bits_per_dim",
   "cosine_schedule",
   "ddim_timesteps",
-  "diffusion_task",
   "discretized_gaussian_log_likelihood",
   "linear_schedule",
   "make_schedule",
@@ -666,10 +665,6 @@ def test_old_public_names_stay_importable():
            "denoiser", "diffusion_loss", "eps_from_prediction", "loss_weight",
            "prediction_target", "signal_to_noise"}  # fmt: skip
   assert set(OLD_ALL) | added == set(ddpm.__all__)
-
-
-def test_diffusion_task_is_the_old_name_of_ddpm_task():
-  assert ddpm.diffusion_task is ddpm.ddpm_task
 
 
 def test_ddpm_package_does_not_import_the_training_engine():

@@ -30,9 +30,8 @@ The package is split by stage, as in score_sde's ``losses.py`` / ``sampling.py``
 * :mod:`jaxdiff.ddpm.likelihood`: the variational bound in bits per dimension.
 * :mod:`jaxdiff.ddpm.task`: :func:`ddpm_task`, the training-engine task.
 
-Every public name is importable from :mod:`jaxdiff.ddpm` itself, as is :func:`diffusion_task`,
-the old name of :func:`ddpm_task`. The parameter EMA that the experiments sample from is the
-training engine's (``Trainer(ema_decay=...)``, :mod:`jaxdiff.ema`).
+Every public name is importable from :mod:`jaxdiff.ddpm` itself. The parameter EMA that the
+experiments sample from is the training engine's (``Trainer(ema_decay=...)``, :mod:`jaxdiff.ema`).
 
 References:
   Ho, Jain & Abbeel, `Denoising Diffusion Probabilistic Models
@@ -83,9 +82,6 @@ from jaxdiff.ddpm.schedules import (
 )
 from jaxdiff.ddpm.task import ddpm_task
 
-#: The old name of :func:`ddpm_task`, kept for users.
-diffusion_task = ddpm_task
-
 __all__ = [
   "LOSS_WEIGHTINGS",
   "PREDICTIONS",
@@ -99,7 +95,6 @@ __all__ = [
   "ddpm_task",
   "denoiser",
   "diffusion_loss",
-  "diffusion_task",
   "discretized_gaussian_log_likelihood",
   "eps_from_prediction",
   "langevin_corrector_step",
