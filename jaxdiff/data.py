@@ -16,7 +16,9 @@ Sources:
 
 Decoded image trees and archives are cached as ``.npz`` under ``cache_dir``
 (default ``$JAXDIFF_CACHE`` or ``~/.cache/jaxdiff``), keyed by the source's
-path, size and modification time, so a changed source is decoded afresh.
+resolved path, so sources of the same name in different folders each keep
+their own, and by its files' sizes and modification times, so a changed source
+is decoded afresh (and its stale cache deleted).
 
 A :class:`Dataset` records its provenance: ``lossy`` says whether any image was
 decoded from a lossy format (JPEG), and ``label`` is how reports name the data,
@@ -309,7 +311,7 @@ def _load_npz(path: Path, name: str | None) -> Dataset:
 
 def _load_cached(path: Path, cache_dir: Path, decode, name: str | None) -> Dataset:
   """Decodes an image tree once; later loads read the cached arrays."""
-  cache_file = cache_dir / f"{_dataset_name(path, None)}-{_fingerprint(path)}.npz"
+  cache_file = _cache_file(path, cache_dir)
   if cache_file.exists():
     with np.load(cache_file, allow_pickle=False) as arrays:
       train = arrays["x_train"], arrays["y_train"]
@@ -331,22 +333,31 @@ def _load_cached(path: Path, cache_dir: Path, decode, name: str | None) -> Datas
   return _validated(_dataset_name(path, name), train, test, class_names, str(path), lossy)
 
 
-def _fingerprint(path: Path) -> str:
-  """A digest of the cache version, the path and every file's size and mtime under it."""
-  digest = hashlib.sha256(f"v{CACHE_VERSION}:{path.resolve()}".encode())
-  files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+def _cache_file(path: Path, cache_dir: Path) -> Path:
+  """``<stem>-<source>-<contents>.npz``: where the decoded arrays of ``path`` are cached.
+
+  ``source`` is a digest of the resolved path, which tells apart sources of the same name;
+  ``contents`` one of the cache version and every file's size and mtime under the path, which
+  changes with the source (or with what a cache file holds).
+  """
+  resolved = path.resolve()
+  source = hashlib.sha256(str(resolved).encode()).hexdigest()[:16]
+  contents = hashlib.sha256(f"v{CACHE_VERSION}".encode())
+  files = sorted(p for p in resolved.rglob("*") if p.is_file()) if resolved.is_dir() else [resolved]
   for file in files:
     stat = file.stat()
-    digest.update(f"{file.relative_to(path.parent)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-  return digest.hexdigest()[:16]
+    relative = file.relative_to(resolved.parent)
+    contents.update(f"{relative}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+  return cache_dir / f"{_dataset_name(path, None)}-{source}-{contents.hexdigest()[:16]}.npz"
 
 
 def _remove_stale(cache_file: Path) -> None:
-  """Deletes cache files of earlier versions of the same source."""
-  prefix = cache_file.name.rsplit("-", 1)[0] + "-"
+  """Deletes the cache files of the same source with other contents (see :func:`_cache_file`)."""
+  source_prefix = cache_file.name.rsplit("-", 1)[0] + "-"
   if cache_file.parent.is_dir():
-    for old in cache_file.parent.glob(prefix + "*.npz"):
-      if len(old.name) == len(cache_file.name):
+    for old in cache_file.parent.glob("*.npz"):
+      # The same length: the same stem and source, not a longer stem that starts alike.
+      if old.name.startswith(source_prefix) and len(old.name) == len(cache_file.name):
         old.unlink(missing_ok=True)
 
 

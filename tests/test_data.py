@@ -121,6 +121,28 @@ def test_cache_is_reused_then_invalidated_by_a_change(tmp_path, monkeypatch):
   assert len(new_files) == 1 and new_files != cache_files  # the stale file is gone
 
 
+def test_sources_of_the_same_name_keep_their_own_caches(tmp_path, monkeypatch):
+  # Two cifar10.tar.gz in different folders: loading one must not evict the other's cache.
+  archives = [
+    _tar_gz(_make_tree(tmp_path / folder / "tree", per_class=count), tmp_path / folder /
+            "cifar10.tar.gz", "cifar10")
+    for folder, count in (("one", 1), ("two", 2))
+  ]  # fmt: skip
+  cache = tmp_path / "cache"
+  first = [load_dataset(archive, cache_dir=cache) for archive in archives]
+  assert len(list(cache.glob("cifar10-*.npz"))) == 2
+
+  def no_decoding(*args):
+    raise AssertionError("decoded again although the cache is valid")
+
+  with monkeypatch.context() as patch:
+    patch.setattr(data_lib, "_decode_images", no_decoding)
+    again = [load_dataset(archive, cache_dir=cache) for archive in archives]
+  for was, now, count in zip(first, again, (1, 2)):
+    assert len(now.x_train) == 2 * count
+    np.testing.assert_array_equal(now.x_train, was.x_train)
+
+
 # ------------------------------------------------------------- provenance
 
 
@@ -192,7 +214,7 @@ def test_a_cache_of_an_older_version_is_decoded_afresh(tmp_path, monkeypatch):
   # What an older jaxdiff left: the arrays without the lossy flag, under its version.
   with monkeypatch.context() as patch:
     patch.setattr(data_lib, "CACHE_VERSION", data_lib.CACHE_VERSION - 1)
-    old_file = cache / f"tree-{data_lib._fingerprint(root)}.npz"
+    old_file = data_lib._cache_file(root, cache)
   cache.mkdir()
   images = np.zeros((1, 5, 4, 3), np.uint8)
   np.savez(old_file, x_train=images, y_train=[0], x_test=images, y_test=[0], class_names=["a"])

@@ -1,4 +1,4 @@
-"""Tests for jaxdiff.ddpm: schedules, forward process, loss, samplers, bound, EMA, task, API.
+"""Tests for jaxdiff.ddpm: schedules, forward process, loss, samplers, bound, task, API.
 
 Statistical checks use fixed keys and n i.i.d. draws; their tolerances are 5 standard errors,
 SE(mean) = σ/√n and SE(var) = σ²·√(2/n), so a correct implementation fails with probability
@@ -16,11 +16,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from scipy.stats import norm
 
 from jaxdiff import ddpm
+from jaxdiff.models.unet import make_unet
 
 N_SE = 5  # standard errors allowed in every statistical check
 RTOL = 1e-5  # float32 against float64 closed forms
@@ -528,50 +528,13 @@ def test_subsampled_bound_is_the_exact_sum_at_k_equal_t_minus_1():
     ddpm.bits_per_dim(denoise_fn, schedule, x0, key, num_timesteps_sampled=20)
 
 
-# ----------------------------------------------------------------------------- EMA
-
-
-def _two_sgd_steps(optimizer):
-  params = {"w": jnp.array([1.0, 2.0])}
-  grads = {"w": jnp.array([1.0, -1.0])}
-  state = optimizer.init(params)
-  for _ in range(2):
-    updates, state = optimizer.update(grads, state, params)
-    params = optax.apply_updates(params, updates)
-  return params, updates, state
-
-
-def test_params_ema_by_hand():
-  params, updates, state = _two_sgd_steps(optax.chain(optax.sgd(0.1), ddpm.track_params_ema(0.9)))
-  # p: [1, 2] → [0.9, 2.1] → [0.8, 2.2]; ema: [1, 2] → 0.9·[1, 2] + 0.1·[0.9, 2.1] = [0.99, 2.01]
-  # → 0.9·[0.99, 2.01] + 0.1·[0.8, 2.2] = [0.971, 2.029].
-  np.testing.assert_allclose(params["w"], [0.8, 2.2], rtol=1e-6)
-  np.testing.assert_allclose(updates["w"], [-0.1, 0.1], rtol=1e-6)  # passed through
-  np.testing.assert_allclose(ddpm.find_params_ema(state)["w"], [0.971, 2.029], rtol=1e-6)
-  assert isinstance(state[1], ddpm.ParamsEMAState)
-
-
-def test_find_params_ema_through_inject_hyperparams():
-  factory = optax.inject_hyperparams(
-    lambda learning_rate: optax.chain(optax.sgd(learning_rate), ddpm.track_params_ema(0.9))
-  )
-  _, _, state = _two_sgd_steps(factory(learning_rate=0.1))
-  np.testing.assert_allclose(ddpm.find_params_ema(state)["w"], [0.971, 2.029], rtol=1e-6)
-  with pytest.raises(ValueError, match="found 0"):
-    ddpm.find_params_ema(optax.adam(0.1).init({"w": jnp.zeros(2)}))
-  ema = ddpm.track_params_ema(0.9)
-  with pytest.raises(ValueError, match="needs params"):
-    ema.update({"w": jnp.zeros(2)}, ema.init({"w": jnp.zeros(2)}))
-  with pytest.raises(ValueError, match="decay"):
-    ddpm.track_params_ema(1.5)
-
-
 # ----------------------------------------------------------------------------- engine task
 
 
 class _TinyEps(nn.Module):
   @nn.compact
-  def __call__(self, x, t):
+  def __call__(self, x, t, deterministic=True):
+    del deterministic  # no dropout
     return nn.Dense(x.shape[-1])(x) + nn.Embed(8, x.shape[-1])(t)[:, None, None, :]
 
 
@@ -599,6 +562,39 @@ def test_ddpm_task_loss_is_the_diffusion_loss_on_scaled_images(prediction, weigh
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 
+def _perturbed(params, key):
+  """Every leaf plus N(0, 0.1²) noise: a fresh U-Net's zero output layer predicts zero."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(
+    treedef, [leaf + 0.1 * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]
+  )
+
+
+def test_ddpm_task_trains_with_dropout_and_leaves_a_dropout_free_loss_as_it_was():
+  schedule = ddpm.make_schedule("linear", 8)
+  models = {rate: make_unet("tiny", dropout=rate) for rate in (0.0, 0.5)}
+  tasks = {rate: ddpm.ddpm_task(model, schedule, (8, 8, 1)) for rate, model in models.items()}
+  params = _perturbed(jax.jit(tasks[0.0].init)(jax.random.key(20)), jax.random.key(21))
+  images = np.random.default_rng(2).integers(0, 256, (4, 8, 8, 1)).astype(np.uint8)
+  batch, key = {"image": jnp.asarray(images)}, jax.random.key(22)
+
+  @jax.jit
+  def deterministic_loss(params, batch, key):  # as sampling applies either model: no dropout
+    model_fn = functools.partial(models[0.0].apply, {"params": params})
+    return ddpm.diffusion_loss(model_fn, schedule, ddpm.to_unit_range(batch["image"]), key)
+
+  want = deterministic_loss(params, batch, key)
+  loss = {rate: jax.jit(task.loss)(params, batch, key)[0] for rate, task in tasks.items()}
+  # Without dropout the task's loss is the deterministic one, from the same draws of t and
+  # noise; separately compiled float32 programs may round a few ulps apart (rtol 1e-6).
+  np.testing.assert_allclose(loss[0.0], want, rtol=1e-6)
+  # With dropout at rate 0.5 half the activations of every residual block are dropped: the
+  # training loss moves by far more than rounding (before the fix it did not: dropout never
+  # acted).
+  assert np.isfinite(loss[0.5]) and abs(loss[0.5] - want) > 1e-3 * abs(want)
+
+
 def test_bfloat16_compute_keeps_float32_parameters_gradients_and_loss():
   from jaxdiff.experiments.ddpm_mnist.config import DDPMConfig  # pylint: disable=g-import-not-at-top
 
@@ -608,13 +604,7 @@ def test_bfloat16_compute_keeps_float32_parameters_gradients_and_loss():
     for dtype in ("float32", "bfloat16")
   }
   tasks = {dtype: ddpm.ddpm_task(model, schedule, (8, 8, 1)) for dtype, model in models.items()}
-  params = jax.jit(tasks["float32"].init)(jax.random.key(17))
-  # A fresh U-Net's zero output layer predicts zero in any dtype: perturb every leaf.
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(19), len(leaves))
-  params = jax.tree.unflatten(
-    treedef, [leaf + 0.1 * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]
-  )
+  params = _perturbed(jax.jit(tasks["float32"].init)(jax.random.key(17)), jax.random.key(19))
   images = np.random.default_rng(1).integers(0, 256, (4, 8, 8, 1)).astype(np.uint8)
   batch, key = {"image": jnp.asarray(images)}, jax.random.key(18)
   loss = {}
@@ -642,18 +632,16 @@ def test_pixel_range_round_trip():
 
 # ----------------------------------------------------------------------------- package API
 
-# jaxdiff.ddpm.__all__ as it was when ddpm was one module: all of it stays importable.
+# jaxdiff.ddpm.__all__ as it was when ddpm was one module: all of it stays importable (less the
+# optax EMA transformation and the old name of ddpm_task, dropped before any release).
 OLD_ALL = (
   "SCHEDULES",
   "VARIANCES",
   "NoiseSchedule",
-  "ParamsEMAState",
   "bits_per_dim",
   "cosine_schedule",
   "ddim_timesteps",
-  "diffusion_task",
   "discretized_gaussian_log_likelihood",
-  "find_params_ema",
   "linear_schedule",
   "make_schedule",
   "noise_prediction_loss",
@@ -666,7 +654,6 @@ OLD_ALL = (
   "schedule_from_betas",
   "to_uint8",
   "to_unit_range",
-  "track_params_ema",
 )
 
 
@@ -678,10 +665,6 @@ def test_old_public_names_stay_importable():
            "denoiser", "diffusion_loss", "eps_from_prediction", "loss_weight",
            "prediction_target", "signal_to_noise"}  # fmt: skip
   assert set(OLD_ALL) | added == set(ddpm.__all__)
-
-
-def test_diffusion_task_is_the_old_name_of_ddpm_task():
-  assert ddpm.diffusion_task is ddpm.ddpm_task
 
 
 def test_ddpm_package_does_not_import_the_training_engine():

@@ -88,6 +88,21 @@ def test_bfloat16_compute_keeps_float32_params_and_tracks_float32(perturbed_para
   assert error < 0.05
 
 
+def test_dropout_acts_only_when_not_deterministic(perturbed_params, images):
+  # Dropout adds no parameters, so the dropout-free model's parameters serve both.
+  model = make_unet("tiny", dropout=0.5)
+  apply = jax.jit(model.apply, static_argnames="deterministic")
+  without = jax.jit(make_unet("tiny").apply)({"params": perturbed_params}, images, TIMESTEPS)
+  # Deterministic by default (sampling and evaluation), with no dropout rng needed.
+  np.testing.assert_array_equal(apply({"params": perturbed_params}, images, TIMESTEPS), without)
+  dropped = [
+    apply({"params": perturbed_params}, images, TIMESTEPS, deterministic=False,
+          rngs={"dropout": jax.random.key(seed)})
+    for seed in (1, 2)
+  ]  # fmt: skip
+  assert not np.allclose(dropped[0], without) and not np.allclose(dropped[0], dropped[1])
+
+
 def test_attention_defaults_to_the_lowest_resolution():
   names = set(_abstract_init(make_unet("small"), (1, 28, 28, 1)))  # resolutions 28, 14, 7
   assert {"down2_attn0", "down2_attn1", "mid_attn", "up2_attn2"} <= names

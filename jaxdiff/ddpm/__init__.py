@@ -30,8 +30,8 @@ The package is split by stage, as in score_sde's ``losses.py`` / ``sampling.py``
 * :mod:`jaxdiff.ddpm.likelihood`: the variational bound in bits per dimension.
 * :mod:`jaxdiff.ddpm.task`: :func:`ddpm_task`, the training-engine task.
 
-Every public name is importable from :mod:`jaxdiff.ddpm` itself, as are the parameter EMA of
-:mod:`jaxdiff.ema` and :func:`diffusion_task`, the old name of :func:`ddpm_task`.
+Every public name is importable from :mod:`jaxdiff.ddpm` itself. The parameter EMA that the
+experiments sample from is the training engine's (``Trainer(ema_decay=...)``, :mod:`jaxdiff.ema`).
 
 References:
   Ho, Jain & Abbeel, `Denoising Diffusion Probabilistic Models
@@ -83,10 +83,6 @@ from jaxdiff.ddpm.schedules import (
   schedule_from_betas,
 )
 from jaxdiff.ddpm.task import ddpm_task
-from jaxdiff.ema import ParamsEMAState, find_params_ema, track_params_ema
-
-#: The old name of :func:`ddpm_task`, kept for users.
-diffusion_task = ddpm_task
 
 __all__ = [
   "LOSS_WEIGHTINGS",
@@ -96,17 +92,14 @@ __all__ = [
   "SOLVER_ORDERS",
   "VARIANCES",
   "NoiseSchedule",
-  "ParamsEMAState",
   "bits_per_dim",
   "cosine_schedule",
   "ddim_timesteps",
   "ddpm_task",
   "denoiser",
   "diffusion_loss",
-  "diffusion_task",
   "discretized_gaussian_log_likelihood",
   "eps_from_prediction",
-  "find_params_ema",
   "langevin_corrector_step",
   "linear_schedule",
   "loss_weight",
@@ -125,5 +118,4 @@ __all__ = [
   "signal_to_noise",
   "to_uint8",
   "to_unit_range",
-  "track_params_ema",
 ]

@@ -6,6 +6,7 @@ It needs only :class:`jaxdiff.tasks.Task`, nothing of the engine in :mod:`jaxdif
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jaxdiff.ddpm.images import to_unit_range
@@ -25,12 +26,16 @@ def ddpm_task(
   """A :class:`jaxdiff.tasks.Task` that trains ``model`` to predict ``prediction``.
 
   The loss is :func:`~jaxdiff.ddpm.losses.diffusion_loss` on the batch's images; by default
-  Ho et al.'s ``L_simple``.
+  Ho et al.'s ``L_simple``. It is the training loss, so the model runs with dropout on (Ho et
+  al. train their CIFAR-10 U-Net at rate 0.1); sampling and the bound apply it deterministically,
+  ``model.apply({"params": p}, x_t, t)``.
 
   Args:
-    model: a Linen module called as ``model.apply({"params": p}, x_t, t)`` with ``x_t``
-      float32 ``(batch,) + image_shape`` and ``t`` int32 ``(batch,)``, returning its prediction
-      of ``prediction``.
+    model: a Linen module called as
+      ``model.apply({"params": p}, x_t, t, deterministic=False, rngs={"dropout": key})`` with
+      ``x_t`` float32 ``(batch,) + image_shape`` and ``t`` int32 ``(batch,)``, returning its
+      prediction of ``prediction``, as :class:`~jaxdiff.models.unet.UNet` is; a model without
+      dropout takes the ``deterministic`` keyword and ignores it.
     schedule: the noise schedule.
     image_shape: one image's shape, ``(height, width, channels)``.
     prediction: the target, one of :data:`~jaxdiff.ddpm.losses.PREDICTIONS`; sample from the
@@ -41,7 +46,12 @@ def ddpm_task(
   Returns:
     The task: ``init(key)`` is ``model.init(key, zeros, zeros_t)["params"]``, and ``loss`` takes
     ``{"image": uint8 NHWC}`` batches, maps them to ``[-1, 1]``
-    (:func:`~jaxdiff.ddpm.images.to_unit_range`) and returns ``(loss, {})``.
+    (:func:`~jaxdiff.ddpm.images.to_unit_range`) and returns ``(loss, {})``. Its ``key``
+    draws the timesteps and noise as in :func:`~jaxdiff.ddpm.losses.diffusion_loss` and, apart
+    from them, the dropout masks.
+
+  Example:
+    >>> task = ddpm_task(make_unet("small", dropout=0.1), linear_schedule(1000), (32, 32, 3))
   """
 
   def init(key):
@@ -49,8 +59,15 @@ def ddpm_task(
     return model.init(key, images, jnp.zeros((1,), jnp.int32))["params"]
 
   def loss(params, batch, key):
+    # diffusion_loss draws t and the noise from split(key); the dropout key, the third of
+    # split(key, 3), is independent of both, so the draws, and a dropout-free model's training,
+    # stay those of a loss without dropout.
+    dropout_key = jax.random.split(key, 3)[2]
+
     def model_fn(x_t, t):
-      return model.apply({"params": params}, x_t, t)
+      return model.apply(
+        {"params": params}, x_t, t, deterministic=False, rngs={"dropout": dropout_key}
+      )
 
     x0 = to_unit_range(batch["image"])
     return diffusion_loss(model_fn, schedule, x0, key, prediction, weighting, min_snr_gamma), {}

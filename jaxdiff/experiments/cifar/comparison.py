@@ -293,8 +293,8 @@ def run_experiment(
 ) -> dict[str, Any]:
   """Loads the data, trains every optimizer and writes the reports to ``out_dir``.
 
-  Writes ``report.json``, ``report.md``, ``curves.png`` and, with a sweep,
-  ``sweep.png``, each atomically.
+  Writes ``report.json``, ``report.md``, ``curves.png``, with a sweep ``sweep.png`` and with
+  temperatures ``cold_posterior.png``, each atomically.
 
   Returns:
     The contents of ``report.json``.

@@ -1,4 +1,8 @@
-"""The comparison's figures: curves.png (loss and accuracy per epoch) and sweep.png."""
+"""The comparison's figures: curves.png, sweep.png and cold_posterior.png.
+
+curves.png has the loss and accuracy per epoch, sweep.png one lr × D accuracy heat map per
+optimizer, cold_posterior.png the test error and NLL against the posterior temperature.
+"""
 
 from __future__ import annotations
 
