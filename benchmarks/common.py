@@ -1,8 +1,10 @@
 """What the benchmarks share: the machine header, random data, the engines they time, timing
 and traces.
 
-Everything goes through jaxdiff's public API. Nothing here imports torch: the PyTorch twins
-live in ``twins.py``, which :func:`import_twins` loads for the scripts that compare with them.
+Everything goes through public names: jaxdiff's API, and the DDPM experiment's configuration and
+engine builder (``make_setup``, ``make_trainer``), so that the scripts time what the experiment
+trains. Nothing here imports torch: the PyTorch twins live in ``twins.py``, which
+:func:`import_twins` loads for the scripts that compare with them.
 """
 
 import argparse
@@ -131,7 +133,7 @@ class MachineWatch:
 def import_twins():
   """The PyTorch twins (``twins.py``), or None where torch is not installed."""
   try:
-    import twins
+    from benchmarks import twins  # pylint: disable=g-import-not-at-top
   except ModuleNotFoundError as error:
     if error.name != "torch" and not str(error.name).startswith("torch."):
       raise
@@ -202,10 +204,7 @@ def ddpm_engine(config: DDPMConfig, images: np.ndarray, **policy_options):
 
   ``policy_options`` (``ExecutionPolicy.for_mesh``'s) replace the platform's defaults.
   """
-  setup = experiment.make_setup(config)
-  if policy_options:
-    policy = ExecutionPolicy.for_mesh(setup.mesh, **policy_options)
-    setup = experiment.Setup(setup.schedule, setup.model, setup.mesh, policy)
+  setup = experiment.make_setup(config, **policy_options)
   return experiment.make_trainer(config, setup, images.shape[1:])
 
 

@@ -60,10 +60,13 @@ class Setup(NamedTuple):
   policy: ExecutionPolicy
 
 
-def make_setup(config: DDPMConfig) -> Setup:
+def make_setup(config: DDPMConfig, **policy_options: Any) -> Setup:
+  """The run's :class:`Setup` over every device; ``policy_options`` (``ExecutionPolicy.for_mesh``'s
+  ``loop``, ``runs_per_call``, ``scan_unroll``) replace the platform's defaults."""
   mesh = parallel.make_mesh()
   schedule = ddpm.make_schedule(config.schedule, config.num_timesteps)
-  return Setup(schedule, config.make_model(), mesh, ExecutionPolicy.for_mesh(mesh))
+  policy = ExecutionPolicy.for_mesh(mesh, **policy_options)
+  return Setup(schedule, config.make_model(), mesh, policy)
 
 
 def ddpm_optimizer(config: DDPMConfig) -> Callable[..., optax.GradientTransformation]:
