@@ -57,10 +57,11 @@ def header(packages=()) -> str:
 # ----------------------------------------------------------------------------- a quiet machine?
 
 # Other processes' CPU use, in cores averaged over the run, above which a timing is marked:
-# a busy 2-thread process beside the PyTorch twin made its epochs 7-40x slower.
+# a busy 2-thread process beside the PyTorch twin made its epochs several times slower
+# (RESULTS.md, "The busy-machine check").
 BUSY_CORES = 0.25
-# Max/min of one framework's timed epochs above which they are marked as unsteady: this
-# machine's quiet epochs drift by 15-30 % (RESULTS.md), a busy machine's by several times.
+# Max/min of one framework's timed epochs above which they are marked as unsteady: a quiet
+# machine's epochs drift less (RESULTS.md, "Machines"), a busy machine's by several times.
 SPREAD_LIMIT = 1.5
 
 

@@ -282,8 +282,8 @@ def run_experiment(
 # steps has the DDIM predictor, one without the ancestral predictor over all T levels. The PC
 # rows use the DDIM predictor: with the ancestral one each row would cost (1 + M)·T model
 # evaluations, two to four times the DDPM row, for a table that must fit a CPU session. The
-# confident share rose with both M and snr up to M = 2, snr 0.24 (the default), so the last
-# rows go further.
+# last rows go past the default (M = 2, snr 0.24), up to which the confident share rose with
+# both (RESULTS.md, "The full budget").
 SAMPLER_TABLE = (
   ("ddpm", None, 0, None),
   ("ddim", 25, 0, None),
