@@ -19,7 +19,6 @@ from pathlib import Path
 
 from benchmarks import common
 
-
 ROOT = Path(__file__).resolve().parent.parent
 # The committed run's recipe (experiments/results/ddpm_mnist before this study), then one
 # change at a time from the narrower U-Net. Every recipe spells out the flags it depends on,
