@@ -12,17 +12,17 @@ their forward + both gradients through autodiff; the forward's largest error aga
 ``lax.conv``, relative to the output's largest value, is printed beside it. The CPU's bfloat16
 flags are printed first.
 
-  python benchmarks/bf16_probes.py
+  python -m benchmarks.bf16_probes
 """
 
 import argparse
 
 import jax
 import jax.numpy as jnp
-from common import header
-from cpu_op_probes import NHWC, milliseconds
 from jax import lax
 
+from benchmarks.common import header
+from benchmarks.cpu_op_probes import NHWC, milliseconds
 from jaxdiff import environment, parallel
 from jaxdiff.policy import ExecutionPolicy
 

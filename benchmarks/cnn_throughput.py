@@ -16,14 +16,13 @@ framework's default thread count; the reported rate is the median. A busy machin
 processes' CPU time, ``common.MachineWatch``) or unsteady epochs print a WARNING line and mark
 the ratio as not trusted.
 
-  python benchmarks/cnn_throughput.py --batch-size 100 --steps 200 --repeats 3
-  python benchmarks/cnn_throughput.py --skip-torch --convolution lax
+  python -m benchmarks.cnn_throughput --batch-size 100 --steps 200 --repeats 3
+  python -m benchmarks.cnn_throughput --skip-torch --convolution lax
 """
 
 import argparse
 
-import common
-
+from benchmarks import common
 from jaxdiff.policy import CONVOLUTIONS
 
 

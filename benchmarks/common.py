@@ -1,8 +1,10 @@
 """What the benchmarks share: the machine header, random data, the engines they time, timing
 and traces.
 
-Everything goes through jaxdiff's public API. Nothing here imports torch: the PyTorch twins
-live in ``twins.py``, which :func:`import_twins` loads for the scripts that compare with them.
+Everything goes through public names: jaxdiff's API, and the DDPM experiment's configuration and
+engine builder (``make_setup``, ``make_trainer``), so that the scripts time what the experiment
+trains. Nothing here imports torch: the PyTorch twins live in ``twins.py``, which
+:func:`import_twins` loads for the scripts that compare with them.
 """
 
 import argparse
@@ -55,10 +57,11 @@ def header(packages=()) -> str:
 # ----------------------------------------------------------------------------- a quiet machine?
 
 # Other processes' CPU use, in cores averaged over the run, above which a timing is marked:
-# a busy 2-thread process beside the PyTorch twin made its epochs 7-40x slower.
+# a busy 2-thread process beside the PyTorch twin made its epochs several times slower
+# (RESULTS.md, "The busy-machine check").
 BUSY_CORES = 0.25
-# Max/min of one framework's timed epochs above which they are marked as unsteady: this
-# machine's quiet epochs drift by 15-30 % (RESULTS.md), a busy machine's by several times.
+# Max/min of one framework's timed epochs above which they are marked as unsteady: a quiet
+# machine's epochs drift less (RESULTS.md, "Machines"), a busy machine's by several times.
 SPREAD_LIMIT = 1.5
 
 
@@ -131,7 +134,7 @@ class MachineWatch:
 def import_twins():
   """The PyTorch twins (``twins.py``), or None where torch is not installed."""
   try:
-    import twins
+    from benchmarks import twins  # pylint: disable=g-import-not-at-top
   except ModuleNotFoundError as error:
     if error.name != "torch" and not str(error.name).startswith("torch."):
       raise
@@ -202,10 +205,7 @@ def ddpm_engine(config: DDPMConfig, images: np.ndarray, **policy_options):
 
   ``policy_options`` (``ExecutionPolicy.for_mesh``'s) replace the platform's defaults.
   """
-  setup = experiment.make_setup(config)
-  if policy_options:
-    policy = ExecutionPolicy.for_mesh(setup.mesh, **policy_options)
-    setup = experiment.Setup(setup.schedule, setup.model, setup.mesh, policy)
+  setup = experiment.make_setup(config, **policy_options)
   return experiment.make_trainer(config, setup, images.shape[1:])
 
 

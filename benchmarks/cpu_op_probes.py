@@ -8,8 +8,8 @@ default kernels (YNNPACK) and with the engine's compiler options
 (``ExecutionPolicy.for_mesh(mesh).compiler_options``: XLA's own). Whole-model variants swap
 layers through Flax's ``nn.intercept_methods``, with the same parameters.
 
-  python benchmarks/cpu_op_probes.py
-  python benchmarks/cpu_op_probes.py --only "small U-Net"
+  python -m benchmarks.cpu_op_probes
+  python -m benchmarks.cpu_op_probes --only "small U-Net"
 """
 
 import argparse
@@ -19,9 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from common import header
 from jax import lax
 
+from benchmarks.common import header
 from jaxdiff import ddpm, parallel
 from jaxdiff.models import SimpleCNN, cpu_ops, make_unet
 from jaxdiff.models import unet as unet_layers

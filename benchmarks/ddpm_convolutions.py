@@ -5,10 +5,10 @@ For each U-Net size, times each of the U-Net's convolutions alone, as its traini
 computes it (the forward pass and the kernel's and input's gradients; no input gradient for
 the first, whose input is the noisy image): jaxdiff's way, compiled with the engine's compiler
 options (``ExecutionPolicy.for_mesh(mesh).compiler_options``), against PyTorch's ``conv2d``
-and its backward (``twins.convolution_seconds``), the two in turns, float32; then sums them
+and its backward (``twins.convolution_call``), the two in turns, float32; then sums them
 over one step, to compare with the two steps of ``ddpm_throughput.py``.
 
-  python benchmarks/ddpm_convolutions.py --sizes tiny,small --repeats 3
+  python -m benchmarks.ddpm_convolutions --sizes tiny,small --repeats 3
 """
 
 import argparse
@@ -17,12 +17,12 @@ import dataclasses
 import functools
 import statistics
 
-import common
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from benchmarks import common
 from jaxdiff import parallel
 from jaxdiff.models import make_unet
 from jaxdiff.policy import ExecutionPolicy
@@ -86,9 +86,9 @@ def unet_convolutions(size, image_shape, batch_size):
   return counts
 
 
-def jax_seconds(conv, calls, compiler_options):
-  """A function timing ``calls`` forward-and-gradient calls of ``conv``, compiled with
-  ``compiler_options``, returning seconds per call."""
+def jax_convolution_call(conv, compiler_options):
+  """A function making one forward-and-gradient call of ``conv``, compiled with
+  ``compiler_options``, and waiting for it."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal(conv.input_shape), jnp.float32)
   w = jnp.asarray(rng.standard_normal(conv.kernel_shape), jnp.float32)
@@ -102,7 +102,7 @@ def jax_seconds(conv, calls, compiler_options):
     return y, vjp(output_grad)
 
   compiled = jax.jit(forward_and_gradients, compiler_options=compiler_options)
-  return common.repeat_seconds(lambda: jax.block_until_ready(compiled(x, w)), calls)
+  return lambda: jax.block_until_ready(compiled(x, w))
 
 
 def print_convolutions(twins, size, flags, compiler_options, device):
@@ -115,8 +115,12 @@ def print_convolutions(twins, size, flags, compiler_options, device):
     unet_convolutions(size, flags.image_shape, flags.batch_size).items(),
     key=lambda item: (item[0].input_shape, item[0].kernel_shape, item[0].strides),
   ):
-    timed = common.alternate({"jaxdiff": jax_seconds(conv, calls, compiler_options),
-                              "pytorch": twins.convolution_seconds(conv, calls, device)}, repeats)  # fmt: skip
+    convolution_calls = {"jaxdiff": jax_convolution_call(conv, compiler_options),
+                         "pytorch": twins.convolution_call(conv, device)}  # fmt: skip
+    timed = common.alternate(
+      {name: common.repeat_seconds(call, calls) for name, call in convolution_calls.items()},
+      repeats,
+    )
     ms = {name: 1000 * statistics.median(timings) for name, (_, timings) in timed.items()}
     totals.update({name: count * value for name, value in ms.items()})
     print(f"  {count:2d} x {str(conv) + ('' if conv.input_gradient else ', no input gradient'):38s} jaxdiff {ms['jaxdiff']:7.3f}  pytorch {ms['pytorch']:7.3f}", flush=True)  # fmt: skip

@@ -7,8 +7,8 @@ classifier (``jaxdiff.sample_quality``). The table lists the steps each budget r
 classifier FD, the confident share, the smallest class share and the test bits/dim (a rough
 estimate here: 64 test images, 25 sampled timesteps each).
 
-  python benchmarks/ddpm_recipe.py --data ../shared/data/mnist.npz --train-minutes 4
-  python benchmarks/ddpm_recipe.py --data ../shared/data/mnist.npz --recipes small,width16
+  python -m benchmarks.ddpm_recipe --data ../shared/data/mnist.npz --train-minutes 4
+  python -m benchmarks.ddpm_recipe --data ../shared/data/mnist.npz --recipes small,width16
 """
 
 import argparse
@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import common
+from benchmarks import common
 
 ROOT = Path(__file__).resolve().parent.parent
 # The committed run's recipe (experiments/results/ddpm_mnist before this study), then one

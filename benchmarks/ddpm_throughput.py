@@ -23,9 +23,9 @@ steps, taken in turns with the other's (``common.alternate``), each with its
 framework's default thread count; the reported rate is the median. A busy machine or unsteady
 epochs print a WARNING line and mark the ratio as not trusted (``common.MachineWatch``).
 
-  python benchmarks/ddpm_throughput.py --sizes tiny,small --steps 50 --repeats 3
-  python benchmarks/ddpm_throughput.py --image-shape 32,32,3 --size base --batch-size 64
-  python benchmarks/ddpm_throughput.py --image-shape 32,32,3 --size base --dtype bfloat16
+  python -m benchmarks.ddpm_throughput --sizes tiny,small --steps 50 --repeats 3
+  python -m benchmarks.ddpm_throughput --image-shape 32,32,3 --size base --batch-size 64
+  python -m benchmarks.ddpm_throughput --image-shape 32,32,3 --size base --dtype bfloat16
 
 The twin's profile is ``ddpm_torch_profile.py``; each convolution timed alone in both
 frameworks, ``ddpm_convolutions.py``.
@@ -34,8 +34,7 @@ frameworks, ``ddpm_convolutions.py``.
 import argparse
 import dataclasses
 
-import common
-
+from benchmarks import common
 from jaxdiff.experiments.ddpm_mnist.config import DDPMConfig
 
 

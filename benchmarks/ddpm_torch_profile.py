@@ -6,14 +6,14 @@ one untimed epoch of ``--steps`` steps, then profiles one more and prints the ``
 self CPU time per step (on CUDA, the time spent launching kernels). jaxdiff's side of the
 same step is ``engine_profile.py --model unet-tiny``.
 
-  python benchmarks/ddpm_torch_profile.py --sizes tiny,small --steps 30
+  python -m benchmarks.ddpm_torch_profile --sizes tiny,small --steps 30
 """
 
 import argparse
 
-import common
 import jax
 
+from benchmarks import common
 from jaxdiff import ddpm
 from jaxdiff.experiments.ddpm_mnist.config import DDPMConfig
 

@@ -6,13 +6,13 @@ at the same timesteps, and the outputs must agree to 1e-4 of their scale, with e
 counts (``twins.check_unet_twin``). ``ddpm_throughput.py`` runs the tiny size's check before
 timing; this runs the others, which take longer.
 
-  python benchmarks/ddpm_twin_check.py --sizes tiny,small,base
-  python benchmarks/ddpm_twin_check.py --sizes base --image-shape 32,32,3
+  python -m benchmarks.ddpm_twin_check --sizes tiny,small,base
+  python -m benchmarks.ddpm_twin_check --sizes base --image-shape 32,32,3
 """
 
 import argparse
 
-import common
+from benchmarks import common
 
 
 def main():

@@ -9,14 +9,15 @@ the tiny or small DDPM U-Net as the DDPM experiment trains it (batch 32, one run
 built for one). Each configuration is an ``ExecutionPolicy.for_mesh(mesh, loop=...,
 runs_per_call=...)``.
 
-  python benchmarks/engine_loops.py --runs 3 --steps 100
-  python benchmarks/engine_loops.py --model unet-tiny --steps 20
+  python -m benchmarks.engine_loops --runs 3 --steps 100
+  python -m benchmarks.engine_loops --model unet-tiny --steps 20
 """
 
 import argparse
 
-import common
 import numpy as np
+
+from benchmarks import common
 
 
 def main():

@@ -7,15 +7,14 @@ the JAX operation it came from (read from the optimized HLO of the epoch's progr
 ``common.compiled_programs``). Thunks can run concurrently, so their sum can exceed the wall time; read them as
 shares.
 
-  python benchmarks/engine_profile.py --model cnn --runs 1
-  python benchmarks/engine_profile.py --model cnn --runs 8 --loop scan
+  python -m benchmarks.engine_profile --model cnn --runs 1
+  python -m benchmarks.engine_profile --model cnn --runs 8 --loop scan
 """
 
 import argparse
 import re
 
-import common
-
+from benchmarks import common
 from jaxdiff.policy import LOOPS
 
 

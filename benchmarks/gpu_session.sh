@@ -10,6 +10,8 @@ set -u
 OUT=${OUT:-runs/gpu_session}
 DATA=${DATA:-tmp/data/cifar10-jpeg.tar.gz}
 mkdir -p "$OUT"
+# A lent machine has no jaxdiff installed: the benchmarks run as modules from the repository root
+# (python -m benchmarks.x), and the experiments' scripts find jaxdiff on PYTHONPATH.
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 JAXDIFF_CACHE=${JAXDIFF_CACHE:-/tmp/jaxdiff-cache}
 PY=${PYTHON:-python3}
 log="$OUT/session.log"
@@ -39,19 +41,19 @@ grep -o "Finished XLA compilation of .*" "$log" | sort -k7 -n | tail -12  # the 
 # Again with the compiled programs in JAX's persistent cache (under $JAXDIFF_CACHE/xla).
 step cifar_default_warm 300 $PY experiments/cifar.py --data "$DATA" --out /tmp/cifar_warm --quiet
 grep -o "wall time s [0-9.]*\|phase seconds[^;]*" /tmp/cifar_warm/report.md 2>/dev/null | tee -a "$log"
-step cnn_throughput 180 $PY benchmarks/cnn_throughput.py --steps 500 --repeats 5
+step cnn_throughput 180 $PY -m benchmarks.cnn_throughput --steps 500 --repeats 5
 # Kernels per step and GPU busy time, for one run and for a comparison's three, with the
 # default formulation (banded_rows on the GPU) and with cuDNN's convolutions (lax); every kernel
 # and the HLO go to $OUT.
 for runs in 1 3; do
   for convolution in auto lax; do
-    step "kernels_${convolution}_runs_$runs" 90 $PY benchmarks/gpu_step_kernels.py --runs $runs \
+    step "kernels_${convolution}_runs_$runs" 90 $PY -m benchmarks.gpu_step_kernels --runs $runs \
       --convolution $convolution --top 15 --out "$OUT"
   done
 done
-step vmap_runs 180 $PY benchmarks/vmap_runs.py --runs 1,8 --steps 200 --repeats 3
-step ddpm_base_bf16 300 $PY benchmarks/ddpm_throughput.py --image-shape 32,32,3 --size base \
+step vmap_runs 180 $PY -m benchmarks.vmap_runs --runs 1,8 --steps 200 --repeats 3
+step ddpm_base_bf16 300 $PY -m benchmarks.ddpm_throughput --image-shape 32,32,3 --size base \
   --batch-size 128 --steps 50 --repeats 3 --dtype bfloat16
-step ddpm_base_f32 300 $PY benchmarks/ddpm_throughput.py --image-shape 32,32,3 --size base \
+step ddpm_base_f32 300 $PY -m benchmarks.ddpm_throughput --image-shape 32,32,3 --size base \
   --batch-size 128 --steps 50 --repeats 3 --dtype float32
 grep -E "^=== .*wall|ratio|images/s|^N=|phase seconds|wall time|us/step" "$log"

@@ -11,16 +11,15 @@ SimpleCNN's formulation: by default the platform policy's (``banded_rows`` on th
 output rows per matmul row), ``banded`` for the CPU's narrow column blocks, ``lax`` for cuDNN's
 convolutions.
 
-  python benchmarks/gpu_step_kernels.py --runs 1 --steps 200
-  python benchmarks/gpu_step_kernels.py --runs 3 --convolution lax --out /tmp/kernels
+  python -m benchmarks.gpu_step_kernels --runs 1 --steps 200
+  python -m benchmarks.gpu_step_kernels --runs 3 --convolution lax --out /tmp/kernels
 """
 
 import argparse
 import pathlib
 import time
 
-import common
-
+from benchmarks import common
 from jaxdiff.policy import CONVOLUTIONS
 
 

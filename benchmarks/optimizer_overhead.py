@@ -6,16 +6,16 @@ with the same engine, model and batch as experiments/cifar.py and the comparison
 default learning rate and diffusion (``ComparisonConfig``). The optimizers'
 timed epochs are taken in turns, so a drift in the machine's speed hits all alike.
 
-  python benchmarks/optimizer_overhead.py --steps 200 --repeats 3
+  python -m benchmarks.optimizer_overhead --steps 200 --repeats 3
 """
 
 import argparse
 import statistics
 
-import common
 import jax
 import jax.numpy as jnp
 
+from benchmarks import common
 from jaxdiff.experiments.cifar.config import ComparisonConfig
 from jaxdiff.experiments.cifar.registry import OPTIMIZERS
 

@@ -10,7 +10,7 @@ this machine's cores, so this is the layer's overhead, not a multi-host speed-up
 Each layout runs one untimed epoch (compilation) and ``--repeats`` timed ones; process 0
 prints the median images/s.
 
-  python benchmarks/process_layer.py --steps 100 --repeats 5
+  python -m benchmarks.process_layer --steps 100 --repeats 5
 """
 
 import argparse
@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-import common
+from benchmarks import common
 
 
 def worker(flags):
@@ -57,7 +57,7 @@ def launch(flags, processes):
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "JAX_NUM_CPU_DEVICES": str(flags.devices // processes)}  # fmt: skip
   env.pop("XLA_FLAGS", None)
-  command = [sys.executable, __file__, "--worker", "--batch-size", str(flags.batch_size),
+  command = [sys.executable, "-m", __spec__.name, "--worker", "--batch-size", str(flags.batch_size),
              "--steps", str(flags.steps), "--repeats", str(flags.repeats),
              "--num-processes", str(processes), "--coordinator-address", f"127.0.0.1:{port}"]  # fmt: skip
   children = [subprocess.Popen([*command, "--process-id", str(i)], env=env)

@@ -5,8 +5,8 @@ variance is D / a. 2000 chains, vmapped, start at the target, run 20 000 steps, 
 15 000 are averaged; 1.0 means exact. ``--adapt-steps none`` is pSGLD whose preconditioner
 keeps adapting (Li et al.'s, and jaxdiff's before the frozen default).
 
-  python benchmarks/psgld_bias.py --adapt-steps none
-  python benchmarks/psgld_bias.py --adapt-steps 1000
+  python -m benchmarks.psgld_bias --adapt-steps none
+  python -m benchmarks.psgld_bias --adapt-steps 1000
 """
 
 import argparse

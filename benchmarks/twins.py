@@ -5,14 +5,14 @@
 * :class:`TorchUNet` and :func:`ddpm_epochs`: ``jaxdiff.models.unet.UNet`` mirrored layer by
   layer, NCHW, loaded with the Flax parameters (:func:`load_flax_params`,
   checked by :func:`check_unet_twin`), and the DDPM experiment's training step;
-* :func:`print_profile` (``torch.profiler``) and :func:`convolution_seconds` (one ``conv2d``
+* :func:`print_profile` (``torch.profiler``) and :func:`convolution_call` (one ``conv2d``
   with its gradients), for the DDPM scripts.
 
 Each twin runs where JAX runs (:func:`torch_device`): on CUDA, with the data already on the
 GPU, when JAX's device is a GPU, else on the CPU. Its per-step work is the engine's: a random
 permutation per epoch, a gather of uint8 rows, and the mapping of the pixels inside the step.
 Scripts load this module through ``common.import_twins``, so that they still run their JAX half
-where torch is not installed.
+where torch is not installed; it imports nothing else of ``benchmarks``.
 """
 
 import math
@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import repeat_seconds
 from torch import nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torch.profiler import ProfilerActivity, profile
@@ -424,10 +423,10 @@ def print_profile(label, epoch_seconds, steps, top=12):
     print(f"  {event.self_cpu_time_total / steps / 1000:8.2f} ms {event.count / steps:6.1f} calls  {event.key}")  # fmt: skip
 
 
-def convolution_seconds(conv, calls, device):
-  """A function timing ``calls`` calls of PyTorch's ``conv2d`` (NCHW, on ``device``) with its
-  gradients, as the twin's step computes ``conv`` (a ``ddpm_convolutions.Convolution``),
-  returning seconds per call: ``ddpm_convolutions.jax_seconds``'s twin."""
+def convolution_call(conv, device):
+  """A function making one call of PyTorch's ``conv2d`` (NCHW, on ``device``) with its
+  gradients, as the twin's step computes ``conv`` (a ``ddpm_convolutions.Convolution``), and
+  waiting for it: ``ddpm_convolutions.jax_convolution_call``'s twin."""
   batch, height, width, cin = conv.input_shape
   kh, kw, _, cout = conv.kernel_shape
   (top, bottom), (left, right) = conv.padding
@@ -449,4 +448,4 @@ def convolution_seconds(conv, calls, device):
     y.backward(output_grad)
     synchronize(device)
 
-  return repeat_seconds(call, calls)
+  return call

@@ -14,15 +14,15 @@ machine's speed hits both alike), the cores each kept busy (the process's CPU ti
 wall time of its timed epochs: batching runs can only gain where one run leaves cores idle),
 and the ratio vmapped ÷ sequential.
 
-  python benchmarks/vmap_runs.py --runs 1,4,8 --steps 20 --repeats 3
+  python -m benchmarks.vmap_runs --runs 1,4,8 --steps 20 --repeats 3
 """
 
 import argparse
 import time
 
-import common
 import numpy as np
 
+from benchmarks import common
 from jaxdiff.policy import LOOPS
 
 

@@ -30,8 +30,8 @@ Dtype = Any
 UNET_SIZES: dict[str, dict[str, Any]] = {
   # Parameters for 28x28x1 inputs: 44 969, 280 177, 1 623 169 and 6 469 889.
   "tiny": {"base_channels": 8, "channel_multipliers": (1, 2), "num_res_blocks": 1, "num_groups": 4},
-  # small's levels at half its width and one residual block each: 3.6x its training steps per
-  # CPU second, which on MNIST buys more than small's capacity (benchmarks/RESULTS.md).
+  # small's levels at half its width and one residual block each: several times its training
+  # steps per CPU second, which on MNIST buy more than small's capacity (RESULTS.md, "DDPM recipe").
   "narrow": {"base_channels": 16, "channel_multipliers": (1, 2, 2), "num_res_blocks": 1},
   "small": {"base_channels": 32, "channel_multipliers": (1, 2, 2), "num_res_blocks": 2},
   "base": {"base_channels": 64, "channel_multipliers": (1, 2, 2), "num_res_blocks": 2},
@@ -62,7 +62,8 @@ class GroupNorm(nn.Module):
   """``flax.linen.GroupNorm`` over NHWC, the same parameters and function, from per-channel sums.
 
   Flax reduces a (batch, height, width, groups, channels per group) view over three axes, the
-  last a few elements long, which XLA:CPU runs far below memory speed (``benchmarks/RESULTS.md``).
+  last a few elements long, which XLA:CPU runs far below memory speed (``benchmarks/RESULTS.md``,
+  "GroupNorm and attention").
   Averaging over the pixels first keeps the channels as the vectorised axis, and the groups then
   average a small (batch, channels) array. As in Flax, the statistics are float32 and the
   variance is ``E[x²] - E[x]²``.
@@ -125,8 +126,8 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array) ->
   divided by its sum after the product with the values, where the division touches
   (tokens, head_dim) outputs instead of (tokens, tokens) weights: on XLA:CPU that division, its
   gradient and their copies took far longer than the attention's matmuls (the profile is in
-  ``benchmarks/RESULTS.md``). The subtracted maximum cancels out of the result, so it takes no
-  gradient.
+  ``benchmarks/RESULTS.md``, "GroupNorm and attention"). The subtracted maximum cancels out of
+  the result, so it takes no gradient.
 
   Args:
     query, key, value: ``(batch, tokens, heads, head_dim)``.

@@ -60,10 +60,13 @@ class Setup(NamedTuple):
   policy: ExecutionPolicy
 
 
-def make_setup(config: DDPMConfig) -> Setup:
+def make_setup(config: DDPMConfig, **policy_options: Any) -> Setup:
+  """The run's :class:`Setup` over every device; ``policy_options`` (``ExecutionPolicy.for_mesh``'s
+  ``loop``, ``runs_per_call``, ``scan_unroll``) replace the platform's defaults."""
   mesh = parallel.make_mesh()
   schedule = ddpm.make_schedule(config.schedule, config.num_timesteps)
-  return Setup(schedule, config.make_model(), mesh, ExecutionPolicy.for_mesh(mesh))
+  policy = ExecutionPolicy.for_mesh(mesh, **policy_options)
+  return Setup(schedule, config.make_model(), mesh, policy)
 
 
 def ddpm_optimizer(config: DDPMConfig) -> Callable[..., optax.GradientTransformation]:
@@ -279,8 +282,8 @@ def run_experiment(
 # steps has the DDIM predictor, one without the ancestral predictor over all T levels. The PC
 # rows use the DDIM predictor: with the ancestral one each row would cost (1 + M)·T model
 # evaluations, two to four times the DDPM row, for a table that must fit a CPU session. The
-# confident share rose with both M and snr up to M = 2, snr 0.24 (the default), so the last
-# rows go further.
+# last rows go past the default (M = 2, snr 0.24), up to which the confident share rose with
+# both (RESULTS.md, "The full budget").
 SAMPLER_TABLE = (
   ("ddpm", None, 0, None),
   ("ddim", 25, 0, None),

@@ -69,9 +69,9 @@ class MethodSpec:
     if self.langevin:
 
       def sampler_factory(learning_rate, diffusion, key):
-        # Frozen before the loss settles, a preconditioner can be too large for what follows:
-        # frozen at step 1 000 (psgld's default), every tuning rate from 0.01 up diverged
-        # within 150 steps of the freeze, and 2 of 3 seeds at the picked rate by step 3 438.
+        # Frozen before the loss settles, a preconditioner can be too large for what follows
+        # (psgld's default freeze was, on this benchmark: RESULTS.md, "SG-MCMC: pSGLD's freeze
+        # on the MNIST MLP"), so it adapts through the burn-in.
         adapt = {"adapt_steps": max(1, schedule.burn_in_steps)} if self.preconditioned else {}
         return self.optimizer(schedule.step_decay(learning_rate), diffusion, key, **adapt)
 
