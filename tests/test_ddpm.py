@@ -661,7 +661,7 @@ def test_old_public_names_stay_importable():
   missing = [name for name in OLD_ALL + ("DenoiseFn",) if not hasattr(ddpm, name)]
   assert not missing, missing
   added = {"ddpm_task", "langevin_corrector_step", "sample_pc", "LOSS_WEIGHTINGS", "PREDICTIONS",
-           "PREDICTORS", "SOLVER_ORDERS", "sample_dpm_solver",
+           "PREDICTORS", "SOLVER_ORDERS", "sample_dpm_solver", "guided_denoiser",
            "denoiser", "diffusion_loss", "eps_from_prediction", "loss_weight",
            "prediction_target", "signal_to_noise"}  # fmt: skip
   assert set(OLD_ALL) | added == set(ddpm.__all__)

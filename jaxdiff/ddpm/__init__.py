@@ -27,6 +27,7 @@ The package is split by stage, as in score_sde's ``losses.py`` / ``sampling.py``
 * :mod:`jaxdiff.ddpm.losses`: the forward process, the training losses (ε, v or ``x_0``
   prediction; uniform or min-SNR weights), :func:`denoiser` and the reverse step.
 * :mod:`jaxdiff.ddpm.sampling`: the DDPM, predictor–corrector and DDIM samplers and DPM-Solver++.
+* :mod:`jaxdiff.ddpm.guidance`: classifier-free guidance, :func:`guided_denoiser`.
 * :mod:`jaxdiff.ddpm.likelihood`: the variational bound in bits per dimension.
 * :mod:`jaxdiff.ddpm.task`: :func:`ddpm_task`, the training-engine task.
 
@@ -45,6 +46,7 @@ References:
   <https://arxiv.org/abs/2010.02502>`_, ICLR 2021.
 """
 
+from jaxdiff.ddpm.guidance import guided_denoiser
 from jaxdiff.ddpm.images import to_uint8, to_unit_range
 from jaxdiff.ddpm.likelihood import bits_per_dim, discretized_gaussian_log_likelihood
 from jaxdiff.ddpm.losses import (
@@ -100,6 +102,7 @@ __all__ = [
   "diffusion_loss",
   "discretized_gaussian_log_likelihood",
   "eps_from_prediction",
+  "guided_denoiser",
   "langevin_corrector_step",
   "linear_schedule",
   "loss_weight",

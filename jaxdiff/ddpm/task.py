@@ -22,6 +22,8 @@ def ddpm_task(
   prediction: str = "eps",
   weighting: str = "uniform",
   min_snr_gamma: float = 5.0,
+  num_classes: int | None = None,
+  label_dropout: float = 0.1,
 ) -> Task:
   """A :class:`jaxdiff.tasks.Task` that trains ``model`` to predict ``prediction``.
 
@@ -42,31 +44,52 @@ def ddpm_task(
       trained model through :func:`~jaxdiff.ddpm.losses.denoiser` with the same value.
     weighting: the loss weighting, one of :data:`~jaxdiff.ddpm.losses.LOSS_WEIGHTINGS`.
     min_snr_gamma: ``γ`` of the ``"min_snr"`` weighting.
+    num_classes: train a class-conditional model for classifier-free guidance (Ho & Salimans
+      2022): the model also takes ``labels`` (``model.apply(..., x_t, t, labels, ...)``, as a
+      :class:`~jaxdiff.models.unet.UNet` built with the same ``num_classes`` does), the batch's
+      ``"label"``, each replaced by the null label ``num_classes`` with probability
+      ``label_dropout`` so that one network learns ``ε(x, t, y)`` and ``ε(x, t, ∅)``. None
+      (the default): unconditional, and no label is read.
+    label_dropout: that probability, in ``[0, 1]``.
 
   Returns:
     The task: ``init(key)`` is ``model.init(key, zeros, zeros_t)["params"]``, and ``loss`` takes
     ``{"image": uint8 NHWC}`` batches, maps them to ``[-1, 1]``
     (:func:`~jaxdiff.ddpm.images.to_unit_range`) and returns ``(loss, {})``. Its ``key``
     draws the timesteps and noise as in :func:`~jaxdiff.ddpm.losses.diffusion_loss` and, apart
-    from them, the dropout masks.
+    from them, the dropout masks and the dropped labels.
+
+  Raises:
+    ValueError: ``label_dropout`` outside ``[0, 1]``, or ``num_classes`` not positive.
 
   Example:
     >>> task = ddpm_task(make_unet("small", dropout=0.1), linear_schedule(1000), (32, 32, 3))
   """
 
+  if num_classes is not None and not num_classes > 0:
+    raise ValueError(f"num_classes must be positive, got {num_classes!r}")
+  if not 0.0 <= label_dropout <= 1.0:
+    raise ValueError(f"label_dropout must lie in [0, 1], got {label_dropout!r}")
+  conditional = () if num_classes is None else (jnp.zeros((1,), jnp.int32),)
+
   def init(key):
     images = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-    return model.init(key, images, jnp.zeros((1,), jnp.int32))["params"]
+    return model.init(key, images, jnp.zeros((1,), jnp.int32), *conditional)["params"]
 
   def loss(params, batch, key):
-    # diffusion_loss draws t and the noise from split(key); the dropout key, the third of
-    # split(key, 3), is independent of both, so the draws, and a dropout-free model's training,
-    # stay those of a loss without dropout.
+    # diffusion_loss draws t and the noise from split(key); the dropout and label keys, the
+    # third of split(key, 3) and the fourth of split(key, 4), are independent of both, so the
+    # draws, and an unconditional, dropout-free model's training, stay those of the plain loss.
     dropout_key = jax.random.split(key, 3)[2]
+    labels = ()
+    if num_classes is not None:
+      dropped = jax.random.bernoulli(jax.random.split(key, 4)[3], label_dropout,
+                                     batch["label"].shape)  # fmt: skip
+      labels = (jnp.where(dropped, num_classes, batch["label"]).astype(jnp.int32),)
 
     def model_fn(x_t, t):
       return model.apply(
-        {"params": params}, x_t, t, deterministic=False, rngs={"dropout": dropout_key}
+        {"params": params}, x_t, t, *labels, deterministic=False, rngs={"dropout": dropout_key}
       )
 
     x0 = to_unit_range(batch["image"])

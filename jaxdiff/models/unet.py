@@ -7,7 +7,9 @@ embedding), self-attention where ``attention_resolutions`` says, then a
 stride-2 convolution; a middle of residual block, attention, residual block;
 an upsampling path with one more residual block per level, each taking a skip
 connection from the downsampling path; and GroupNorm, SiLU and a zero-initialised
-convolution to the output, so a fresh model predicts zero noise.
+convolution to the output, so a fresh model predicts zero noise. With ``num_classes`` the model
+is class-conditional, as for classifier-free guidance (Ho & Salimans 2022): a learned embedding
+of the label, one more entry standing for "no label", is added to the time embedding.
 
 Example:
   >>> model = make_unet("small")
@@ -183,6 +185,9 @@ class UNet(nn.Module):
     out_channels: output channels; ``None`` means the input's.
     dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32
       and the output is float32.
+    num_classes: with a number ``K``, the model takes labels in ``[0, K]``, ``K`` meaning no
+      label (:attr:`null_label`); ``None``, the default, is an unconditional model with no
+      label parameters.
   """
 
   base_channels: int
@@ -194,21 +199,38 @@ class UNet(nn.Module):
   dropout: float = 0.0
   out_channels: int | None = None
   dtype: Dtype = jnp.float32
+  num_classes: int | None = None
+
+  @property
+  def null_label(self) -> int:
+    """The label that stands for "no label" in a class-conditional model: ``num_classes``."""
+    if self.num_classes is None:
+      raise ValueError("an unconditional UNet has no labels: give it num_classes")
+    return self.num_classes
 
   @nn.compact
-  def __call__(self, x: jax.Array, t: jax.Array, *, deterministic: bool = True) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    t: jax.Array,
+    labels: jax.Array | None = None,
+    *,
+    deterministic: bool = True,
+  ) -> jax.Array:
     """Predicts the noise in ``x``.
 
     Args:
       x: noisy images, float ``(B, H, W, C)``.
       t: timesteps, int ``(B,)``.
+      labels: a class-conditional model's labels, int ``(B,)`` in ``[0, num_classes]``; None
+        (or :attr:`null_label`) is unconditional.
       deterministic: disables dropout.
 
     Returns:
       The predicted noise, float32 ``(B, H, W, out_channels or C)``.
 
     Raises:
-      ValueError: a resolution to be downsampled is odd.
+      ValueError: a resolution to be downsampled is odd; labels for an unconditional model.
     """
     levels = len(self.channel_multipliers)
     # Nearest upsampling doubles sizes, so every downsampled size must be even
@@ -230,6 +252,13 @@ class UNet(nn.Module):
     time = timestep_embedding(t, self.base_channels)
     time = nn.Dense(4 * self.base_channels, dtype=self.dtype, name="time_in")(time)
     time = nn.Dense(4 * self.base_channels, dtype=self.dtype, name="time_out")(nn.silu(time))
+    if self.num_classes is not None:
+      if labels is None:
+        labels = jnp.full(t.shape, self.null_label, jnp.int32)
+      embed = nn.Embed(self.num_classes + 1, 4 * self.base_channels, name="label_embedding")
+      time = time + embed(labels).astype(time.dtype)
+    elif labels is not None:
+      raise ValueError("labels given to an unconditional UNet: build it with num_classes")
 
     h = nn.Conv(self.base_channels, (3, 3), dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
     skips = [h]
