@@ -30,8 +30,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import contextlib
 import io
+import logging
 import os
+import shutil
+import socket
 import tarfile
 import zipfile
 import zlib
@@ -66,6 +70,12 @@ LOSSY_FORMATS = ("JPEG", "MPO")
 CACHE_VERSION = 2
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 SPLITS = ("train", "test")
+# Where TFDS downloads each known data set from: a data set not yet prepared is fetched only if
+# its host answers within REACHABLE_TIMEOUT_S, so that a machine without a network fails at once
+# rather than after TFDS's retries.
+DOWNLOAD_HOSTS = {"mnist": "storage.googleapis.com", "cifar10": "www.cs.toronto.edu"}
+REACHABLE_TIMEOUT_S = 3.0
+LOCAL_COPIES = {"mnist": "mnist.npz", "cifar10": "cifar10.tar.gz"}
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -243,24 +253,67 @@ def _load_tfds(name: str, data_dir: str | os.PathLike | None) -> Dataset:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as error:
     raise TFDSUnavailableError(
-      f"tensorflow-datasets is not installed ({error}); install it or pass "
-      "a local .npz, image folder or .tar.gz instead of 'tfds'"
+      f"tensorflow-datasets is not installed ({error}); install it or {_local_advice(name)}"
     ) from error
-  splits = {}
-  try:
-    for split in SPLITS:
-      splits[split] = tfds.data_source(name, split=split, data_dir=data_dir)
-  except (OSError, ImportError, RuntimeError) as error:
-    # No network raises requests' ConnectionError (an OSError); a missing
-    # TensorFlow, needed only to prepare, raises ImportError.
-    raise TFDSUnavailableError(
-      f"TFDS could not download and prepare {name!r} "
-      f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
-      "pass a local copy instead, e.g. --data path/to/"
-      f"{'mnist.npz' if name == 'mnist' else 'cifar10.tar.gz'}"
-    ) from error
+  try:  # prepared before (or mocked): no network needed
+    with _quiet("absl"):  # a data set not prepared yet logs a warning about its missing files
+      splits = {s: tfds.data_source(name, split=s, data_dir=data_dir, download=False)
+                for s in SPLITS}  # fmt: skip
+  except (OSError, RuntimeError, ValueError, AssertionError, KeyError):
+    # Not prepared there: TFDS says so in several ways, none of them a class of its own.
+    splits = _download_and_prepare(tfds, name, data_dir)
   arrays = {split: _stack_examples(source) for split, source in splits.items()}
   return _validated(name, arrays["train"], arrays["test"], KNOWN_CLASS_NAMES[name], f"tfds:{name}")
+
+
+def _download_and_prepare(tfds, name: str, data_dir: str | os.PathLike | None) -> dict:
+  """Downloads and prepares ``name`` with TFDS, failing at once without a network.
+
+  What TFDS made of a download that failed (the data set's folder, the downloads folder, where
+  they did not exist before) is removed, so that nothing half-made is left behind.
+  """
+  host = DOWNLOAD_HOSTS[name]
+  try:
+    socket.create_connection((host, 443), timeout=REACHABLE_TIMEOUT_S).close()
+  except OSError as error:
+    raise TFDSUnavailableError(
+      f"cannot download {name!r}: {host} is unreachable ({type(error).__name__}: {error}); "
+      f"{_local_advice(name)}"
+    ) from error
+  root = Path(tfds.builder(name, data_dir=data_dir).data_dir).parents[1]
+  made = [path for path in (root / name, root / "downloads") if not path.exists()]
+  try:
+    return {split: tfds.data_source(name, split=split, data_dir=data_dir) for split in SPLITS}
+  except (OSError, ImportError, RuntimeError) as error:
+    # A dropped connection raises requests' ConnectionError (an OSError); a missing TensorFlow,
+    # needed only to prepare, raises ImportError.
+    for path in made:
+      shutil.rmtree(path, ignore_errors=True)
+    reason = " ".join(str(error).split())
+    raise TFDSUnavailableError(
+      f"TFDS could not download and prepare {name!r} ({type(error).__name__}: {reason}); "
+      f"{_local_advice(name)}"
+    ) from error
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+  """Hides the warnings of the logger ``logger_name`` while the block runs."""
+  logger = logging.getLogger(logger_name)
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def _local_advice(name: str) -> str:
+  return (
+    f"pass a local copy instead, e.g. --data path/to/{LOCAL_COPIES[name]} (a .npz with x_train, "
+    "y_train, x_test, y_test; an image folder root/{train,test}/<class>/*.png|jpg; or that "
+    "folder as a .tar.gz)"
+  )
 
 
 def _stack_examples(source) -> tuple[np.ndarray, np.ndarray]:

@@ -279,6 +279,51 @@ def test_tfds_unreachable_says_how_to_pass_a_local_file(monkeypatch):
     load_dataset("tfds", name="mnist")
 
 
+def test_without_a_network_tfds_fails_at_once_in_one_line_and_leaves_nothing(monkeypatch, tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  import socket
+  import time
+
+  def no_network(address, timeout=None):
+    raise OSError(101, "Network is unreachable")
+
+  monkeypatch.setattr(socket, "create_connection", no_network)
+  started = time.perf_counter()
+  with pytest.raises(data_lib.TFDSUnavailableError) as raised:
+    load_dataset("tfds", name="cifar10", data_dir=tmp_path / "tfds")
+  assert time.perf_counter() - started < 10  # TFDS's own retries took minutes
+  message = str(raised.value)
+  assert "\n" not in message and "www.cs.toronto.edu is unreachable" in message
+  assert "--data path/to/cifar10.tar.gz" in message and "root/{train,test}/<class>" in message
+  assert not (tmp_path / "tfds").exists()
+
+
+def test_a_download_that_fails_midway_removes_what_it_made(monkeypatch, tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  import socket
+
+  import requests
+
+  class Reachable:
+    def close(self):
+      pass
+
+  monkeypatch.setattr(socket, "create_connection", lambda address, timeout=None: Reachable())
+  root = tmp_path / "tfds"
+
+  def download_then_drop(name, split, data_dir, download=True):
+    if not download:
+      raise NotImplementedError("not prepared")
+    (root / name / "3.0.1.incomplete").mkdir(parents=True)
+    (root / "downloads").mkdir(exist_ok=True)
+    raise requests.exceptions.ConnectionError("Connection reset by peer\nwhile reading")
+
+  monkeypatch.setattr(tfds, "data_source", download_then_drop)
+  with pytest.raises(data_lib.TFDSUnavailableError, match="Connection reset by peer while"):
+    load_dataset("tfds", name="mnist", data_dir=root)
+  assert not (root / "mnist").exists() and not (root / "downloads").exists()
+
+
 # ------------------------------------------------------------- bad input
 
 
