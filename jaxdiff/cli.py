@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 from jaxdiff import config as config_lib
@@ -13,6 +15,7 @@ from jaxdiff.distributed import DistributedError, ProcessGroup
 from jaxdiff.parallel import PLATFORMS
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -138,8 +141,10 @@ def main(
   configuration and the run flags.
 
   With the process flags, the process first joins the others (:mod:`jaxdiff.distributed`).
-  A user error (bad flag, data, platform, batch split, an output folder holding an earlier
-  run, an unreachable coordinator) becomes one line on stderr and exit code 2.
+  A user error (bad flag, data, platform, batch split, an ``--out`` that is a file or holds an
+  earlier run, an unreachable coordinator) becomes one line on stderr and exit code 2; Ctrl-C
+  one line that says how to resume, and exit code 130. ``--resume`` on an output folder
+  without checkpoints says in one line that it trains from scratch.
 
   Returns:
     The exit code.
@@ -152,6 +157,14 @@ def main(
   config, options, platform = parse(
     config_type, argv, description=description, default_out=default_out
   )
+  out = Path(options.out)
+  if out.exists() and not out.is_dir():
+    print(f"error: --out {options.out} is a file, not a folder: name another", file=sys.stderr)
+    return EXIT_USAGE
+  checkpoints = out / "checkpoints"
+  if options.resume and not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+    print(f"--resume: {options.out} holds no checkpoints yet; training from scratch",
+          file=sys.stderr)  # fmt: skip
   try:
     if options.process_group is not None:
       initialize(options.process_group)  # before select_platform starts the backend
@@ -167,4 +180,10 @@ def main(
   ) as error:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
+  except KeyboardInterrupt:
+    words = sys.argv if argv is None else [sys.argv[0], *argv]
+    again = [*words, *([] if "--resume" in words else ["--resume"])]
+    print(f"interrupted; the last checkpoint is kept: resume with python {shlex.join(again)}",
+          file=sys.stderr)  # fmt: skip
+    return EXIT_INTERRUPTED
   return 0

@@ -157,3 +157,37 @@ def test_the_seed_reaches_the_config(config_type):
                                         default_out="runs/d")  # fmt: skip
   assert parsed == dataclasses.replace(config_type(), seed=3)
   assert options == cli.RunOptions("tfds", "runs/d", False, False) and platform is None
+
+
+def _main(tmp_path, argv, run):
+  return cli.main(Example, run, ["--out", str(tmp_path / "out"), *argv], description="d",
+                  default_out="out")  # fmt: skip
+
+
+def test_an_out_that_is_a_file_is_one_line_and_exit_2(tmp_path, capsys):
+  (tmp_path / "out").write_text("not a folder")
+  code = _main(tmp_path, [], run=lambda *args, **kwargs: pytest.fail("must not run"))
+  lines = capsys.readouterr().err.splitlines()
+  assert code == cli.EXIT_USAGE and len(lines) == 1 and "is a file, not a folder" in lines[0]
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_resume_and_exit_130(tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(sys, "argv", ["experiments/x.py"])
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  code = _main(tmp_path, ["--count", "4"], run=interrupted)
+  lines = capsys.readouterr().err.splitlines()
+  assert code == cli.EXIT_INTERRUPTED == 130 and len(lines) == 1, lines
+  assert lines[0].endswith(f"python experiments/x.py --out {tmp_path / 'out'} --count 4 --resume")
+
+
+def test_resume_without_checkpoints_says_it_trains_from_scratch(tmp_path, capsys):
+  calls = []
+  assert _main(tmp_path, ["--resume"], run=lambda *args, **kwargs: calls.append(kwargs)) == 0
+  assert calls == [{"resume": True, "quiet": False}]
+  assert "holds no checkpoints yet; training from scratch" in capsys.readouterr().err
+  (tmp_path / "out" / "checkpoints" / "1").mkdir(parents=True)
+  _main(tmp_path, ["--resume"], run=lambda *args, **kwargs: None)
+  assert capsys.readouterr().err == ""
