@@ -21,8 +21,8 @@ Design, in the order data flows:
   compiled parameter initialisation and batch-index draw, and
   ``Trainer.compile`` compiles an epoch's programs ahead of it: XLA compiles
   without the GIL, so programs of several trainers compile in parallel threads.
-* A run whose loss turns non-finite keeps its last finite parameters, records
-  the step, and stops updating; the other runs in the program carry on.
+* A run whose loss or parameters turn non-finite keeps its last finite parameters,
+  records the step, and stops updating; the other runs in the program carry on.
 
 :func:`jaxdiff.loop.fit` trains a :class:`Trainer` to a budget, with checkpoints and hooks.
 Everything here is a function of the state's keys and the step, so training in parts (a
@@ -58,7 +58,7 @@ class TrainState(NamedTuple):
       each run's values.
     key: each run's key for data order and loss randomness.
     step: steps taken.
-    diverged_at: the step whose loss was first non-finite, or -1.
+    diverged_at: the first step whose loss, or the parameters it made, were not finite, or -1.
     ema_params: the exponential moving average of ``params`` (the trainer's
       ``ema_decay``), or None without one.
   """
@@ -198,12 +198,15 @@ class Trainer:
 
     Returns:
       The new state and the per-step metrics as host arrays ``(steps, runs)``,
-      ``"loss"`` among them.
+      ``"loss"`` among them; for an empty range of steps, ``state`` itself and metrics of
+      no step, ``(0, runs)``.
     """
     programs = self._programs
     loop = programs.loop(state, data)
     steps = self.steps_per_epoch(data)
     stop = steps if max_steps is None else min(steps, start_step + max_steps)
+    if stop <= start_step:  # resumed at the epoch's end, or a budget of no steps
+      return state, programs.no_metrics(state, data)
     states, metrics = [], []
     for run_state, run_indices in programs.calls(state, data, epoch):
       if loop == "scan":
@@ -268,9 +271,8 @@ class _Programs:
     replicated = parallel.replicated_sharding(mesh)
     self.init = jax.jit(jax.vmap(self.init_run), out_shardings=replicated)
     self.init_params = _params_initializer(trainer.task.init, replicated)
-    self.indices = _epoch_index_sampler(
-      trainer.batch_size, jax.sharding.NamedSharding(mesh, P(None, None, parallel.DATA_AXIS))
-    )
+    self.indices_sharding = jax.sharding.NamedSharding(mesh, P(None, None, parallel.DATA_AXIS))
+    self.indices = _epoch_index_sampler(trainer.batch_size, self.indices_sharding)
     specs = (P(), P(), P(None, None, parallel.DATA_AXIS))
     options = dict(policy.compiler_options)
     self.step = jax.jit(
@@ -291,6 +293,13 @@ class _Programs:
     indices = self.indices(state.key, jnp.int32(epoch), steps, _num_examples(data))
     for runs in run_slices(len(state.step), self.trainer.policy.runs_per_call):
       yield jax.tree.map(lambda leaf, runs=runs: leaf[runs], state), indices[runs]
+
+  def no_metrics(self, state: TrainState, data) -> dict[str, np.ndarray]:
+    """Each metric of the step, as the empty ``(0, runs)`` host array of no step taken."""
+    shape = (len(state.step), 1, self.trainer.batch_size)
+    indices = jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.indices_sharding)
+    _, metrics = jax.eval_shape(self.step, state, data, indices, np.int32(0))
+    return {name: np.zeros((0, *value.shape), value.dtype) for name, value in metrics.items()}
 
   def scan(self, state, data, indices, start: int, stop: int):
     if (start, stop) != (0, indices.shape[1]):
@@ -336,11 +345,12 @@ class _Programs:
     ema = state.ema_params
     if ema is not None:
       ema = update_average(ema, params, self.trainer.ema_decay)
-    healthy = jnp.isfinite(loss) & (state.diverged_at < 0)
+    # A step diverges if its loss, or the parameters it makes, are not finite: an update can
+    # overflow the parameters from a finite loss.
+    finite = jnp.isfinite(loss) & _all_finite(params)
+    healthy = finite & (state.diverged_at < 0)
     keep_if_healthy = lambda new, old: jnp.where(healthy, new, old)  # noqa: E731
-    diverged_at = jnp.where(
-      (state.diverged_at < 0) & ~jnp.isfinite(loss), state.step, state.diverged_at
-    )
+    diverged_at = jnp.where((state.diverged_at < 0) & ~finite, state.step, state.diverged_at)
     new_state = TrainState(
       params=jax.tree.map(keep_if_healthy, params, state.params),
       opt_state=jax.tree.map(keep_if_healthy, opt_state, state.opt_state),
@@ -395,6 +405,11 @@ def _epoch_index_sampler(batch_size: int, sharding: jax.sharding.Sharding):
     return jax.vmap(run_order)(keys).astype(jnp.int32)
 
   return jax.jit(epoch_indices, static_argnums=(2, 3), out_shardings=sharding)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  """Whether every element of every leaf of ``tree`` is finite, a boolean scalar."""
+  return jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)]))
 
 
 def _num_examples(data: Mapping[str, jax.Array]) -> int:

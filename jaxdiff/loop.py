@@ -347,7 +347,7 @@ class _Report:
         others = "no run is left" if self.every_run_diverged else "the other runs go on"
         self.log(
           f"{self._run_names[run]} diverged at step {int(state.diverged_at[run])}: non-finite "
-          f"loss; it keeps its last finite parameters and stops, {others}"
+          f"loss or parameters; it keeps its last finite parameters and stops, {others}"
         )
 
   def on_steps(self, count: int, metrics: dict[str, jax.Array]) -> None:

@@ -121,7 +121,7 @@ def train_feature_classifier(
 
   Raises:
     ValueError: the images are not 28x28x1 or a label is 10 or more.
-    RuntimeError: the training loss became non-finite.
+    RuntimeError: the training loss or parameters became non-finite.
   """
   if data.image_shape != IMAGE_SHAPE:
     raise ValueError(f"the feature classifier needs {IMAGE_SHAPE} images, got {data.image_shape}")

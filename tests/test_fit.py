@@ -123,8 +123,8 @@ def test_a_diverging_run_is_stopped_and_named_while_the_others_go_on(trainer, da
   diverged_at = np.asarray(result.state.diverged_at)
   assert diverged_at[1] >= 0 and diverged_at[0] == -1 and diverged_at[2] == -1
   assert logged == [
-    f"sgd: lr 3e38 diverged at step {diverged_at[1]}: non-finite loss; it keeps its last finite "
-    "parameters and stops, the other runs go on"
+    f"sgd: lr 3e38 diverged at step {diverged_at[1]}: non-finite loss or parameters; it keeps "
+    "its last finite parameters and stops, the other runs go on"
   ]
   assert len(result.calls) == 2  # the budget, for the runs that go on
   np.testing.assert_array_equal(result.state.step, [8, 8, 8])

@@ -112,6 +112,39 @@ def test_a_diverging_run_stops_and_the_others_go_on(arrays):
     assert np.all(np.isfinite(leaf))  # the diverged run keeps its last finite parameters
 
 
+def test_an_update_to_non_finite_parameters_is_not_kept_though_the_loss_was_finite(arrays):
+  mesh = parallel.make_mesh()
+  policy = ExecutionPolicy.for_mesh(mesh, loop="step")
+  trainer = train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=16, policy=policy)
+  # An infinite learning rate: the first loss is finite, the parameters after the step are not.
+  state = trainer.init(jax.random.split(jax.random.key(0), 2), learning_rate=jnp.array([jnp.inf, 0.1]))  # fmt: skip
+  initial = jax.device_get(state.params)
+  state, metrics = trainer.train_epoch(state, trainer.put_data(arrays), epoch=0, max_steps=2)
+  assert np.isfinite(metrics["loss"][0]).all()
+  np.testing.assert_array_equal(state.diverged_at, [0, -1])
+  for leaf, initial_leaf in zip(jax.tree.leaves(state.params), jax.tree.leaves(initial)):
+    np.testing.assert_array_equal(leaf[0], initial_leaf[0])  # its last finite parameters
+    assert not np.array_equal(leaf[1], initial_leaf[1])  # the other run trained on
+
+
+@pytest.mark.parametrize("loop", ["step", "scan"])
+def test_an_empty_range_of_steps_leaves_the_state_and_returns_no_metrics(arrays, loop):
+  mesh = parallel.make_mesh()
+  policy = ExecutionPolicy.for_mesh(mesh, loop=loop)
+  trainer = train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=16, policy=policy)
+  data = trainer.put_data(arrays)
+  state = trainer.init(jax.random.split(jax.random.key(6), 2), learning_rate=jnp.array(0.1))
+  state, _ = trainer.train_epoch(state, data, epoch=0)
+  after_one_epoch = _host_leaves(state)
+  steps = trainer.steps_per_epoch(data)
+  # Resuming exactly at an epoch's end, and a budget of no steps.
+  for epoch, limits in ((0, {"start_step": steps}), (1, {"max_steps": 0})):
+    state, metrics = trainer.train_epoch(state, data, epoch=epoch, **limits)
+    for leaf, before in zip(_host_leaves(state), after_one_epoch):
+      np.testing.assert_array_equal(leaf, before)
+    assert {name: value.shape for name, value in metrics.items()} == {"loss": (0, 2), "accuracy": (0, 2)}  # fmt: skip
+
+
 def test_checkpoint_round_trip_is_bitwise(tmp_path, arrays, reference):
   state, _ = reference
   extras = {"sum": np.arange(6.0).reshape(2, 3)}
