@@ -7,16 +7,17 @@ Design, in the order data flows:
   *on the device*; a step only sends the step number.
 * Several runs (seeds, and hyper-parameter values injected with
   ``optax.inject_hyperparams``) are one program: the train state carries a
-  leading run axis and the step is ``jax.vmap``-ed over it (a call with one run
-  skips the vmap, which XLA:CPU compiled worse for the U-Net's convolutions).
+  leading run axis and the step is ``jax.vmap``-ed over it (a call of one run
+  skips the vmap unless the policy's ``vmap_single_run`` says otherwise).
 * Data parallelism is pmap's model written as ``jax.jit(jax.shard_map(...))``:
   the state is replicated, each step's indices are split across the devices,
   each device gathers and differentiates its shard, gradients are
   ``lax.pmean``-ed (see ``parallel.mean_value_and_grad``).
 * How the programs run (the epoch loop, runs per call, compiler options) is the
   :class:`jaxdiff.policy.ExecutionPolicy` the trainer is given, decided once from
-  the mesh. An epoch runs either as the jitted step called from Python with the
-  state donated (``"step"``), or as one ``lax.scan`` (``"scan"``).
+  the mesh and the workload; the engine makes no platform choice of its own. An
+  epoch runs either as the jitted step called from Python with the state donated
+  (``"step"``), or as one ``lax.scan`` (``"scan"``).
 * Compilation is most of a short run's time. Trainers of one task share the
   compiled parameter initialisation and batch-index draw, and
   ``Trainer.compile`` compiles an epoch's programs ahead of it: XLA compiles
@@ -37,7 +38,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -71,13 +71,6 @@ class TrainState(NamedTuple):
   ema_params: Params | None = None
 
 
-def computes_convolution(jaxpr: jax.extend.core.Jaxpr) -> bool:
-  """Whether ``jaxpr`` or any jaxpr nested in it has a ``conv_general_dilated``."""
-  return any(eqn.primitive.name == "conv_general_dilated" for eqn in jaxpr.eqns) or any(
-    computes_convolution(inner) for inner in jax.extend.core.subjaxprs(jaxpr)
-  )
-
-
 def run_slices(num_runs: int, runs_per_call: int) -> list[slice]:
   """Consecutive slices of the run axis, ``runs_per_call`` runs each (0: one slice)."""
   size = runs_per_call or num_runs
@@ -102,7 +95,9 @@ class Trainer:
       and its numeric arguments are given per run to :meth:`init`.
     mesh: the 1-D data mesh (``parallel.make_mesh()``).
     batch_size: the global batch, split evenly across the mesh.
-    policy: how the programs run; default ``ExecutionPolicy.for_mesh(mesh)``.
+    policy: how the programs run; default ``ExecutionPolicy.for_mesh(mesh)``, for a model
+      with ``lax`` convolutions (give a model without any, or with another formulation, its
+      own policy).
     ema_decay: keep ``TrainState.ema_params``, an exponential moving average
       of the parameters, ``ema ← decay · ema + (1 − decay) · params`` after
       every step, starting at the initial parameters (None: no average).
@@ -168,13 +163,6 @@ class Trainer:
     """Full batches per epoch; the remainder of each permutation is left out."""
     return _num_examples(data) // self.batch_size
 
-  def loop(self, state: TrainState, data: Mapping[str, jax.Array]) -> str:
-    """The epoch loop, ``"step"`` or ``"scan"``, that :meth:`train_epoch` runs on ``data``.
-
-    The policy's, deciding ``"auto"`` by whether the step computes a convolution.
-    """
-    return self._programs.loop(state, data)
-
   def train_epoch(
     self,
     state: TrainState,
@@ -202,14 +190,13 @@ class Trainer:
       no step, ``(0, runs)``.
     """
     programs = self._programs
-    loop = programs.loop(state, data)
     steps = self.steps_per_epoch(data)
     stop = steps if max_steps is None else min(steps, start_step + max_steps)
     if stop <= start_step:  # resumed at the epoch's end, or a budget of no steps
       return state, programs.no_metrics(state, data)
     states, metrics = [], []
     for run_state, run_indices in programs.calls(state, data, epoch):
-      if loop == "scan":
+      if self.policy.loop == "scan":
         run_state, run_metrics = programs.scan(run_state, data, run_indices, start_step, stop)
         if on_steps is not None:
           on_steps(stop - start_step, jax.tree.map(lambda m: m[-1], run_metrics))
@@ -236,13 +223,12 @@ class Trainer:
     number of runs per call.
     """
     programs = self._programs
-    loop = programs.loop(state, data)
     lowered, sizes = [], set()
     for run_state, run_indices in programs.calls(state, data, epoch):
       if len(run_indices) in sizes:
         continue
       sizes.add(len(run_indices))
-      if loop == "scan":
+      if self.policy.loop == "scan":
         lowered.append(programs.epoch.lower(run_state, data, run_indices))
       else:
         lowered.append(programs.step.lower(run_state, data, run_indices, np.int32(0)))
@@ -285,7 +271,6 @@ class _Programs:
       donate_argnums=0,
       compiler_options=options,
     )
-    self._loops: dict[Any, str] = {}
 
   def calls(self, state: TrainState, data, epoch: int) -> Iterator[tuple[TrainState, jax.Array]]:
     """``(state, indices)`` of the runs of each compiled call: ``runs_per_call`` at a time."""
@@ -305,25 +290,6 @@ class _Programs:
     if (start, stop) != (0, indices.shape[1]):
       indices = indices[:, start:stop]  # a partial epoch compiles its own scan
     return self.epoch(state, data, indices)
-
-  def loop(self, state: TrainState, data) -> str:
-    # Decided once per data layout: whether the step convolves depends on the batch's shapes.
-    layout = tuple((name, array.shape[1:], array.dtype) for name, array in sorted(data.items()))
-    if layout not in self._loops:
-      self._loops[layout] = self.trainer.policy.loop_for(self._step_convolves(state, data))
-    return self._loops[layout]
-
-  def _step_convolves(self, state: TrainState, data) -> bool:
-    one_run = lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)  # noqa: E731
-    batch = {
-      name: jax.ShapeDtypeStruct((self.trainer.batch_size, *array.shape[1:]), array.dtype)
-      for name, array in data.items()
-    }
-    loss_and_grad = jax.value_and_grad(self.trainer.task.loss, has_aux=True)
-    traced = jax.make_jaxpr(loss_and_grad)(
-      jax.tree.map(one_run, state.params), batch, one_run(state.key)
-    )
-    return computes_convolution(traced.jaxpr)
 
   # ------------------------------------------------------- traced functions
 
@@ -363,9 +329,7 @@ class _Programs:
 
   def local_step(self, state, data, indices, step):
     step_indices = jax.lax.dynamic_index_in_dim(indices, step, axis=1, keepdims=False)
-    if len(state.step) == 1:
-      # vmap over a single run is not free: it batches every weight, and XLA:CPU then lays
-      # out the U-Net's convolutions and their gradients worse.
+    if len(state.step) == 1 and not self.trainer.policy.vmap_single_run:
       first = lambda tree: jax.tree.map(lambda leaf: leaf[0], tree)  # noqa: E731
       new_state, metrics = self.run_step(first(state), data, step_indices[0])
       return jax.tree.map(lambda leaf: leaf[None], (new_state, metrics))

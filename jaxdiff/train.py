@@ -1,7 +1,8 @@
 """Training in one namespace: the engine (:mod:`jaxdiff.engine`) and the loop (:mod:`jaxdiff.loop`).
 
 The experiments and users write ``train.Trainer``, ``train.fit``, ``train.Budget``, …; each name
-is defined in one of the two modules.
+is defined in one of the two modules (``computes_convolution``, once the engine's, in
+:mod:`jaxdiff.policy`).
 
 Example:
   >>> from jaxdiff import train
@@ -10,7 +11,7 @@ Example:
   ...                    train.Budget(epochs=10))
 """
 
-from jaxdiff.engine import TrainState, Trainer, computes_convolution, concatenate_runs, run_slices
+from jaxdiff.engine import TrainState, Trainer, concatenate_runs, run_slices
 from jaxdiff.loop import (
   Budget,
   Call,
@@ -24,6 +25,7 @@ from jaxdiff.loop import (
   chain_hooks,
   fit,
 )
+from jaxdiff.policy import computes_convolution
 
 __all__ = [
   "Budget",

@@ -117,7 +117,7 @@ def run_comparison(
   root = jax.random.key(config.seed)
   data = training_subset(data, config.train_size, subset_key(root))
   mesh = parallel.make_data_mesh(config.batch_size, len(data.x_train))
-  policy = ExecutionPolicy.for_mesh(mesh, loop=config.loop).with_convolution()
+  policy = ExecutionPolicy.for_mesh(mesh, convolution="auto", loop=config.loop)
   model = SimpleCNN(num_classes=data.num_classes, convolution=policy.convolution)
   task = classification.classifier_task(model, data.image_shape)
   predict = classification.make_predictor(model, mesh, policy=policy)

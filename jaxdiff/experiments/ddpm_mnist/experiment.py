@@ -63,7 +63,8 @@ class Setup(NamedTuple):
 def make_setup(config: DDPMConfig) -> Setup:
   mesh = parallel.make_mesh()
   schedule = ddpm.make_schedule(config.schedule, config.num_timesteps)
-  return Setup(schedule, config.make_model(), mesh, ExecutionPolicy.for_mesh(mesh))
+  policy = ExecutionPolicy.for_mesh(mesh, convolution="lax")  # the U-Net's plain convolutions
+  return Setup(schedule, config.make_model(), mesh, policy)
 
 
 def ddpm_optimizer(config: DDPMConfig) -> Callable[..., optax.GradientTransformation]:

@@ -284,7 +284,7 @@ def run_benchmark(
   test = EvalSet("test", data.x_test, data.y_test)
   num_train = len(train_split.x_train)
   mesh = parallel.make_data_mesh(config.batch_size, num_train)
-  policy = ExecutionPolicy.for_mesh(mesh)
+  policy = ExecutionPolicy.for_mesh(mesh, convolution="none")
   model = MLP(num_classes=data.num_classes)
   likelihood = classification.classifier_task(model, data.image_shape, normalize=normalize_pixels)
   task = tasks.with_gaussian_prior(likelihood, num_train, config.prior_variance)
