@@ -12,10 +12,10 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from jaxdiff import parallel
+from jaxdiff.engine import run_slices
 from jaxdiff.models import normalize_images
 from jaxdiff.policy import ExecutionPolicy
 from jaxdiff.tasks import Task
-from jaxdiff.engine import run_slices
 
 
 def classifier_task(
