@@ -182,8 +182,7 @@ def cnn_trainer(optimizer, batch_size, convolution="auto", **policy_options) -> 
       ``scan_unroll``); the platform's defaults for the others.
   """
   mesh = parallel.make_mesh()
-  policy = ExecutionPolicy.for_mesh(mesh, **policy_options)
-  policy = policy.with_convolution(None if convolution == "auto" else convolution)
+  policy = ExecutionPolicy.for_mesh(mesh, convolution=convolution, **policy_options)
   model = SimpleCNN(convolution=policy.convolution)
   task = classification.classifier_task(model, CIFAR_SHAPE)
   return train.Trainer(task, optimizer, mesh, batch_size, policy)

@@ -55,7 +55,7 @@ def main():
   steps = flags.steps * flags.epochs
   print(common.header())
   print(f"{flags.model}, batch {batch_size}, {flags.runs} runs ({runs_per_call or 'all'} per "
-        f"call), loop={trainer.loop(state, data)}; XLA thunks in ms per step of all runs, "
+        f"call), loop={trainer.policy.loop}; XLA thunks in ms per step of all runs, "
         f"{steps} steps traced")  # fmt: skip
   print(f"{sum(micros.values()) / steps / 1000:8.3f}  all thunks")
   for name, total in micros.most_common(flags.top):

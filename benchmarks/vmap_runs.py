@@ -64,7 +64,7 @@ def main():
     for name, runs_per_call in (("sequential", 1), ("vmapped", num_runs)):
       trainer, state, arrays = common.cnn_engine(num_runs, flags.batch_size, flags.steps,
                                                  loop=flags.loop, runs_per_call=runs_per_call)  # fmt: skip
-      loop = trainer.loop(state, arrays)  # the same for both ways
+      loop = trainer.policy.loop  # the same for both ways
       epochs[name], busy[name] = counting_cores(common.engine_epochs(trainer, state, arrays))
     timed = common.alternate(epochs, flags.repeats)
     rates = {

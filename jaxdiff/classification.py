@@ -18,10 +18,10 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from jaxdiff import parallel
+from jaxdiff.engine import run_slices
 from jaxdiff.models import normalize_images
 from jaxdiff.policy import ExecutionPolicy
 from jaxdiff.tasks import Task
-from jaxdiff.train import run_slices
 
 
 def classifier_task(
@@ -58,7 +58,7 @@ def make_predictor(
 
   ``params`` carries a leading run axis (a ``TrainState.params``); the images
   are split across the devices and pushed through in chunks to bound memory.
-  Runs go ``policy.runs_per_call`` at a time, as in :class:`jaxdiff.train.Trainer`
+  Runs go ``policy.runs_per_call`` at a time, as in :class:`jaxdiff.engine.Trainer`
   (default policy: ``ExecutionPolicy.for_mesh(mesh)``).
   """
   policy = policy or ExecutionPolicy.for_mesh(mesh)

@@ -3,7 +3,7 @@
 One entry point, :func:`load_dataset`, returns a :class:`Dataset` holding the
 train and test splits in host memory. MNIST and CIFAR-10 are small enough to
 live whole in device memory, so the training engine copies them to the devices
-once and shuffles and gathers batches there (see ``jaxdiff.train``).
+once and shuffles and gathers batches there (see ``jaxdiff.engine``).
 
 Sources:
 

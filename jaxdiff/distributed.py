@@ -15,7 +15,7 @@ What each process does in a joined run:
   over processes (beyond the order of float reductions);
 * every process takes part in orbax checkpoints (orbax coordinates them);
 * only process 0 writes reports, figures and caches (:mod:`jaxdiff.files`), draws progress bars
-  and logs (:func:`jaxdiff.train.fit`); a cache that decides what runs is used only where every
+  and logs (:func:`jaxdiff.loop.fit`); a cache that decides what runs is used only where every
   process has it (:func:`every_process`), as hosts need not share a file system.
 
 JAX aborts a process whose coordinator never answers, without a Python exception to catch;

@@ -5,16 +5,17 @@ average of their predictive probabilities, ``p(y | x) ≈ (1/S) Σ_s p(y | x, θ
 model average. :class:`PredictiveAverage` keeps the running sum on the device (one slot per
 run of a vmapped group), so no parameter set need be stored; a :class:`SnapshotSchedule` says
 which epochs end with a snapshot, and :func:`averaging_hook` does both on
-:func:`jaxdiff.train.fit`, checkpointed with the run (so a resumed run averages the same
-snapshots as an uninterrupted one). Optionally, :class:`ParameterSnapshots` also keeps the last
-K snapshots' parameters as orbax checkpoints, for later use (new data, other metrics).
+:func:`jaxdiff.loop.fit`, the average in the hooks' carry, checkpointed with the run (so a
+resumed run averages the same snapshots as an uninterrupted one). Optionally,
+:class:`ParameterSnapshots` also keeps the last K snapshots' parameters as orbax checkpoints,
+for later use (new data, other metrics).
 
 Example:
   >>> average = init_average(num_runs=3, num_examples=len(x_test), num_classes=10)
-  >>> extras = {"posterior": average}
   >>> hook = averaging_hook(predict, x_test, SnapshotSchedule(burn_in=5))
-  >>> result = fit(trainer, state, data, epochs=10, extras=extras, on_epoch_end=hook)
-  >>> probs = averaged_probs(result.extras["posterior"])  # (3, len(x_test), 10)
+  >>> result = fit(trainer, state, data, Budget(epochs=10), on_epoch_end=hook,
+  ...              carry=HookCarry(arrays={"posterior": average}))
+  >>> probs = averaged_probs(result.carry.arrays["posterior"])  # (3, len(x_test), 10)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxdiff.checkpoint import async_manager, restore_target
-from jaxdiff.train import EpochEnd
+from jaxdiff.loop import EpochEnd, Hook, HookCarry
 
 
 class SnapshotSchedule(NamedTuple):
@@ -113,7 +114,7 @@ class ParameterSnapshots:
   Example:
     >>> snapshots = ParameterSnapshots("out/snapshots", keep=5)
     >>> hook = averaging_hook(predict, x_test, SnapshotSchedule(burn_in=5), snapshots=snapshots)
-    >>> result = fit(trainer, state, data, epochs=10, extras=extras, on_epoch_end=hook)
+    >>> result = fit(trainer, state, data, Budget(epochs=10), on_epoch_end=hook, carry=carry)
     >>> snapshots.close()
     >>> params = snapshots.restore(snapshots.steps()[-1], like=result.state.params)
   """
@@ -148,27 +149,28 @@ def averaging_hook(
   schedule: SnapshotSchedule,
   name: str = "posterior",
   snapshots: ParameterSnapshots | None = None,
-) -> Callable[[EpochEnd], dict[str, Any]]:
-  """A :func:`jaxdiff.train.fit` hook that adds a snapshot at the schedule's epochs.
+) -> Hook:
+  """A :func:`jaxdiff.loop.fit` hook that adds a snapshot at the schedule's epochs.
 
   Args:
     predict: ``predict(params, images) -> probabilities (runs, n, classes)``, e.g. from
       :func:`jaxdiff.classification.make_predictor`.
     images: the evaluation inputs.
     schedule: when to take snapshots; only complete epochs count.
-    name: the key of the :class:`PredictiveAverage` in the fit's extras (a dict).
+    name: the name of the :class:`PredictiveAverage` in the carry's arrays.
     snapshots: also keep the snapshots' parameters there (None: only the average).
 
   Returns:
-    The hook: it returns the extras with ``extras[name]`` updated.
+    The hook: it returns the carry with ``arrays[name]`` updated; compose it with an
+    experiment's own hook by :func:`jaxdiff.loop.chain_hooks`.
   """
 
-  def hook(end: EpochEnd) -> dict[str, Any]:
-    extras = dict(end.extras)
-    if end.complete and schedule.takes(end.epoch):
-      extras[name] = add_snapshot(extras[name], jnp.asarray(predict(end.state.params, images)))
-      if snapshots is not None:
-        snapshots.save(int(end.state.step[0]), end.state.params)
-    return extras
+  def hook(end: EpochEnd) -> HookCarry:
+    if not (end.complete and schedule.takes(end.epoch)):
+      return end.carry
+    average = add_snapshot(end.carry.arrays[name], jnp.asarray(predict(end.state.params, images)))
+    if snapshots is not None:
+      snapshots.save(int(end.state.step[0]), end.state.params)
+    return end.carry.with_array(name, average)
 
   return hook

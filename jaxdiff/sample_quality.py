@@ -3,7 +3,7 @@
 FID needs Inception-v3 weights, which cannot be downloaded here, so this
 module trains its own judge: :class:`MnistFeatureNet`, a two-convolution CNN,
 trained on the real MNIST training set with the shared engine
-(:class:`jaxdiff.train.Trainer`) and cached on disk. :func:`evaluate_samples`
+(:class:`jaxdiff.engine.Trainer`) and cached on disk. :func:`evaluate_samples`
 then reports, for a set of generated images,
 
 * ``classifier_fd``: the Fréchet distance between Gaussian fits of the
@@ -34,9 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdiff import classification, distributed, parallel, train
+from jaxdiff import classification, distributed, parallel
 from jaxdiff.data import Dataset, default_cache_dir
+from jaxdiff.engine import Trainer
 from jaxdiff.files import write_npz
+from jaxdiff.loop import Budget, Reporter, fit
 from jaxdiff.metrics import frechet_distance, gaussian_fit
 from jaxdiff.models import normalize_images
 from jaxdiff.policy import ExecutionPolicy
@@ -119,7 +121,7 @@ def train_feature_classifier(
 
   Raises:
     ValueError: the images are not 28x28x1 or a label is 10 or more.
-    RuntimeError: the training loss became non-finite.
+    RuntimeError: the training loss or parameters became non-finite.
   """
   if data.image_shape != IMAGE_SHAPE:
     raise ValueError(f"the feature classifier needs {IMAGE_SHAPE} images, got {data.image_shape}")
@@ -134,12 +136,11 @@ def train_feature_classifier(
   # A data set smaller than one batch (as in tests) trains on whole-set batches.
   batch_size = min(batch_size, len(data.x_train) // mesh.size * mesh.size)
   task = classification.classifier_task(MnistFeatureNet(), IMAGE_SHAPE, normalize_mnist)
-  trainer = train.Trainer(task, optax.adam, mesh, batch_size, policy)
+  trainer = Trainer(task, optax.adam, mesh, batch_size, policy)
   state = trainer.init(key[None], learning_rate=1e-3)
   arrays = trainer.put_data({"image": data.x_train, "label": data.y_train})
-  state, _, _ = train.fit(
-    trainer, state, arrays, epochs=epochs, name="feature classifier", quiet=quiet
-  )
+  reporter = Reporter("feature classifier", quiet=quiet)
+  state = fit(trainer, state, arrays, Budget(epochs=epochs), reporter=reporter).state
   if int(state.diverged_at[0]) >= 0:
     raise RuntimeError(f"the feature classifier diverged at step {int(state.diverged_at[0])}")
   params = jax.tree.map(lambda leaf: np.asarray(leaf[0]), state.params)

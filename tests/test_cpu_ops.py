@@ -12,7 +12,7 @@ from jax import lax
 
 from jaxdiff import classification, parallel, train
 from jaxdiff.models import SimpleCNN, cpu_ops
-from jaxdiff.policy import ExecutionPolicy
+from jaxdiff.policy import ExecutionPolicy, jaxlib_accepts
 
 EPS = float(jnp.finfo(jnp.float32).eps)
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -164,9 +164,23 @@ def ynn_convolutions(compiled_hlo: str) -> int:
   return sum("convolution(" in body for body in bodies)
 
 
+def _compiler_options(convolution="lax", cpu_flags=()):
+  """The policy's CPU compiler options for ``convolution`` on a CPU with ``cpu_flags``."""
+  policy = ExecutionPolicy.for_mesh(parallel.make_mesh(), convolution=convolution,
+                                    cpu_flags=cpu_flags)  # fmt: skip
+  return dict(policy.compiler_options)
+
+
+# jaxlib 0.10.2's default YNNPACK fusion types less the convolutions.
+XLA_CONVOLUTIONS = {
+  "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"  # fmt: skip
+}
+NO_YNNPACK = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
 def test_compiler_options_leave_convolutions_to_xla_with_the_same_values():
-  options = cpu_ops.compiler_options("cpu")
-  assert options, "this jaxlib rejects the options: update cpu_ops._YNN_FUSION_TYPES"
+  options = _compiler_options()
+  assert options, "this jaxlib rejects the options: update policy._YNN_FUSION_TYPES"
   # 32 channels: a size where the two kernels differ in speed (benchmarks/RESULTS.md).
   lhs = jax.random.normal(jax.random.key(6), (2, 8, 8, 32))
   rhs = jax.random.normal(jax.random.key(7), (3, 3, 32, 32))
@@ -175,65 +189,29 @@ def test_compiler_options_leave_convolutions_to_xla_with_the_same_values():
   assert_same_convolution(same_conv, same_conv, lhs, rhs, fast_compiler_options=options)
 
 
-def test_compiler_options_are_empty_off_the_cpu_and_where_jaxlib_rejects_them(monkeypatch):
-  assert cpu_ops.compiler_options("gpu") == {} and cpu_ops.compiler_options("tpu") == {}
-  monkeypatch.setattr(cpu_ops, "_YNN_FUSION_TYPES", "LIBRARY_FUSION_TYPE_NO_SUCH_TYPE")
-  cpu_ops.compiler_options.cache_clear()
-  try:
-    assert cpu_ops.compiler_options("cpu") == {}
-  finally:
-    cpu_ops.compiler_options.cache_clear()
+def test_only_options_this_jaxlib_accepts_are_set():
+  assert jaxlib_accepts(XLA_CONVOLUTIONS) and jaxlib_accepts(NO_YNNPACK)
+  no_such_type = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_NO_SUCH_TYPE"}
+  assert not jaxlib_accepts(no_such_type)
 
 
-@pytest.fixture
-def cpu_flags(monkeypatch):
-  """Sets the CPU flags ``compiler_options`` sees; its cache is cleared around the test."""
-
-  def set_flags(flags):
-    monkeypatch.setattr(cpu_ops, "cpu_info", lambda field: flags if field == "flags" else None)
-    cpu_ops.compiler_options.cache_clear()
-
-  yield set_flags
-  cpu_ops.compiler_options.cache_clear()
+def test_banded_programs_drop_ynnpack_only_on_the_cpu_kind_measured():
+  amx = "fpu avx512f amx_bf16 amx_tile".split()
+  assert _compiler_options("lax", amx) == _compiler_options("none", amx) == XLA_CONVOLUTIONS
+  for convolution in ("banded", "banded_rows", "auto"):  # auto: banded on the CPU
+    assert _compiler_options(convolution, amx) == NO_YNNPACK
+  # No AMX, the choice measured before on the EPYC; no flags known (no /proc/cpuinfo).
+  for flags in (["fpu", "avx512f"], []):
+    assert _compiler_options("banded", flags) == XLA_CONVOLUTIONS
 
 
-def test_banded_programs_drop_ynnpack_only_on_the_cpu_kind_measured(cpu_flags):
-  cpu_flags("fpu avx512f amx_bf16 amx_tile")
-  lax_options = cpu_ops.compiler_options("cpu")
-  assert lax_options == {"xla_cpu_experimental_ynn_fusion_type": cpu_ops._YNN_FUSION_TYPES}
-  for formulation in ("banded", "banded_rows"):
-    assert cpu_ops.compiler_options("cpu", formulation) == {"xla_cpu_experimental_ynn_fusion_type": ""}  # fmt: skip
-  assert cpu_ops.compiler_options("gpu", "banded_rows") == {}
-  cpu_flags("fpu avx512f")  # no AMX: the choice measured before, on the EPYC
-  assert cpu_ops.compiler_options("cpu", "banded") == lax_options
-  cpu_flags(None)  # no /proc/cpuinfo
-  assert cpu_ops.compiler_options("cpu", "banded") == lax_options
-
-
-def test_the_banded_cnn_without_ynnpack_computes_the_same_function(cpu_flags, cnn_paths):
+def test_the_banded_cnn_without_ynnpack_computes_the_same_function(cnn_paths):
   _, fast, params, images, plain_results, _ = cnn_paths
-  cpu_flags("amx_tile")
-  policy = ExecutionPolicy.for_mesh(parallel.make_mesh()).with_convolution("banded")
-  assert dict(policy.compiler_options) == {"xla_cpu_experimental_ynn_fusion_type": ""}
-  compiled = (
-    jax.jit(cnn_loss_and_grads(fast, images), compiler_options=dict(policy.compiler_options))
-    .lower(params)
-    .compile()
-  )
+  options = _compiler_options("banded", ["amx_tile"])
+  assert options == NO_YNNPACK
+  compiled = jax.jit(cnn_loss_and_grads(fast, images), compiler_options=options).lower(params).compile()  # fmt: skip
   assert "__ynn_fusion" not in compiled.as_text()
   assert_same_cnn_results(plain_results, compiled(params))
-
-
-def test_with_convolution_keeps_the_other_choices():
-  policy = ExecutionPolicy.for_mesh(parallel.make_mesh(), loop="scan", scan_unroll=2)
-  banded = policy.with_convolution()
-  assert banded.convolution == policy.convolution == "banded"
-  assert dict(banded.compiler_options) == cpu_ops.compiler_options("cpu", "banded")
-  plain = policy.with_convolution("lax")
-  assert plain.convolution == "lax" and plain.compiler_options == policy.compiler_options
-  assert (banded.loop, banded.scan_unroll, banded.runs_per_call) == ("scan", 2, 1)
-  with pytest.raises(ValueError, match="convolution must be one of"):
-    policy.with_convolution("fft")
 
 
 def test_engine_compiles_its_cpu_step_with_the_compiler_options():
@@ -322,7 +300,8 @@ def test_simple_cnn_cpu_ops_compute_the_same_logits_and_gradients(cnn_paths):
 
 def test_the_policy_chooses_the_cpu_ops_for_the_simple_cnn_on_the_cpu(cnn_paths):
   plain, fast, params, images, _, _ = cnn_paths
-  chosen = SimpleCNN(convolution=ExecutionPolicy.for_mesh(parallel.make_mesh()).convolution)
+  auto = ExecutionPolicy.for_mesh(parallel.make_mesh(), convolution="auto")
+  chosen = SimpleCNN(convolution=auto.convolution)
   traced = {
     name: str(jax.make_jaxpr(lambda p, m=model: m.apply({"params": p}, images))(params))
     for name, model in (("policy", chosen), ("plain", plain), ("fast", fast))

@@ -54,10 +54,12 @@ def _assert_bitwise_equal(tree, other):
     np.testing.assert_array_equal(leaf, other_leaf)
 
 
-def _loss_recorder(end: train.EpochEnd):
-  """A hook that keeps every step's losses in the history, as an experiment would."""
-  end.history.setdefault("losses", []).extend(end.metrics["loss"].tolist())
-  end.history.setdefault("complete", []).append(end.complete)
+def _loss_recorder(end: train.EpochEnd) -> train.HookCarry:
+  """A hook that keeps every step's losses in the carry's records, as an experiment would."""
+  return end.carry.extend("losses", end.metrics["loss"].tolist()).extend("complete", [end.complete])
+
+
+QUIET = train.Reporter(quiet=True)
 
 
 class Interrupted(Exception):
@@ -65,69 +67,73 @@ class Interrupted(Exception):
 
 
 def test_resume_after_an_interruption_equals_the_uninterrupted_run(tmp_path, trainer, data):
-  straight = train.fit(trainer, _state(trainer), data, epochs=4, on_epoch_end=_loss_recorder,
-                       checkpoint_dir=tmp_path / "straight", quiet=True)  # fmt: skip
+  four_epochs = train.Budget(epochs=4)
+  straight = train.fit(trainer, _state(trainer), data, four_epochs, on_epoch_end=_loss_recorder,
+                       checkpointing=train.Checkpointing(tmp_path / "straight"),
+                       reporter=QUIET)  # fmt: skip
 
   def interrupt_in_third_epoch(end):
     if end.epoch == 2:
       raise Interrupted  # the third epoch's checkpoint is never written
-    _loss_recorder(end)
+    return _loss_recorder(end)
 
   with pytest.raises(Interrupted):
-    train.fit(trainer, _state(trainer), data, epochs=4, on_epoch_end=interrupt_in_third_epoch,
-              checkpoint_dir=tmp_path / "resumed", quiet=True)  # fmt: skip
+    train.fit(trainer, _state(trainer), data, four_epochs, on_epoch_end=interrupt_in_third_epoch,
+              checkpointing=train.Checkpointing(tmp_path / "resumed"), reporter=QUIET)  # fmt: skip
   assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == ["4", "8"]
   logged = []
-  resumed = train.fit(trainer, _state(trainer), data, epochs=4, on_epoch_end=_loss_recorder,
-                      checkpoint_dir=tmp_path / "resumed", resume=True, quiet=True,
-                      log=logged.append)  # fmt: skip
+  resumed = train.fit(trainer, _state(trainer), data, four_epochs, on_epoch_end=_loss_recorder,
+                      checkpointing=train.Checkpointing(tmp_path / "resumed", resume=True),
+                      reporter=train.Reporter(quiet=True, log=logged.append))  # fmt: skip
   assert logged == ["train: resumed after step 8"]
   _assert_bitwise_equal(resumed.state, straight.state)
-  assert resumed.history["losses"] == straight.history["losses"]
-  assert [c["epoch"] for c in resumed.history["calls"]] == [0, 1, 2, 3]
+  assert resumed.carry.records["losses"] == straight.carry.records["losses"]
+  assert [call.epoch for call in resumed.calls] == [0, 1, 2, 3]
 
 
 def test_a_step_budget_ends_inside_an_epoch_and_resumes_there(tmp_path, trainer, data):
-  part = train.fit(trainer, _state(trainer), data, steps=6, on_epoch_end=_loss_recorder,
-                   checkpoint_dir=tmp_path / "part", quiet=True)  # fmt: skip
+  part = train.fit(trainer, _state(trainer), data, train.Budget(steps=6),
+                   on_epoch_end=_loss_recorder, reporter=QUIET,
+                   checkpointing=train.Checkpointing(tmp_path / "part"))  # fmt: skip
   np.testing.assert_array_equal(part.state.step, [6, 6])
-  assert [(c["epoch"], c["steps"]) for c in part.history["calls"]] == [(0, 4), (1, 2)]
-  assert part.history["complete"] == [True, False]
+  assert [(call.epoch, call.steps) for call in part.calls] == [(0, 4), (1, 2)]
+  assert part.carry.records["complete"] == [True, False]
   # The same six steps taken by hand.
   by_hand, first = trainer.train_epoch(_state(trainer), data, epoch=0)
   by_hand, second = trainer.train_epoch(by_hand, data, epoch=1, max_steps=2)
   _assert_bitwise_equal(part.state, by_hand)
-  assert part.history["losses"] == np.concatenate([first["loss"], second["loss"]]).tolist()
+  assert part.carry.records["losses"] == np.concatenate([first["loss"], second["loss"]]).tolist()
 
-  resumed = train.fit(trainer, _state(trainer), data, steps=10, on_epoch_end=_loss_recorder,
-                      checkpoint_dir=tmp_path / "part", resume=True, quiet=True, log=print)  # fmt: skip
-  straight = train.fit(trainer, _state(trainer), data, steps=10, quiet=True)
+  ten_steps = train.Budget(steps=10)
+  resumed = train.fit(trainer, _state(trainer), data, ten_steps, on_epoch_end=_loss_recorder,
+                      checkpointing=train.Checkpointing(tmp_path / "part", resume=True),
+                      reporter=QUIET)  # fmt: skip
+  straight = train.fit(trainer, _state(trainer), data, ten_steps, reporter=QUIET)
   _assert_bitwise_equal(resumed.state, straight.state)
-  assert [(c["epoch"], c["steps"]) for c in resumed.history["calls"]] == [
-    (0, 4), (1, 2), (1, 2), (2, 2)
-  ]  # fmt: skip
-  assert resumed.history["complete"] == [True, False, True, False]
+  assert [(call.epoch, call.steps) for call in resumed.calls] == [(0, 4), (1, 2), (1, 2), (2, 2)]
+  assert resumed.carry.records["complete"] == [True, False, True, False]
 
 
 def test_a_diverging_run_is_stopped_and_named_while_the_others_go_on(trainer, data):
   logged = []
   names = ["lr 0.05", "lr 3e38", "lr 0.1"]
-  result = train.fit(trainer, _state(trainer, (0.05, 3e38, 0.1)), data, epochs=2,
-                     run_names=names, name="sgd", quiet=True, log=logged.append)  # fmt: skip
+  reporter = train.Reporter("sgd", names, quiet=True, log=logged.append)
+  result = train.fit(trainer, _state(trainer, (0.05, 3e38, 0.1)), data, train.Budget(epochs=2),
+                     reporter=reporter)  # fmt: skip
   diverged_at = np.asarray(result.state.diverged_at)
   assert diverged_at[1] >= 0 and diverged_at[0] == -1 and diverged_at[2] == -1
   assert logged == [
-    f"sgd: lr 3e38 diverged at step {diverged_at[1]}: non-finite loss; it keeps its last finite "
-    "parameters and stops, the other runs go on"
+    f"sgd: lr 3e38 diverged at step {diverged_at[1]}: non-finite loss or parameters; it keeps "
+    "its last finite parameters and stops, the other runs go on"
   ]
-  assert len(result.history["calls"]) == 2  # the budget, for the runs that go on
+  assert len(result.calls) == 2  # the budget, for the runs that go on
   np.testing.assert_array_equal(result.state.step, [8, 8, 8])
   for leaf in jax.tree.leaves(result.state.params):
     assert np.all(np.isfinite(leaf))
   # The healthy runs trained as they would have alone.
   keys = jax.random.split(jax.random.key(0), 3)[np.array([0, 2])]  # the same runs' keys
   alone_state = trainer.init(keys, learning_rate=jnp.asarray([0.05, 0.1]))
-  alone = train.fit(trainer, alone_state, data, epochs=2, quiet=True)
+  alone = train.fit(trainer, alone_state, data, train.Budget(epochs=2), reporter=QUIET)
   kept = jax.tree.map(lambda leaf: leaf[np.array([0, 2])], result.state.params)
   for leaf, other in zip(jax.tree.leaves(kept), jax.tree.leaves(alone.state.params)):
     np.testing.assert_allclose(leaf, other, rtol=1e-6)
@@ -135,44 +141,73 @@ def test_a_diverging_run_is_stopped_and_named_while_the_others_go_on(trainer, da
 
 def test_training_stops_once_every_run_has_diverged(trainer, data):
   logged = []
-  result = train.fit(trainer, _state(trainer, (3e38, 3e38)), data, epochs=5, quiet=True,
-                     log=logged.append)  # fmt: skip
-  assert len(result.history["calls"]) == 1
+  result = train.fit(trainer, _state(trainer, (3e38, 3e38)), data, train.Budget(epochs=5),
+                     reporter=train.Reporter(quiet=True, log=logged.append))  # fmt: skip
+  assert len(result.calls) == 1
   assert len(logged) == 2 and logged[-1].endswith("no run is left")
 
 
-def test_the_hook_carries_extras_into_checkpoints(tmp_path, trainer, data):
+def test_the_hook_carries_its_arrays_into_checkpoints(tmp_path, trainer, data):
   def count_epochs(end):
-    return {"epochs_seen": end.extras["epochs_seen"] + 1}
+    return end.carry.with_array("epochs_seen", end.carry.arrays["epochs_seen"] + 1)
 
-  extras = {"epochs_seen": np.zeros((), np.int32)}
-  first = train.fit(trainer, _state(trainer), data, epochs=2, extras=extras,
-                    on_epoch_end=count_epochs, checkpoint_dir=tmp_path, quiet=True)  # fmt: skip
-  assert int(first.extras["epochs_seen"]) == 2
-  more = train.fit(trainer, _state(trainer), data, epochs=3, extras=extras,
-                   on_epoch_end=count_epochs, checkpoint_dir=tmp_path, resume=True, quiet=True,
-                   log=lambda line: None)  # fmt: skip
-  assert int(more.extras["epochs_seen"]) == 3
+  carry = train.HookCarry(arrays={"epochs_seen": np.zeros((), np.int32)})
+  first = train.fit(trainer, _state(trainer), data, train.Budget(epochs=2), carry=carry,
+                    on_epoch_end=count_epochs, checkpointing=train.Checkpointing(tmp_path),
+                    reporter=QUIET)  # fmt: skip
+  assert int(first.carry.arrays["epochs_seen"]) == 2
+  more = train.fit(trainer, _state(trainer), data, train.Budget(epochs=3), carry=carry,
+                   on_epoch_end=count_epochs,
+                   checkpointing=train.Checkpointing(tmp_path, resume=True),
+                   reporter=train.Reporter(quiet=True, log=lambda line: None))  # fmt: skip
+  assert int(more.carry.arrays["epochs_seen"]) == 3
+  assert int(carry.arrays["epochs_seen"]) == 0  # the initial carry is never changed in place
+
+
+def test_chained_hooks_each_see_the_carry_the_previous_returned(trainer, data):
+  def count(end):
+    return end.carry.with_array("count", end.carry.arrays["count"] + 1)
+
+  def record_count(end):  # runs after count: sees this call's count
+    return end.carry.extend("counts", [int(end.carry.arrays["count"])])
+
+  carry = train.HookCarry(arrays={"count": np.zeros((), np.int32)})
+  count_then_record = train.chain_hooks(count, record_count)
+  result = train.fit(trainer, _state(trainer), data, train.Budget(epochs=3), carry=carry,
+                     on_epoch_end=count_then_record, reporter=QUIET)  # fmt: skip
+  assert result.carry.records["counts"] == [1, 2, 3]
+  assert int(result.carry.arrays["count"]) == 3
+
+
+def test_a_hook_that_returns_no_carry_is_refused(trainer, data):
+  def forgets_to_return(end):
+    end.carry.extend("losses", end.metrics["loss"].tolist())
+
+  with pytest.raises(TypeError, match="returns the new HookCarry"):
+    train.fit(trainer, _state(trainer), data, train.Budget(steps=1),
+              on_epoch_end=forgets_to_return, reporter=QUIET)  # fmt: skip
 
 
 def test_fit_phases_are_timed(trainer, data, tmp_path):
   clock = train.PhaseClock()
-  train.fit(trainer, _state(trainer), data, epochs=1, checkpoint_dir=tmp_path, quiet=True,
-            clock=clock)  # fmt: skip
+  train.fit(trainer, _state(trainer), data, train.Budget(epochs=1),
+            checkpointing=train.Checkpointing(tmp_path), reporter=QUIET, clock=clock)  # fmt: skip
   assert set(clock.seconds) == {"train", "checkpoint"}
   assert all(seconds >= 0 for seconds in clock.seconds.values())
 
 
 def test_fit_refuses_an_earlier_runs_checkpoints_and_bad_budgets(tmp_path, trainer, data):
-  train.fit(trainer, _state(trainer), data, steps=1, checkpoint_dir=tmp_path, quiet=True)
+  one_step, checkpointing = train.Budget(steps=1), train.Checkpointing(tmp_path)
+  train.fit(trainer, _state(trainer), data, one_step, checkpointing=checkpointing, reporter=QUIET)
   with pytest.raises(CheckpointsExistError, match="--resume"):
-    train.fit(trainer, _state(trainer), data, steps=1, checkpoint_dir=tmp_path, quiet=True)
+    train.fit(trainer, _state(trainer), data, one_step, checkpointing=checkpointing,
+              reporter=QUIET)  # fmt: skip
   with pytest.raises(ValueError, match="not both"):
-    train.fit(trainer, _state(trainer), data, steps=1, epochs=1)
+    train.Budget(steps=1, epochs=1)
   with pytest.raises(ValueError, match="give fit a budget"):
-    train.fit(trainer, _state(trainer), data)
+    train.Budget()
   with pytest.raises(ValueError, match="must not be negative"):
-    train.fit(trainer, _state(trainer), data, steps=-1)
+    train.Budget(steps=-1)
 
 
 def test_the_parameter_ema_follows_every_step(data):
@@ -192,9 +227,11 @@ def test_the_parameter_ema_follows_every_step(data):
 def test_a_time_limit_stops_training_at_the_pace_it_measured(trainer, data):
   # No time at all: the first call runs one step (it measures the pace), and no other; a
   # whole first epoch could overrun a budget many times over.
-  spent = train.fit(trainer, _state(trainer), data, time_limit_s=0.0, quiet=True)
-  assert [c["steps"] for c in spent.history["calls"]] == [1]
+  spent = train.fit(trainer, _state(trainer), data, train.Budget(time_limit_s=0.0),
+                    reporter=QUIET)  # fmt: skip
+  assert [call.steps for call in spent.calls] == [1]
   # Plenty of time: after that step, the rest of the epoch, then the step budget ends it.
-  ample = train.fit(trainer, _state(trainer), data, steps=6, time_limit_s=3600.0, quiet=True)
-  assert [c["steps"] for c in ample.history["calls"]] == [1, STEPS_PER_EPOCH - 1, 2]
+  ample = train.fit(trainer, _state(trainer), data, train.Budget(steps=6, time_limit_s=3600.0),
+                    reporter=QUIET)  # fmt: skip
+  assert [call.steps for call in ample.calls] == [1, STEPS_PER_EPOCH - 1, 2]
   np.testing.assert_array_equal(ample.state.step, [6, 6])

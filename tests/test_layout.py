@@ -202,24 +202,36 @@ class _FakeMesh:
     self.devices = np.array([_FakeDevice(platform)], dtype=object)
 
 
-def test_the_execution_policy_per_platform():
-  cpu = ExecutionPolicy.for_mesh(parallel.make_mesh())
-  assert (cpu.platform, cpu.runs_per_call, cpu.convolution) == ("cpu", 1, "banded")
-  assert (cpu.loop_for(convolves=True), cpu.loop_for(convolves=False)) == ("step", "scan")
-  gpu = ExecutionPolicy.for_mesh(_FakeMesh("gpu"))
-  assert (gpu.runs_per_call, gpu.convolution, dict(gpu.compiler_options)) == (0, "banded_rows", {})
-  assert gpu.loop_for(convolves=True) == "scan"
-  assert ExecutionPolicy.for_mesh(_FakeMesh("tpu")).convolution == "lax"
-  forced = ExecutionPolicy.for_mesh(parallel.make_mesh(), loop="scan", runs_per_call=0)
-  assert forced.loop_for(convolves=True) == "scan" and forced.runs_per_call == 0
+def test_the_execution_policy_per_platform_and_workload():
+  mesh = parallel.make_mesh()
+  cnn = ExecutionPolicy.for_mesh(mesh, convolution="auto", cpu_flags=())
+  assert (cnn.platform, cnn.runs_per_call) == ("cpu", 1)
+  assert (cnn.convolution, cnn.loop) == ("banded", "scan")  # banded: no convolution to step
+  unet = ExecutionPolicy.for_mesh(mesh, cpu_flags=())  # lax convolutions: stepped from Python
+  assert (unet.convolution, unet.loop, unet.runs_per_call) == ("lax", "step", 1)
+  mlp = ExecutionPolicy.for_mesh(mesh, convolution="none", cpu_flags=())
+  assert (mlp.convolution, mlp.loop) == ("none", "scan")
+  assert mlp.compiler_options == unet.compiler_options == cnn.compiler_options != {}
+  assert not any(policy.vmap_single_run for policy in (cnn, unet, mlp))
+  gpu = ExecutionPolicy.for_mesh(_FakeMesh("gpu"), convolution="auto")
+  assert (gpu.runs_per_call, gpu.convolution, gpu.loop) == (0, "banded_rows", "scan")
+  assert ExecutionPolicy.for_mesh(_FakeMesh("gpu")).loop == "scan"  # lax convolutions too
+  tpu = ExecutionPolicy.for_mesh(_FakeMesh("tpu"), convolution="auto")
+  assert (tpu.convolution, tpu.loop) == ("lax", "scan")
+  assert dict(gpu.compiler_options) == dict(tpu.compiler_options) == {}
+  forced = ExecutionPolicy.for_mesh(mesh, convolution="auto", loop="step", runs_per_call=0,
+                                    scan_unroll=2, cpu_flags=())  # fmt: skip
+  assert (forced.loop, forced.runs_per_call, forced.scan_unroll) == ("step", 0, 2)
+  assert (forced.convolution, forced.compiler_options) == ("banded", cnn.compiler_options)
   with pytest.raises(TypeError):
-    cpu.compiler_options["extra"] = "1"  # shared by trainers: read-only
+    cnn.compiler_options["extra"] = "1"  # shared by trainers: read-only
 
 
 @pytest.mark.parametrize(
   "fields, message",
   [
     ({"loop": "while"}, "loop"),
+    ({"loop": "auto"}, "loop"),  # decided by for_mesh, not left to the engine
     ({"runs_per_call": -1}, "runs_per_call"),
     ({"scan_unroll": 0}, "scan_unroll"),
     ({"convolution": "fft"}, "convolution"),
@@ -228,3 +240,10 @@ def test_the_execution_policy_per_platform():
 def test_bad_policies_are_refused(fields, message):
   with pytest.raises(ValueError, match=message):
     ExecutionPolicy(platform="cpu", **fields)
+
+
+@pytest.mark.parametrize("options, message", [({"loop": "while"}, "loop"),
+                                              ({"convolution": "fft"}, "convolution")])  # fmt: skip
+def test_for_mesh_refuses_an_unknown_loop_or_workload(options, message):
+  with pytest.raises(ValueError, match=f"{message} must be one of"):
+    ExecutionPolicy.for_mesh(parallel.make_mesh(), **options)

@@ -10,6 +10,7 @@ import jaxdiff
 from jaxdiff import classification, metrics, parallel, posterior, train
 
 NUM_RUNS = 2
+EVAL_IMAGES = 16
 
 
 class TinyClassifier(nn.Module):
@@ -32,7 +33,14 @@ def setup():
   images = images.astype(np.uint8)
   data = trainer.put_data({"image": images, "label": labels})
   predict = classification.make_predictor(MODEL, mesh, chunk_size=8)
-  return trainer, data, predict, images[:16]
+  return trainer, data, predict, images[:EVAL_IMAGES]
+
+
+QUIET = train.Reporter(quiet=True)
+
+
+def _carry():
+  return train.HookCarry(arrays={"posterior": posterior.init_average(NUM_RUNS, EVAL_IMAGES, 3)})
 
 
 def _state(trainer):
@@ -58,10 +66,9 @@ def test_the_average_is_the_mean_of_the_snapshots(setup):
     seen.append(predict(end.state.params, evaluation))
     return posterior.averaging_hook(predict, evaluation, schedule)(end)
 
-  extras = {"posterior": posterior.init_average(NUM_RUNS, len(evaluation), 3)}
-  result = train.fit(trainer, _state(trainer), data, epochs=6, extras=extras,
-                     on_epoch_end=record_and_average, quiet=True)  # fmt: skip
-  average = result.extras["posterior"]
+  result = train.fit(trainer, _state(trainer), data, train.Budget(epochs=6), carry=_carry(),
+                     on_epoch_end=record_and_average, reporter=QUIET)  # fmt: skip
+  average = result.carry.arrays["posterior"]
   assert int(average.count) == 3  # epochs 1, 3 and 5
   expected = np.mean([seen[epoch] for epoch in (1, 3, 5)], axis=0)
   np.testing.assert_allclose(posterior.averaged_probs(average), expected, rtol=1e-6)
@@ -72,20 +79,19 @@ def test_resume_mid_run_gives_the_same_average(tmp_path, setup):
   trainer, data, predict, evaluation = setup
   hook = posterior.averaging_hook(predict, evaluation, posterior.SnapshotSchedule(burn_in=1))
 
-  def extras():
-    return {"posterior": posterior.init_average(NUM_RUNS, len(evaluation), 3)}
-
-  straight = train.fit(trainer, _state(trainer), data, epochs=5, extras=extras(),
-                       on_epoch_end=hook, quiet=True)  # fmt: skip
-  train.fit(trainer, _state(trainer), data, epochs=3, extras=extras(), on_epoch_end=hook,
-            checkpoint_dir=tmp_path, quiet=True)  # fmt: skip
-  resumed = train.fit(trainer, _state(trainer), data, epochs=5, extras=extras(),
-                      on_epoch_end=hook, checkpoint_dir=tmp_path, resume=True, quiet=True,
-                      log=lambda line: None)  # fmt: skip
+  five_epochs = train.Budget(epochs=5)
+  straight = train.fit(trainer, _state(trainer), data, five_epochs, carry=_carry(),
+                       on_epoch_end=hook, reporter=QUIET)  # fmt: skip
+  train.fit(trainer, _state(trainer), data, train.Budget(epochs=3), carry=_carry(),
+            on_epoch_end=hook, checkpointing=train.Checkpointing(tmp_path),
+            reporter=QUIET)  # fmt: skip
+  resumed = train.fit(trainer, _state(trainer), data, five_epochs, carry=_carry(),
+                      on_epoch_end=hook, checkpointing=train.Checkpointing(tmp_path, resume=True),
+                      reporter=train.Reporter(quiet=True, log=lambda line: None))  # fmt: skip
   for name in ("probs_sum", "count"):
     np.testing.assert_array_equal(
-      np.asarray(getattr(resumed.extras["posterior"], name)),
-      np.asarray(getattr(straight.extras["posterior"], name)),
+      np.asarray(getattr(resumed.carry.arrays["posterior"], name)),
+      np.asarray(getattr(straight.carry.arrays["posterior"], name)),
     )
 
 
@@ -109,10 +115,9 @@ def test_brier_score_and_the_scores_together():
 def test_the_hook_leaves_incomplete_epochs_alone(setup):
   trainer, data, predict, evaluation = setup
   hook = posterior.averaging_hook(predict, evaluation, posterior.SnapshotSchedule())
-  extras = {"posterior": posterior.init_average(NUM_RUNS, len(evaluation), 3)}
-  result = train.fit(trainer, _state(trainer), data, steps=6, extras=extras, on_epoch_end=hook,
-                     quiet=True)  # fmt: skip
-  assert int(result.extras["posterior"].count) == 1  # epoch 0; the 2 steps of epoch 1 are not
+  result = train.fit(trainer, _state(trainer), data, train.Budget(steps=6), carry=_carry(),
+                     on_epoch_end=hook, reporter=QUIET)  # fmt: skip
+  assert int(result.carry.arrays["posterior"].count) == 1  # epoch 0; the 2 steps of epoch 1 are not
 
 
 def test_the_last_k_snapshots_parameters_are_kept(tmp_path, setup):
@@ -126,13 +131,12 @@ def test_the_last_k_snapshots_parameters_are_kept(tmp_path, setup):
     params_at[int(end.state.step[0])] = jax.device_get(end.state.params)
     return hook(end)
 
-  extras = {"posterior": posterior.init_average(NUM_RUNS, len(evaluation), 3)}
-  result = train.fit(trainer, _state(trainer), data, epochs=5, extras=extras,
-                     on_epoch_end=record_and_snapshot, quiet=True)  # fmt: skip
+  result = train.fit(trainer, _state(trainer), data, train.Budget(epochs=5), carry=_carry(),
+                     on_epoch_end=record_and_snapshot, reporter=QUIET)  # fmt: skip
   snapshots.save(20, result.state.params)  # already kept: not written again
   snapshots.close()
   # 64 images in batches of 16: 4 steps an epoch; snapshots after epochs 1-4 (steps 8-20).
-  assert int(result.extras["posterior"].count) == 4
+  assert int(result.carry.arrays["posterior"].count) == 4
   assert snapshots.steps() == [16, 20]
   for step in (16, 20):
     restored = snapshots.restore(step, like=result.state.params)

@@ -97,7 +97,7 @@ def trainer_must_not_run(monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError("trained although a cached classifier should have been used")
 
-  monkeypatch.setattr(sample_quality.train, "Trainer", fail)
+  monkeypatch.setattr(sample_quality, "Trainer", fail)
 
 
 def test_classifier_beats_chance_on_held_out_images(mnist, classifier):

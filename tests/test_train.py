@@ -14,7 +14,7 @@ import pytest
 import jaxdiff
 from jaxdiff import classification, parallel, train
 from jaxdiff.checkpoint import Checkpoints
-from jaxdiff.policy import ExecutionPolicy
+from jaxdiff.policy import ExecutionPolicy, computes_convolution
 
 
 class TinyClassifier(nn.Module):
@@ -112,6 +112,41 @@ def test_a_diverging_run_stops_and_the_others_go_on(arrays):
     assert np.all(np.isfinite(leaf))  # the diverged run keeps its last finite parameters
 
 
+def test_an_update_to_non_finite_parameters_is_not_kept_though_the_loss_was_finite(arrays):
+  mesh = parallel.make_mesh()
+  policy = ExecutionPolicy.for_mesh(mesh, loop="step")
+  trainer = train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=16, policy=policy)
+  # An infinite learning rate: the first loss is finite, the parameters after the step are not.
+  keys = jax.random.split(jax.random.key(0), 2)
+  state = trainer.init(keys, learning_rate=jnp.array([jnp.inf, 0.1]))
+  initial = jax.device_get(state.params)
+  state, metrics = trainer.train_epoch(state, trainer.put_data(arrays), epoch=0, max_steps=2)
+  assert np.isfinite(metrics["loss"][0]).all()
+  np.testing.assert_array_equal(state.diverged_at, [0, -1])
+  for leaf, initial_leaf in zip(jax.tree.leaves(state.params), jax.tree.leaves(initial)):
+    np.testing.assert_array_equal(leaf[0], initial_leaf[0])  # its last finite parameters
+    assert not np.array_equal(leaf[1], initial_leaf[1])  # the other run trained on
+
+
+@pytest.mark.parametrize("loop", ["step", "scan"])
+def test_an_empty_range_of_steps_leaves_the_state_and_returns_no_metrics(arrays, loop):
+  mesh = parallel.make_mesh()
+  policy = ExecutionPolicy.for_mesh(mesh, loop=loop)
+  trainer = train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=16, policy=policy)
+  data = trainer.put_data(arrays)
+  state = trainer.init(jax.random.split(jax.random.key(6), 2), learning_rate=jnp.array(0.1))
+  state, _ = trainer.train_epoch(state, data, epoch=0)
+  after_one_epoch = _host_leaves(state)
+  steps = trainer.steps_per_epoch(data)
+  # Resuming exactly at an epoch's end, and a budget of no steps.
+  for epoch, limits in ((0, {"start_step": steps}), (1, {"max_steps": 0})):
+    state, metrics = trainer.train_epoch(state, data, epoch=epoch, **limits)
+    for leaf, before in zip(_host_leaves(state), after_one_epoch):
+      np.testing.assert_array_equal(leaf, before)
+    shapes = {name: value.shape for name, value in metrics.items()}
+    assert shapes == {"loss": (0, 2), "accuracy": (0, 2)}
+
+
 def test_checkpoint_round_trip_is_bitwise(tmp_path, arrays, reference):
   state, _ = reference
   extras = {"sum": np.arange(6.0).reshape(2, 3)}
@@ -182,35 +217,50 @@ def test_computes_convolution_looks_into_nested_jaxprs():
   x, w = jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 2))
   conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # fmt: skip
   nested = jax.jit(lambda x, w: jax.lax.cond(True, conv, lambda x, w: jnp.zeros((1, 4, 4, 2)), x, w))  # fmt: skip
-  assert train.computes_convolution(jax.make_jaxpr(nested)(x, w).jaxpr)
+  assert computes_convolution(jax.make_jaxpr(nested)(x, w).jaxpr)
   no_conv = jax.jit(lambda x, w: jnp.tanh(x).sum() * w.sum())
-  assert not train.computes_convolution(jax.make_jaxpr(jax.grad(no_conv))(x, w).jaxpr)
-
-
-def test_auto_loop_for_each_platform():
-  cpu, gpu = ExecutionPolicy(platform="cpu"), ExecutionPolicy(platform="gpu")
-  assert cpu.loop == gpu.loop == "auto"
-  assert cpu.loop_for(convolves=True) == "step"
-  assert cpu.loop_for(convolves=False) == "scan"
-  assert gpu.loop_for(convolves=True) == "scan"
+  assert not computes_convolution(jax.make_jaxpr(jax.grad(no_conv))(x, w).jaxpr)
 
 
 @pytest.mark.parametrize(
-  "model, chosen", [(TinyClassifier(), "scan"), (TinyConvClassifier(), "step")]
+  "model, convolution, loop",
+  [(TinyClassifier(), "none", "scan"), (TinyConvClassifier(), "lax", "step")],
 )
-def test_auto_loop_on_cpu_steps_from_python_only_for_convolutions(arrays, model, chosen):
+def test_the_engine_runs_the_policy_s_loop_for_the_workload(arrays, model, convolution, loop):
   task = classification.classifier_task(model, (4, 4, 1))
-  trainer = train.Trainer(task, optax.sgd, mesh=parallel.make_mesh(), batch_size=16)
-  assert trainer.policy.loop == "auto"
+  mesh = parallel.make_mesh()
+  policy = ExecutionPolicy.for_mesh(mesh, convolution=convolution)
+  assert policy.loop == loop  # on the CPU, only a step with lax convolutions runs from Python
+  trainer = train.Trainer(task, optax.sgd, mesh=mesh, batch_size=16, policy=policy)
   state = trainer.init(jax.random.key(0)[None], learning_rate=jnp.array([0.1]))
+  # The workload is declared truly: the step computes lax convolutions exactly when declared.
+  batch = {name: jnp.asarray(array[:16]) for name, array in arrays.items()}
+  params = jax.tree.map(lambda leaf: leaf[0], state.params)
+  step = jax.make_jaxpr(jax.grad(lambda p: task.loss(p, batch, None)[0]))(params)
+  assert computes_convolution(step.jaxpr) == (convolution == "lax")
   data = trainer.put_data(arrays)
   with _compiled_programs() as compiled:
     state, metrics = trainer.train_epoch(state, data, epoch=0, max_steps=1)
-  assert trainer.loop(state, data) == chosen
   # The epoch ran the chosen loop's program.
-  assert ("local_step" if chosen == "step" else "local_epoch") in compiled, compiled
-  assert trainer.policy.loop == "auto"  # the trainer's fields are never rewritten
+  assert ("local_step" if loop == "step" else "local_epoch") in compiled, compiled
   assert metrics["loss"].shape == (1, 1) and np.isfinite(metrics["loss"]).all()
+
+
+def test_a_single_run_vmaps_only_if_the_policy_says_so(arrays):
+  mesh = parallel.make_mesh()
+  losses, programs = [], []
+  for vmap_single_run in (False, True):
+    policy = ExecutionPolicy(platform="cpu", loop="step", runs_per_call=1,
+                             vmap_single_run=vmap_single_run)  # fmt: skip
+    trainer = train.Trainer(TASK, optax.sgd, mesh=mesh, batch_size=16, policy=policy)
+    state = trainer.init(jax.random.key(7)[None], learning_rate=jnp.array([0.1]))
+    data = trainer.put_data(arrays)
+    (step,) = trainer.lower_epoch(state, data)
+    programs.append(step.as_text())
+    losses.append(trainer.train_epoch(state, data, epoch=0)[1]["loss"])
+  assert programs[0] != programs[1]
+  # The same step with and without a run axis of one: float rounding at most.
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
 
 
 def test_run_slices():

@@ -1,6 +1,6 @@
 """The DDPM as a training-engine task: a model's parameters and its diffusion loss.
 
-It needs only :class:`jaxdiff.tasks.Task`, nothing of the engine in :mod:`jaxdiff.train`.
+It needs only :class:`jaxdiff.tasks.Task`, nothing of the engine in :mod:`jaxdiff.engine`.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ class SimpleCNN(nn.Module):
     convolution: how the convolutions and pools are computed, one of
       ``cpu_ops.FORMULATIONS``: the plain ops (``"lax"``) or the banded-matmul formulations
       of :mod:`jaxdiff.models.cpu_ops` (same function, same parameters);
-      ``ExecutionPolicy.for_mesh(mesh).convolution`` is the one measured faster there.
+      ``ExecutionPolicy.for_mesh(mesh, convolution="auto").convolution`` is the one measured
+      faster on the mesh's platform.
   """
 
   num_classes: int = 10

@@ -10,16 +10,16 @@ pads the output features to 16. ``lax.reduce_window`` max-pooling and its gradie
 (``select_and_scatter``) are generic windowed loops, while a 2x2 pool is a reshape and a max.
 These win for the seed CNN's 5x5 convolutions at 3–16 channels; the DDPM U-Net's 3x3
 convolutions at 8 and more channels ran slower as banded matmuls, so it keeps the plain ops.
-Those run faster with XLA's own convolution kernels than with YNNPACK's, which jaxlib 0.10
-picks by default: :func:`compiler_options` asks for them. The seed CNN trains faster with the
-banded matmuls on XLA:GPU too, there with whole output rows per matmul row.
+The seed CNN trains faster with the banded matmuls on XLA:GPU too, there with whole output
+rows per matmul row.
 
-Which formulation a model uses is its explicit argument (:data:`FORMULATIONS`), chosen per
-platform by :class:`jaxdiff.policy.ExecutionPolicy`. The measurements behind every choice
-(``benchmarks/cpu_op_probes.py`` and the throughput scripts) are in ``benchmarks/RESULTS.md``.
+This module is the math of each formulation only. Which one a model uses is its explicit
+argument (:data:`FORMULATIONS`), chosen per platform by
+:class:`jaxdiff.policy.ExecutionPolicy`, with the compiler options that go with it. The
+measurements behind every choice (``benchmarks/cpu_op_probes.py`` and the throughput scripts)
+are in ``benchmarks/RESULTS.md``.
 """
 
-import functools
 import inspect
 from collections.abc import Sequence
 from typing import Any
@@ -27,8 +27,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-from jaxdiff.environment import cpu_info
 
 FEATURE_MULTIPLE = 16
 """Output features are padded to a multiple of this: one AVX-512 register of float32."""
@@ -38,50 +36,6 @@ FORMULATIONS = ("lax", "banded", "banded_rows")
 """How a model computes its convolutions and pools: ``"lax"``, the plain ops; ``"banded"``,
 :func:`conv_toeplitz` in narrow column blocks and :func:`max_pool_2x2` (XLA:CPU);
 ``"banded_rows"``, the same with whole output rows per matmul row (XLA:GPU)."""
-
-
-# jaxlib 0.10.2's default YNNPACK fusion types (individual dots, reductions and convolutions),
-# less the convolutions. The option takes a list, not a change to the default.
-_YNN_FUSION_TYPES = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
-
-# The CPU flag (/proc/cpuinfo) of the CPU kind on which XLA's own dot kernels ran the banded
-# matmuls faster than YNNPACK's: the Intel Xeon measured, which has AMX. Elsewhere (the AMD
-# EPYC measured before) the banded programs keep YNNPACK's dots until a measurement says more.
-_BANDED_ON_XLA_DOTS_FLAG = "amx_tile"
-
-
-@functools.cache
-def compiler_options(platform: str, convolution: str = "lax") -> dict[str, str]:
-  """XLA compiler options for jaxdiff's compiled programs: ``jax.jit(compiler_options=...)``.
-
-  On the CPU they leave convolutions to XLA's own kernels instead of YNNPACK's, which took
-  longer at every channel count the U-Net has (8-128). For a program whose convolutions are
-  banded matmuls (``convolution`` not ``"lax"``), on a CPU with :data:`_BANDED_ON_XLA_DOTS_FLAG`
-  they ask for no YNNPACK fusion at all: XLA's own dot kernels ran the seed CNN's step faster
-  there, while the U-Net's and an MLP's ran slower without YNNPACK's dots. The option is
-  experimental, so it is set per compiled function rather than process-wide in ``XLA_FLAGS``,
-  and only where this jaxlib accepts it: a trivial function is compiled with it once.
-
-  Args:
-    platform: where the program runs (``"cpu"``, ``"gpu"``, ``"tpu"``).
-    convolution: how the program's model computes its convolutions, one of
-      :data:`FORMULATIONS`.
-
-  Returns:
-    The options; ``{}`` off the CPU, and where this jaxlib rejects them.
-  """
-  if platform != "cpu":
-    return {}
-  fusion_types = _YNN_FUSION_TYPES
-  if convolution != "lax" and _BANDED_ON_XLA_DOTS_FLAG in (cpu_info("flags") or "").split():
-    fusion_types = ""  # an empty list: no YNNPACK fusion
-  options = {"xla_cpu_experimental_ynn_fusion_type": fusion_types}
-  try:
-    probe = jax.device_put(jnp.zeros(()), jax.devices("cpu")[0])
-    jax.jit(jnp.negative, compiler_options=options).lower(probe).compile()
-  except (RuntimeError, ValueError):  # JaxRuntimeError is a RuntimeError
-    return {}
-  return options
 
 
 def conv_padded_features(

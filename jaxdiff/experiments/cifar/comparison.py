@@ -117,7 +117,7 @@ def run_comparison(
   root = jax.random.key(config.seed)
   data = training_subset(data, config.train_size, subset_key(root))
   mesh = parallel.make_data_mesh(config.batch_size, len(data.x_train))
-  policy = ExecutionPolicy.for_mesh(mesh, loop=config.loop).with_convolution()
+  policy = ExecutionPolicy.for_mesh(mesh, convolution="auto", loop=config.loop)
   model = SimpleCNN(num_classes=data.num_classes, convolution=policy.convolution)
   task = classification.classifier_task(model, data.image_shape)
   predict = classification.make_predictor(model, mesh, policy=policy)
@@ -168,7 +168,7 @@ def _train_optimizer(config, name, settings, trainer, state, predict, data, devi
   langevin = is_langevin(name)
   num_runs = len(settings)
   # The test-set predictions of the last half's epochs, averaged: the posterior average.
-  extras = {"posterior": posterior.init_average(num_runs, len(data.x_test), data.num_classes)}
+  average = posterior.init_average(num_runs, len(data.x_test), data.num_classes)
   # Cyclical samplers: the last epoch of each cycle, in its sampling phase.
   snapshots = (
     posterior.SnapshotSchedule(cycle_length=config.epochs // config.cycles)
@@ -177,42 +177,42 @@ def _train_optimizer(config, name, settings, trainer, state, predict, data, devi
   )
   latest_probs = []  # the last epoch's test-set predictions
 
-  def score_epoch(end: train.EpochEnd):
+  def score_epoch(end: train.EpochEnd) -> train.HookCarry:
     with clock("score"):
       probs = predict(end.state.params, data.x_test)
     latest_probs[:] = [probs]
-    extras = end.extras
+    carry = end.carry
     if langevin and snapshots.takes(end.epoch):
-      extras = {"posterior": posterior.add_snapshot(extras["posterior"], probs)}
-    end.history.setdefault("epochs", []).append(
-      [
-        {
-          "epoch": end.epoch + 1,
-          "train_loss": metrics.finite_or_none(np.nanmean(end.metrics["loss"][:, run])),
-          "train_accuracy": metrics.finite_or_none(np.nanmean(end.metrics["accuracy"][:, run])),
-          **_scores(probs[run], data.y_test),
-        }
-        for run in range(num_runs)
-      ]
-    )
-    end.history["last_epoch_losses"] = end.metrics["loss"].T.tolist()
-    return extras
+      with_snapshot = posterior.add_snapshot(carry.arrays["posterior"], probs)
+      carry = carry.with_array("posterior", with_snapshot)
+    epoch_records = [
+      {
+        "epoch": end.epoch + 1,
+        "train_loss": metrics.finite_or_none(np.nanmean(end.metrics["loss"][:, run])),
+        "train_accuracy": metrics.finite_or_none(np.nanmean(end.metrics["accuracy"][:, run])),
+        **_scores(probs[run], data.y_test),
+      }
+      for run in range(num_runs)
+    ]
+    carry = carry.extend("epochs", [epoch_records])
+    return carry.with_record("last_epoch_losses", end.metrics["loss"].T.tolist())
 
-  state, extras, history = train.fit(
-    trainer, state, device_data, epochs=config.epochs, checkpoint_dir=checkpoint_dir,
-    resume=resume, extras=extras, on_epoch_end=score_epoch,
-    run_names=[setting.describe() for setting in settings], name=name, quiet=quiet, log=log,
+  state, carry, calls = train.fit(
+    trainer, state, device_data, train.Budget(epochs=config.epochs), on_epoch_end=score_epoch,
+    carry=train.HookCarry(arrays={"posterior": average}),
+    checkpointing=train.Checkpointing(checkpoint_dir, resume=resume),
+    reporter=train.Reporter(name, [setting.describe() for setting in settings], quiet, log),
     clock=clock,
   )  # fmt: skip
   # A run resumed after its last epoch has no fresh predictions of its own.
   with clock("score"):
     test_probs = latest_probs[0] if latest_probs else predict(state.params, data.x_test)
     train_probs = predict(state.params, data.x_train)
-  epoch_seconds = [call["seconds"] / call["steps"] for call in history["calls"]]
+  epoch_seconds = [call.seconds / call.steps for call in calls]
   # Per step of one run: programs carrying different numbers of runs (a sweep's grid) compare
   # fairly. The first epoch includes compilation: leave it out when there are others.
   step_time = float(np.median(epoch_seconds[1:] or epoch_seconds)) / num_runs
-  average = extras["posterior"]
+  average = carry.arrays["posterior"]
   snapshots = int(average.count) if langevin else 0
   averaged = posterior.averaged_probs(average) if snapshots else None
   return [
@@ -221,7 +221,7 @@ def _train_optimizer(config, name, settings, trainer, state, predict, data, devi
       setting,
       run,
       state,
-      history,
+      carry.records,
       test_probs[run],
       train_probs[run],
       None if averaged is None else averaged[run],
@@ -233,10 +233,10 @@ def _train_optimizer(config, name, settings, trainer, state, predict, data, devi
   ]
 
 
-def _record(name, setting, run, state, history, test_probs, train_probs, averaged_probs,
+def _record(name, setting, run, state, records, test_probs, train_probs, averaged_probs,
             snapshots, data, step_time) -> RunRecord:  # fmt: skip
   diverged_at = int(state.diverged_at[run])
-  losses = np.asarray(history["last_epoch_losses"][run], np.float64)
+  losses = np.asarray(records["last_epoch_losses"][run], np.float64)
   posterior_scores = None
   if averaged_probs is not None:
     posterior_scores = {**_scores(averaged_probs, data.y_test), "snapshots": snapshots}
@@ -249,7 +249,7 @@ def _record(name, setting, run, state, history, test_probs, train_probs, average
     temperature=None if setting.diffusion is None else setting.diffusion * len(data.x_train),
     status="diverged" if diverged_at >= 0 else "ok",
     diverged_at_step=diverged_at if diverged_at >= 0 else None,
-    epochs=[epoch[run] for epoch in history["epochs"]],
+    epochs=[epoch[run] for epoch in records["epochs"]],
     last_epoch_loss_std=metrics.finite_or_none(np.std(finite_losses))
     if finite_losses.size
     else None,

@@ -1,6 +1,6 @@
 """Training a first DDPM on MNIST on the fit loop, and showing what it learnt.
 
-Training is the library's (:func:`jaxdiff.train.fit`): data resident on the devices,
+Training is the library's (:func:`jaxdiff.loop.fit`): data resident on the devices,
 jitted and data-parallel steps, orbax checkpoints, resume, and the parameter EMA kept in
 the train state. This module adds what is particular to the experiment: the optimizer
 chain (Adam with warm-up and gradient clipping, optionally Langevin noise), sampling with
@@ -65,7 +65,8 @@ def make_setup(config: DDPMConfig, **policy_options: Any) -> Setup:
   ``loop``, ``runs_per_call``, ``scan_unroll``) replace the platform's defaults."""
   mesh = parallel.make_mesh()
   schedule = ddpm.make_schedule(config.schedule, config.num_timesteps)
-  policy = ExecutionPolicy.for_mesh(mesh, **policy_options)
+  # The U-Net's plain convolutions.
+  policy = ExecutionPolicy.for_mesh(mesh, convolution="lax", **policy_options)
   return Setup(schedule, config.make_model(), mesh, policy)
 
 
@@ -133,8 +134,8 @@ def train_ddpm(
   """Trains the DDPM; returns the EMA parameters (on the host) and the training history.
 
   Trains ``config.steps`` steps, or for ``config.train_minutes`` of wall time instead.
-  ``history["loss"]`` has every step's loss, ``history["calls"]`` the engine's calls (steps,
-  seconds; the first includes compilation).
+  ``history["loss"]`` has every step's loss, ``history["calls"]`` the engine's calls
+  (:class:`jaxdiff.train.Call`: steps, seconds; the first includes compilation).
 
   Raises:
     jaxdiff.checkpoint.CheckpointsExistError: not ``resume``, and ``out_dir`` holds checkpoints.
@@ -142,16 +143,18 @@ def train_ddpm(
   trainer, state = make_trainer(config, setup, data.image_shape)
   device_data = trainer.put_data({"image": data.x_train})
 
-  def record_losses(end: train.EpochEnd) -> None:
-    end.history.setdefault("loss", []).extend(float(loss) for loss in end.metrics["loss"][:, 0])
+  def record_losses(end: train.EpochEnd) -> train.HookCarry:
+    return end.carry.extend("loss", (float(loss) for loss in end.metrics["loss"][:, 0]))
 
   timed = config.train_minutes is not None
-  state, _, history = train.fit(
-    trainer, state, device_data, steps=None if timed else config.steps,
-    time_limit_s=config.train_minutes * 60 if timed else None,
-    checkpoint_dir=Path(out_dir) / "checkpoints", resume=resume, on_epoch_end=record_losses,
-    name="ddpm", quiet=quiet, log=log,
+  budget = train.Budget(steps=None if timed else config.steps,
+                        time_limit_s=config.train_minutes * 60 if timed else None)  # fmt: skip
+  state, carry, calls = train.fit(
+    trainer, state, device_data, budget, on_epoch_end=record_losses,
+    checkpointing=train.Checkpointing(Path(out_dir) / "checkpoints", resume=resume),
+    reporter=train.Reporter("ddpm", quiet=quiet, log=log),
   )  # fmt: skip
+  history = {"loss": carry.records.get("loss", []), "calls": calls}
   # On the host: sampling and evaluation run on one device, outside the mesh.
   return jax.device_get(jax.tree.map(lambda leaf: leaf[0], state.ema_params)), history
 
@@ -250,7 +253,7 @@ def run_experiment(
   report.plot_samples(samples_uint8, out / "samples.png")
   report.plot_loss(history["loss"], out / "loss.png")
   report.plot_denoising(np.asarray(trajectory), trajectory_steps, out / "denoise.png")
-  calls = [(call["steps"], call["seconds"]) for call in history["calls"]]
+  calls = [(call.steps, call.seconds) for call in history["calls"]]
   timed = calls[1:] or calls  # leave out compilation when possible
   timed_steps, timed_seconds = (sum(column) for column in zip(*timed))
   result = {

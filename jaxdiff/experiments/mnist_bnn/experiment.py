@@ -176,33 +176,37 @@ def train_group(
     hyperparams["key"] = jax.vmap(langevin_noise_key)(keys)
   state = trainer.init(keys, **hyperparams)
   num_runs = len(learning_rates)
-  extras = {"posterior": posterior.init_average(num_runs, len(evaluation.labels), 10)}
   average = posterior.averaging_hook(
     setup.predict, evaluation.images, snapshot_schedule(config, name, epochs)
   )
 
-  def on_epoch_end(end: train.EpochEnd):
-    with clock("score"):
-      extras = average(end)
-      if end.complete:
-        probs = setup.predict(end.state.params, evaluation.images)
-        end.history.setdefault("epochs", []).append(
-          [_epoch_record(end, run, probs[run], evaluation.labels) for run in range(num_runs)]
-        )
-    return extras
+  def score_epoch(end: train.EpochEnd) -> train.HookCarry:
+    if not end.complete:
+      return end.carry
+    probs = setup.predict(end.state.params, evaluation.images)
+    scores = [_epoch_record(end, run, probs[run], evaluation.labels) for run in range(num_runs)]
+    return end.carry.extend("epochs", [scores])
+
+  average_and_score = train.chain_hooks(average, score_epoch)
+
+  def on_epoch_end(end: train.EpochEnd) -> train.HookCarry:
+    with clock("score"):  # the averaging's predictions too
+      return average_and_score(end)
 
   run_names = [f"lr {lr:g}" + ("" if seed is None else f", seed {seed}")
                for lr, seed in zip(learning_rates, seeds)]  # fmt: skip
-  state, extras, history = train.fit(
-    trainer, state, setup.train_data, epochs=epochs, checkpoint_dir=checkpoint_dir,
-    resume=resume, extras=extras, on_epoch_end=on_epoch_end, run_names=run_names,
-    name=f"{name} ({phase})", quiet=quiet, log=log, clock=clock,
+  initial = {"posterior": posterior.init_average(num_runs, len(evaluation.labels), 10)}
+  state, carry, calls = train.fit(
+    trainer, state, setup.train_data, train.Budget(epochs=epochs), on_epoch_end=on_epoch_end,
+    carry=train.HookCarry(arrays=initial),
+    checkpointing=train.Checkpointing(checkpoint_dir, resume=resume),
+    reporter=train.Reporter(f"{name} ({phase})", run_names, quiet, log), clock=clock,
   )  # fmt: skip
   with clock("score"):
     final_probs = setup.predict(state.params, evaluation.images)
-  snapshots = extras["posterior"]
+  snapshots = carry.arrays["posterior"]
   averaged_probs = posterior.averaged_probs(snapshots) if int(snapshots.count) else None
-  seconds = [call["seconds"] for call in history["calls"] if call["steps"] == steps_per_epoch]
+  seconds = [call.seconds for call in calls if call.steps == steps_per_epoch]
   epoch_time = float(np.median(seconds[1:] or seconds)) / num_runs if seconds else math.nan
   records = []
   for run, (lr, seed) in enumerate(zip(learning_rates, seeds)):
@@ -222,7 +226,7 @@ def train_group(
         if averaged_probs is None
         else _scores(averaged_probs[run], evaluation.labels),
         final=_scores(final_probs[run], evaluation.labels),
-        epochs=[epoch[run] for epoch in history.get("epochs", [])],
+        epochs=[epoch[run] for epoch in carry.records.get("epochs", [])],
         epoch_time_s=epoch_time,
       )
     )
@@ -280,7 +284,7 @@ def run_benchmark(
   test = EvalSet("test", data.x_test, data.y_test)
   num_train = len(train_split.x_train)
   mesh = parallel.make_data_mesh(config.batch_size, num_train)
-  policy = ExecutionPolicy.for_mesh(mesh)
+  policy = ExecutionPolicy.for_mesh(mesh, convolution="none")
   model = MLP(num_classes=data.num_classes)
   likelihood = classification.classifier_task(model, data.image_shape, normalize=normalize_pixels)
   task = tasks.with_gaussian_prior(likelihood, num_train, config.prior_variance)
