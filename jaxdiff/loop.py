@@ -177,15 +177,19 @@ class Budget:
       later call only the steps that the latest call's pace says still fit (``FitResult.calls``
       has the steps reached). A scanned epoch compiles a program per partial length, so the
       first epoch may compile two more.
+    steps_per_call: at most this many steps per call of the engine, so that the hooks run at
+      least that often (e.g. a posterior snapshot every ``k`` steps); None: up to each epoch's
+      end. A scanned epoch compiles one program per distinct call length.
 
   Raises:
     ValueError: both ``steps`` and ``epochs``, or neither and no ``time_limit_s``; a negative
-      budget.
+      budget, or ``steps_per_call`` below 1.
   """
 
   steps: int | None = None
   epochs: int | None = None
   time_limit_s: float | None = None
+  steps_per_call: int | None = None
 
   def __post_init__(self):
     if self.steps is not None and self.epochs is not None:
@@ -198,6 +202,8 @@ class Budget:
         f"the budget must not be negative, got steps={self.steps}, epochs={self.epochs}, "
         f"time_limit_s={self.time_limit_s}"
       )
+    if self.steps_per_call is not None and self.steps_per_call < 1:
+      raise ValueError(f"steps_per_call must be at least 1, got {self.steps_per_call}")
 
   def total_steps(self, steps_per_epoch: int) -> int | None:
     """The steps to train, counted from the run's first; None: until the time limit."""
@@ -205,21 +211,25 @@ class Budget:
 
   def start(self, steps_per_epoch: int) -> _Allowance:
     """The budget of a run with ``steps_per_epoch``, its time limit counted from now."""
-    return _Allowance(self.total_steps(steps_per_epoch), self.time_limit_s)
+    return _Allowance(self.total_steps(steps_per_epoch), self.time_limit_s, self.steps_per_call)
 
 
 class _Allowance:
   """A started :class:`Budget`: how many steps each call of the engine may take."""
 
-  def __init__(self, total: int | None, time_limit_s: float | None):
+  def __init__(self, total: int | None, time_limit_s: float | None, steps_per_call: int | None):
     self.total = total
     self._deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
+    self._steps_per_call = steps_per_call
     self._pace = None  # seconds per step of the latest call
 
   def steps_for_next_call(self, done: int) -> int:
     """Steps the next call may take after ``done``; 0 once the budget is spent."""
     # Without steps or epochs, the step counter's range: only the time limit stops training.
     remaining = (np.iinfo(np.int32).max if self.total is None else self.total) - done
+    if self._steps_per_call is not None:
+      # Calls end at multiples of steps_per_call, so that a resumed run's calls are the same.
+      remaining = min(remaining, self._steps_per_call - done % self._steps_per_call)
     if remaining <= 0 or self._deadline is None:
       return max(remaining, 0)
     if self._pace is None:

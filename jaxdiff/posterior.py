@@ -4,7 +4,8 @@ An SG-MCMC chain's parameters after burn-in are samples of the posterior; its pr
 average of their predictive probabilities, ``p(y | x) ≈ (1/S) Σ_s p(y | x, θ_s)``, the Bayesian
 model average. :class:`PredictiveAverage` keeps the running sum on the device (one slot per
 run of a vmapped group), so no parameter set need be stored; a :class:`SnapshotSchedule` says
-which epochs end with a snapshot, and :func:`averaging_hook` does both on
+which epochs end with a snapshot (a :class:`StepSnapshotSchedule`, which steps), and
+:func:`averaging_hook` does both on
 :func:`jaxdiff.loop.fit`, the average in the hooks' carry, checkpointed with the run (so a
 resumed run averages the same snapshots as an uninterrupted one). Optionally,
 :class:`ParameterSnapshots` also keeps the last K snapshots' parameters as orbax checkpoints,
@@ -52,6 +53,11 @@ class SnapshotSchedule(NamedTuple):
   cycle_length: int | None = None
   per_cycle: int = 1
 
+  def after(self, end: EpochEnd) -> bool:
+    """Whether the call of the engine that ``end`` reports ends with a snapshot: it completes
+    an epoch that :meth:`takes`."""
+    return end.complete and self.takes(end.epoch)
+
   def takes(self, epoch: int) -> bool:
     """Whether the end of ``epoch`` (0-based) is a snapshot."""
     if epoch < self.burn_in:
@@ -59,6 +65,31 @@ class SnapshotSchedule(NamedTuple):
     if self.cycle_length is not None:
       return self.cycle_length - 1 - epoch % self.cycle_length < self.per_cycle
     return (epoch - self.burn_in) % self.thin == 0
+
+
+class StepSnapshotSchedule(NamedTuple):
+  """A snapshot every ``thin`` steps from step ``burn_in`` on, as SG-MCMC papers thin a chain.
+
+  Steps are counted from the run's first: the snapshot "after step s" is of the parameters
+  once s steps are done. :func:`jaxdiff.loop.fit` calls the hooks only between calls of the
+  engine, so train with ``Budget(..., steps_per_call=thin)`` and a ``burn_in`` that is a
+  multiple of ``thin``: then every snapshot step ends a call.
+
+  Attributes:
+    burn_in: steps before the first snapshot (the first is after step ``burn_in``).
+    thin: steps between snapshots.
+  """
+
+  burn_in: int = 0
+  thin: int = 1
+
+  def after(self, end: EpochEnd) -> bool:
+    """Whether the call that ``end`` reports ends at a snapshot step."""
+    return self.takes_step(int(end.state.step[0]))
+
+  def takes_step(self, step: int) -> bool:
+    """Whether the parameters after ``step`` steps are a snapshot."""
+    return step > 0 and step >= self.burn_in and (step - self.burn_in) % self.thin == 0
 
 
 class PredictiveAverage(NamedTuple):
@@ -146,7 +177,7 @@ class ParameterSnapshots:
 def averaging_hook(
   predict: Callable[[Any, Any], Any],
   images: Any,
-  schedule: SnapshotSchedule,
+  schedule: SnapshotSchedule | StepSnapshotSchedule,
   name: str = "posterior",
   snapshots: ParameterSnapshots | None = None,
 ) -> Hook:
@@ -156,7 +187,8 @@ def averaging_hook(
     predict: ``predict(params, images) -> probabilities (runs, n, classes)``, e.g. from
       :func:`jaxdiff.classification.make_predictor`.
     images: the evaluation inputs.
-    schedule: when to take snapshots; only complete epochs count.
+    schedule: when to take snapshots: at the ends of epochs (:class:`SnapshotSchedule`; only
+      complete epochs count) or of steps (:class:`StepSnapshotSchedule`).
     name: the name of the :class:`PredictiveAverage` in the carry's arrays.
     snapshots: also keep the snapshots' parameters there (None: only the average).
 
@@ -166,7 +198,7 @@ def averaging_hook(
   """
 
   def hook(end: EpochEnd) -> HookCarry:
-    if not (end.complete and schedule.takes(end.epoch)):
+    if not schedule.after(end):
       return end.carry
     average = add_snapshot(end.carry.arrays[name], jnp.asarray(predict(end.state.params, images)))
     if snapshots is not None:

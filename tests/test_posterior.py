@@ -144,3 +144,33 @@ def test_the_last_k_snapshots_parameters_are_kept(tmp_path, setup):
       np.testing.assert_array_equal(np.asarray(kept), recorded)
   with pytest.raises(ValueError, match="at least 1"):
     posterior.ParameterSnapshots(tmp_path / "none", keep=0)
+
+
+def test_step_snapshots_every_k_steps_inside_epochs(setup):
+  trainer, data, predict, evaluation = setup
+  # 4 steps an epoch; calls of 2 steps, snapshots after steps 4, 6, 8 and 10.
+  schedule = posterior.StepSnapshotSchedule(burn_in=4, thin=2)
+  assert [s for s in range(12) if schedule.takes_step(s)] == [4, 6, 8, 10]
+  seen = {}
+
+  def record_and_average(end):
+    seen[int(end.state.step[0])] = predict(end.state.params, evaluation)
+    return posterior.averaging_hook(predict, evaluation, schedule)(end)
+
+  result = train.fit(trainer, _state(trainer), data, train.Budget(steps=10, steps_per_call=2),
+                     carry=_carry(), on_epoch_end=record_and_average, reporter=QUIET)  # fmt: skip
+  assert [call.steps for call in result.calls] == [2] * 5 and sorted(seen) == [2, 4, 6, 8, 10]
+  average = result.carry.arrays["posterior"]
+  assert int(average.count) == 4
+  expected = np.mean([seen[step] for step in (4, 6, 8, 10)], axis=0)
+  np.testing.assert_allclose(posterior.averaged_probs(average), expected, rtol=1e-6)
+
+
+def test_calls_of_k_steps_end_at_multiples_of_k_across_epochs(setup):
+  trainer, data, _, _ = setup
+  # 4 steps an epoch, calls of at most 3: they end at 3, the epoch's end 4, then 6, 8, 9.
+  result = train.fit(trainer, _state(trainer), data, train.Budget(steps=9, steps_per_call=3),
+                     reporter=QUIET)  # fmt: skip
+  assert np.cumsum([call.steps for call in result.calls]).tolist() == [3, 4, 6, 8, 9]
+  with pytest.raises(ValueError, match="steps_per_call"):
+    train.Budget(steps=9, steps_per_call=0)
