@@ -1,14 +1,25 @@
-"""Image classification on top of the engine: the task and a mesh-parallel predictor.
+"""Image classification on top of the engine: the task, a predictor, and scored groups of runs.
 
 :func:`classifier_task` is the cross-entropy loss (with the batch's accuracy as its one metric)
 that the engine trains; :func:`make_predictor` turns a run axis of parameters into predicted
-probabilities. The metrics of those probabilities (accuracy, NLL, ECE, Brier score) are in
-:mod:`jaxdiff.metrics`.
+probabilities; :func:`train_and_score` trains a group of runs on :func:`jaxdiff.loop.fit` and
+scores each on an :class:`Evaluation` after every epoch, at its final parameters and, for
+samplers, through the posterior average of :mod:`jaxdiff.posterior`, optionally on rotated
+copies of the images too (:mod:`jaxdiff.shift`). The metrics themselves (accuracy, NLL, ECE,
+Brier score) are in :mod:`jaxdiff.metrics`.
+
+Example:
+  >>> predict = make_predictor(model, mesh)
+  >>> group = train_and_score(trainer, state, data, Budget(epochs=10), predict=predict,
+  ...                         evaluation=Evaluation("test", x_test, y_test), num_classes=10,
+  ...                         snapshots=SnapshotSchedule(burn_in=5))
+  >>> [run["averaged"]["error"] for run in group.runs]
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, TypedDict
 
 import flax.linen as nn
 import jax
@@ -17,8 +28,10 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from jaxdiff import parallel
-from jaxdiff.engine import run_slices
+from jaxdiff import metrics, parallel, posterior, shift
+from jaxdiff.engine import Trainer, TrainState, run_slices
+from jaxdiff.loop import Budget, Checkpointing, EpochEnd, HookCarry, PhaseClock, Reporter
+from jaxdiff.loop import chain_hooks, fit
 from jaxdiff.models import normalize_images
 from jaxdiff.policy import ExecutionPolicy
 from jaxdiff.tasks import Task
@@ -99,3 +112,225 @@ def make_predictor(
     return np.concatenate(probs)[:, :count]
 
   return predict
+
+
+# ----------------------------------------------------------------------------- scored runs
+
+
+class Scores(TypedDict):
+  """:func:`jaxdiff.metrics.classification_scores` of one predictive; None where not finite."""
+
+  accuracy: float | None
+  error: float | None
+  nll: float | None
+  ece: float | None
+  brier: float | None
+
+
+def scores(probs: np.ndarray, labels: np.ndarray) -> Scores:
+  """The :class:`Scores` of predictive ``probs`` ``(n, classes)`` against ``labels``."""
+  values = metrics.classification_scores(probs, labels)
+  return Scores(**{name: metrics.finite_or_none(value) for name, value in values.items()})
+
+
+class Evaluation(NamedTuple):
+  """What a group of runs is scored on.
+
+  Attributes:
+    name: how reports call it (``"test"``, ``"validation"``).
+    images: uint8 NHWC images.
+    labels: their labels.
+    angles: also score the images rotated by these angles in degrees
+      (:data:`jaxdiff.shift.ROTATION_ANGLES`: dataset shift); they must include 0, the images
+      themselves. Empty: no rotations.
+  """
+
+  name: str
+  images: np.ndarray
+  labels: np.ndarray
+  angles: tuple[float, ...] = ()
+
+
+class EpochScores(TypedDict):
+  """One run's scores after one complete epoch."""
+
+  epoch: int  # 1-based
+  step: int  # steps done
+  train: dict[str, float | None]  # the mean of each training metric ("loss", ...) over the epoch
+  current: Scores  # the epoch's final parameters on the evaluation images
+  averaged: Scores | None  # the posterior average so far; None before the first snapshot
+
+
+class ShiftScores(TypedDict):
+  """Scores at each angle of :attr:`Evaluation.angles`."""
+
+  angles: list[float]
+  final: list[Scores]
+  averaged: list[Scores] | None
+
+
+class RunScores(TypedDict):
+  """What :func:`train_and_score` measured of one run."""
+
+  status: str  # "ok", or "diverged": a non-finite loss or parameters stopped it
+  diverged_at_step: int | None
+  snapshots: int  # snapshots in the posterior average (0 without a schedule)
+  final: Scores  # the final parameters on the evaluation images
+  averaged: Scores | None  # the posterior average; None without snapshots
+  epochs: list[EpochScores]
+  last_epoch_loss_std: float | None  # the spread of the last epoch's minibatch losses
+  step_time_s: float | None  # per step of one run, the first call (compilation) left out
+  shift: ShiftScores | None  # with Evaluation.angles
+
+
+class ScoredGroup(NamedTuple):
+  """What :func:`train_and_score` returns: the runs' final state and one score per run."""
+
+  state: TrainState
+  runs: list[RunScores]
+
+
+def train_and_score(
+  trainer: Trainer,
+  state: TrainState,
+  data: dict[str, jax.Array],
+  budget: Budget,
+  *,
+  predict: Callable[[Any, np.ndarray], np.ndarray],
+  evaluation: Evaluation,
+  num_classes: int,
+  snapshots: posterior.SnapshotSchedule | posterior.StepSnapshotSchedule | None = None,
+  checkpointing: Checkpointing | None = None,
+  reporter: Reporter | None = None,
+  clock: PhaseClock | None = None,
+) -> ScoredGroup:
+  """Trains a group of runs on :func:`jaxdiff.loop.fit` and scores each run on ``evaluation``.
+
+  After every complete epoch each run's current parameters are scored (and the posterior
+  average so far); the predictions at the ``snapshots`` are averaged
+  (:func:`jaxdiff.posterior.averaging_hook`, checkpointed with the run, so a resumed group
+  scores as an uninterrupted one); at the end the final parameters and the average are scored,
+  at every angle of ``evaluation.angles`` too. Diverged runs keep their last finite parameters
+  and are scored on them: read ``status`` before using their scores.
+
+  Args:
+    trainer: the engine.
+    state: the runs' initial state (donated).
+    data: training arrays from :meth:`jaxdiff.engine.Trainer.put_data`.
+    budget: how long to train.
+    predict: ``predict(params, images) -> probabilities (runs, n, classes)``
+      (:func:`make_predictor`).
+    evaluation: the images to score on.
+    num_classes: the classes ``predict`` returns.
+    snapshots: when to add the parameters' predictions to the posterior average; None: no
+      average (a noiseless optimizer's trajectory need not be averaged).
+    checkpointing: as for :func:`jaxdiff.loop.fit`.
+    reporter: as for :func:`jaxdiff.loop.fit`.
+    clock: sums the seconds of ``train``, ``checkpoint`` and ``score``.
+
+  Returns:
+    The final state and one :class:`RunScores` per run, in the state's order.
+
+  Raises:
+    ValueError: ``evaluation.angles`` without 0.
+  """
+  clock = clock or PhaseClock()
+  images, labels = evaluation.images, evaluation.labels
+  averaged_images = images
+  if evaluation.angles:
+    if 0 not in evaluation.angles:
+      raise ValueError(f"the angles must include 0, the images themselves: {evaluation.angles}")
+    averaged_images, _ = shift.stack_rotations(images, labels, evaluation.angles)
+  num_runs = len(state.step)
+  carry = HookCarry()
+  hooks = []
+  if snapshots is not None:
+    initial = posterior.init_average(num_runs, len(averaged_images), num_classes)
+    carry = carry.with_array("posterior", initial)
+    hooks.append(posterior.averaging_hook(predict, averaged_images, snapshots))
+  unrotated = _unrotated_slice(evaluation)
+
+  def score_epoch(end: EpochEnd) -> HookCarry:
+    if not end.complete:
+      return end.carry
+    with clock("score"):
+      current = predict(end.state.params, images)
+      average = end.carry.arrays.get("posterior")
+      averaged = posterior.averaged_probs(average)[:, unrotated] if _taken(average) else None
+    records = [
+      EpochScores(
+        epoch=end.epoch + 1,
+        step=int(end.state.step[0]),
+        train={name: _finite_mean(values[:, run]) for name, values in end.metrics.items()},
+        current=scores(current[run], labels),
+        averaged=None if averaged is None else scores(averaged[run], labels),
+      )
+      for run in range(num_runs)
+    ]
+    return end.carry.extend("epochs", [records]).with_record(
+      "last_epoch_losses", np.asarray(end.metrics["loss"]).T.tolist()
+    )
+
+  result = fit(trainer, state, data, budget, on_epoch_end=chain_hooks(*hooks, score_epoch),
+               carry=carry, checkpointing=checkpointing, reporter=reporter, clock=clock)  # fmt: skip
+  with clock("score"):
+    final = predict(result.state.params, averaged_images)
+    average = result.carry.arrays.get("posterior")
+    averaged = posterior.averaged_probs(average) if _taken(average) else None
+  calls = [call.seconds / call.steps for call in result.calls if call.steps]
+  step_time = float(np.median(calls[1:] or calls)) / num_runs if calls else None
+  epochs = result.carry.records.get("epochs", [])
+  losses = result.carry.records.get("last_epoch_losses")
+  runs = []
+  for run in range(num_runs):
+    diverged_at = int(result.state.diverged_at[run])
+    finite_losses = [] if losses is None else [x for x in losses[run] if np.isfinite(x)]
+    runs.append(
+      RunScores(
+        status="diverged" if diverged_at >= 0 else "ok",
+        diverged_at_step=diverged_at if diverged_at >= 0 else None,
+        snapshots=int(average.count) if average is not None else 0,
+        final=scores(final[run, unrotated], labels),
+        averaged=None if averaged is None else scores(averaged[run, unrotated], labels),
+        epochs=[epoch[run] for epoch in epochs],
+        last_epoch_loss_std=float(np.std(finite_losses)) if finite_losses else None,
+        step_time_s=step_time,
+        shift=_shift_scores(evaluation, final[run], None if averaged is None else averaged[run]),
+      )
+    )
+  return ScoredGroup(result.state, runs)
+
+
+def _taken(average: posterior.PredictiveAverage | None) -> bool:
+  return average is not None and int(average.count) > 0
+
+
+def _finite_mean(values: np.ndarray) -> float | None:
+  finite = np.asarray(values, np.float64)
+  finite = finite[np.isfinite(finite)]  # none once a run has diverged
+  return float(finite.mean()) if finite.size else None
+
+
+def _unrotated_slice(evaluation: Evaluation) -> slice:
+  """Where the images themselves lie in :func:`jaxdiff.shift.stack_rotations`' stack."""
+  size = len(evaluation.labels)
+  index = list(evaluation.angles).index(0) if evaluation.angles else 0
+  return slice(index * size, (index + 1) * size)
+
+
+def _shift_scores(
+  evaluation: Evaluation, final: np.ndarray, averaged: np.ndarray | None
+) -> ShiftScores | None:
+  if not evaluation.angles:
+    return None
+  angles = list(evaluation.angles)
+  labels = np.tile(evaluation.labels, len(angles))
+
+  def per_angle(probs: np.ndarray) -> list[Scores]:
+    rows = shift.scores_by_angle(probs, labels, angles)
+    return [Scores(**{k: metrics.finite_or_none(v) for k, v in row.items() if k != "angle"})
+            for row in rows]  # fmt: skip
+
+  return ShiftScores(angles=angles, final=per_angle(final),
+                     averaged=None if averaged is None else per_angle(averaged))  # fmt: skip
+
