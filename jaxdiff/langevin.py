@@ -12,7 +12,8 @@ The noise is a plain :class:`optax.GradientTransformation`,
 :func:`optax.chain`; :func:`langevin_sgd`, :func:`langevin_adam` and
 :func:`psgld` are ready-made chains, and :func:`sghmc` is the momentum sampler.
 Cyclical SG-MCMC is :func:`langevin_sgd` or :func:`sghmc` given
-:func:`cyclical_learning_rate` and :func:`cyclical_diffusion`.
+:func:`cyclical_learning_rate` and :func:`cyclical_diffusion` (:func:`cyclical` wraps a
+sampler's factory so).
 
 Temperature: for small steps the chain samples ``p(θ) ∝ exp(−L(θ) / D)``.
 With a loss that is a *mean* over ``N`` training examples,
@@ -50,6 +51,7 @@ __all__ = [
   "LangevinNoiseState",
   "PSGLDState",
   "add_langevin_noise",
+  "cyclical",
   "cyclical_diffusion",
   "cyclical_learning_rate",
   "diffusion_for_temperature",
@@ -687,3 +689,49 @@ def cyclical_diffusion(
     return jnp.where(position < exploration, jnp.zeros_like(diffusion), diffusion)
 
   return schedule
+
+
+def cyclical(
+  sampler: Callable[..., optax.GradientTransformation],
+  total_steps: int,
+  num_cycles: int,
+  exploration: float = 0.8,
+) -> Callable[..., optax.GradientTransformation]:
+  """Zhang et al.'s cyclical SG-MCMC from a sampler's factory.
+
+  Returns ``factory(learning_rate, diffusion, key)`` that builds ``sampler`` with
+  :func:`cyclical_learning_rate` of ``learning_rate`` and :func:`cyclical_diffusion` of
+  ``diffusion``: the same cycles, noiseless for the first ``exploration`` of each. The returned
+  factory takes numbers (traced or not), as ``optax.inject_hyperparams`` and
+  :class:`jaxdiff.engine.Trainer` give them.
+
+  Args:
+    sampler: ``sampler(learning_rate, diffusion, key)``, e.g. :func:`langevin_sgd` (cSGLD) or
+      :func:`sghmc` (cSGHMC); bind other arguments first (``functools.partial``).
+    total_steps: ``K``, the run's steps.
+    num_cycles: ``M``.
+    exploration: the noiseless fraction of each cycle, in ``[0, 1)``.
+
+  Returns:
+    The cyclical sampler's factory.
+
+  Example:
+    >>> csgld = cyclical(langevin_sgd, total_steps=10_000, num_cycles=5)
+    >>> optimizer = csgld(0.1, diffusion_for_temperature(1.0, 50_000), jax.random.key(0))
+
+  References:
+    Zhang et al., `Cyclical Stochastic Gradient MCMC for Bayesian Deep Learning
+    <https://arxiv.org/abs/1902.03932>`_, ICLR 2020.
+  """
+  _check_cycles(total_steps, num_cycles)
+  if not 0.0 <= exploration < 1.0:
+    raise ValueError(f"exploration must lie in [0, 1), got {exploration!r}")
+
+  def factory(learning_rate, diffusion, key):
+    return sampler(
+      cyclical_learning_rate(learning_rate, total_steps, num_cycles),
+      cyclical_diffusion(diffusion, total_steps, num_cycles, exploration),
+      key,
+    )
+
+  return factory

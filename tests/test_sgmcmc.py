@@ -300,3 +300,21 @@ def test_replicas_stay_bitwise_identical_on_four_devices(factory):
       np.testing.assert_array_equal(shard, shards[0])
   first, second = np.asarray(state.params["w"])
   assert not np.array_equal(first, second)
+
+
+def test_cyclical_wraps_a_sampler_factory_in_the_cycles():
+  total, cycles = 20, 2
+  factory = langevin.cyclical(langevin.langevin_sgd, total, cycles, exploration=0.5)
+  by_hand = langevin.langevin_sgd(cyclical_learning_rate(0.1, total, cycles),
+                                  cyclical_diffusion(1e-2, total, cycles, 0.5), jax.random.key(0))  # fmt: skip
+  wrapped = optax.inject_hyperparams(factory)(learning_rate=0.1, diffusion=1e-2,
+                                              key=jax.random.key(0))  # fmt: skip
+  params = jnp.ones(4)
+  state, hand_state = wrapped.init(params), by_hand.init(params)
+  for _ in range(total):
+    updates, state = wrapped.update(params * 0.5, state)
+    expected, hand_state = by_hand.update(params * 0.5, hand_state)
+    np.testing.assert_allclose(updates, expected, rtol=1e-6)
+    params = optax.apply_updates(params, updates)
+  with pytest.raises(ValueError, match="exploration"):
+    langevin.cyclical(langevin.langevin_sgd, total, cycles, exploration=1.0)
