@@ -183,6 +183,35 @@ class RunScores(TypedDict):
   shift: ShiftScores | None  # with Evaluation.angles
 
 
+class RunRecord(RunScores):
+  """One run of an experiment, as its report.json stores it: who it is, then its scores.
+
+  The one record type of the classifier experiments (:func:`run_record` builds it).
+  """
+
+  method: str  # the optimizer or sampler, as the experiment's registry names it
+  phase: str  # which group the run belongs to, e.g. "tuning", "seeds", "temperatures"
+  seed: int | None  # None for runs that share one key (a tuning grid)
+  learning_rate: float
+  diffusion: float | None  # None for a noiseless optimizer
+  temperature: float | None  # T = N·D
+
+
+def run_record(
+  scores: RunScores,
+  *,
+  method: str,
+  phase: str,
+  seed: int | None,
+  learning_rate: float,
+  diffusion: float | None = None,
+  temperature: float | None = None,
+) -> RunRecord:
+  """A :class:`RunRecord`: the run's identity, then what :func:`train_and_score` measured."""
+  return RunRecord(method=method, phase=phase, seed=seed, learning_rate=learning_rate,
+                   diffusion=diffusion, temperature=temperature, **scores)  # fmt: skip
+
+
 class ScoredGroup(NamedTuple):
   """What :func:`train_and_score` returns: the runs' final state and one score per run."""
 
