@@ -97,12 +97,20 @@ def parse(
   Raises:
     SystemExit: with code 2 and one line on stderr for a bad flag or value.
   """
+  preset = None
+  if hasattr(config_type, "PRESETS"):
+    # The protocol picks the other flags' defaults, so it is read first.
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--protocol", default=None)
+    named = first.parse_known_args(argv)[0].protocol
+    # An unknown name is refused below, in one line, by the protocol field's own check.
+    preset = named if named in config_type.PRESETS else None
   parser = ArgumentParser(description=description)
   add_run_flags(parser, default_out)
-  config_lib.add_flags(parser, config_type)
+  config_lib.add_flags(parser, config_type, preset)
   flags = parser.parse_args(argv)
   try:
-    config = config_lib.from_flags(config_type, flags)
+    config = config_lib.from_flags(config_type, flags, preset)
   except config_lib.ConfigError as error:
     field = next(f for f in dataclasses.fields(config_type) if f.name == error.field)
     parser.error(f"argument {config_lib.flag_name(field)}: {error.message}")

@@ -122,19 +122,42 @@ def flag_name(field: dataclasses.Field) -> str:
   return "--" + (field.metadata.get("flag") or field.name.replace("_", "-"))
 
 
-def add_flags(parser: argparse.ArgumentParser, config_type: type) -> None:
+def defaults(config_type: type, preset: str | None = None) -> dict[str, Any]:
+  """Every field's default, or a named preset's: ``config_type.PRESETS[preset]`` over them.
+
+  A configuration with presets (a class attribute ``PRESETS``, name to the fields it sets, and
+  a ``protocol`` field naming the preset) is a benchmark with several published protocols:
+  each preset is the defaults of one, and flags override them.
+
+  Raises:
+    ConfigError: an unknown preset.
+  """
+  values = {field.name: field.default for field in dataclasses.fields(config_type)}
+  if preset is None:
+    return values
+  presets = getattr(config_type, "PRESETS", {})
+  if preset not in presets:
+    raise ConfigError("protocol", f"unknown protocol {preset}; choose from {', '.join(presets)}")
+  return {**values, **presets[preset], "protocol": preset}
+
+
+def add_flags(
+  parser: argparse.ArgumentParser, config_type: type, preset: str | None = None
+) -> None:
   """Adds one flag per field of the dataclass ``config_type`` to ``parser``.
 
   The flag's type follows the field's annotation: ``bool`` (a switch; its default must be
   False), ``int``, ``float``, ``str``, ``X | None``, and ``tuple[X, ...]`` (comma-separated,
-  or once per element when ``repeatable``). The help shows the default.
+  or once per element when ``repeatable``). The help shows the default: the field's, or the
+  ``preset``'s (:func:`defaults`).
   """
   hints = typing.get_type_hints(config_type)
+  preset_values = defaults(config_type, preset)
   for field in dataclasses.fields(config_type):
     kind, is_tuple = _kind(hints[field.name])
     meta = field.metadata
     help_text = meta.get("help", "")
-    default = field.default
+    default = preset_values[field.name]
     if kind is bool:
       if default:
         raise TypeError(f"{field.name}: a bool flag must default to False")
@@ -151,21 +174,45 @@ def add_flags(parser: argparse.ArgumentParser, config_type: type) -> None:
                           metavar=field.name.upper(), help=help_text)  # fmt: skip
 
 
-def from_flags(config_type: type, flags: argparse.Namespace) -> Any:
-  """The configuration the parsed ``flags`` describe (after :func:`add_flags`).
+def from_flags(config_type: type, flags: argparse.Namespace, preset: str | None = None) -> Any:
+  """The configuration the parsed ``flags`` describe (after :func:`add_flags` with ``preset``).
 
   Raises:
     ConfigError: from the configuration's checks; its ``field`` names the flag's field.
   """
+  preset_values = defaults(config_type, preset)
   values = {}
   for field in dataclasses.fields(config_type):
     value = getattr(flags, field.name)
     if isinstance(value, list):
       value = tuple(value)
-    # An unrepeated repeatable flag leaves None: the field's default.
+    # An unrepeated repeatable flag leaves None: the default.
     repeatable_default = value is None and field.metadata.get("repeatable")
-    values[field.name] = field.default if repeatable_default else value
+    values[field.name] = preset_values[field.name] if repeatable_default else value
   return config_type(**values)
+
+
+def flags_to_rerun(config: Any) -> list[str]:
+  """The flags that make ``config`` again: its preset's (``--protocol``) and each field that
+  differs from that preset's defaults, in field order."""
+  preset = getattr(config, "protocol", None) if hasattr(type(config), "PRESETS") else None
+  preset_values = defaults(type(config), preset)
+  default_preset = defaults(type(config)).get("protocol")
+  words = [] if preset in (None, default_preset) else ["--protocol", preset]
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if field.name == "protocol" or value == preset_values[field.name]:
+      continue
+    flag = flag_name(field)
+    if isinstance(value, bool):
+      words.append(flag)
+    elif field.metadata.get("repeatable"):
+      words += [part for item in value for part in (flag, str(item))]
+    elif isinstance(value, tuple):
+      words += [flag, ",".join(map(str, value))]
+    else:
+      words += [flag, str(value)]
+  return words
 
 
 def _kind(annotation: Any) -> tuple[type, bool]:

@@ -64,8 +64,12 @@ def package_version(package: str) -> str:
 
 def describe_run(started: float, phase_seconds: dict[str, float] | None = None) -> dict[str, Any]:
   """:func:`describe` plus a finished run's wall time since ``started`` (a
-  ``time.perf_counter()``), its phases' seconds (rounded to tenths), if given, and the date."""
+  ``time.perf_counter()``), its phases' seconds (rounded to tenths), if given, the date, and
+  the machine's load at the end (runnable processes, averaged over 1, 5 and 15 minutes: a load
+  above the usable cores means the wall time was shared with other work)."""
   run = {"wall_time_s": time.perf_counter() - started}
+  if hasattr(os, "getloadavg"):
+    run["load_average"] = [round(load, 2) for load in os.getloadavg()]
   if phase_seconds is not None:
     run["phase_seconds"] = {phase: round(seconds, 1) for phase, seconds in phase_seconds.items()}
   return {**describe(), **run, "date": time.strftime("%Y-%m-%d")}

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from behaviour_data import mnist_like, save_mnist_npz
 
+from jaxdiff import cli, config
 from jaxdiff.classification import classifier_task
 from jaxdiff.experiments.mnist_bnn.config import BnnConfig
-from jaxdiff.experiments.mnist_bnn.experiment import snapshot_schedule
+from jaxdiff.experiments.mnist_bnn.experiment import rerun_command, snapshot_schedule
 from jaxdiff.experiments.mnist_bnn.registry import METHODS as METHOD_SPECS
-from jaxdiff.experiments.mnist_bnn.registry import Schedule
+from jaxdiff.experiments.mnist_bnn.registry import RunPlan
 from jaxdiff.experiments.mnist_bnn.report import headline_table, render_markdown, summarize
 from jaxdiff.models import MLP
 from jaxdiff.tasks import Task, with_gaussian_prior
@@ -27,7 +28,8 @@ METHODS = ("sgd", "sgld", "psgld", "sghmc", "csgld")
 GRID = (0.01, 0.1)
 # 80 training images, the last 16 held out: 64 to train on, batches of 8 split over 4 devices.
 TINY_RUN = ["--epochs", 2, "--batch-size", 8, "--seeds", 2, "--validation-size", 16,
-            "--lr-grid", ",".join(map(str, GRID)), "--cycles", 2, "--quiet"]  # fmt: skip
+            "--lr-grid", ",".join(map(str, GRID)), "--cycles", 2, "--temperatures", "1,0.1",
+            "--shift-angles", "0,90", "--quiet"]  # fmt: skip
 
 
 def test_gaussian_prior_adds_half_squared_norm_over_variance_and_n():
@@ -62,17 +64,28 @@ def test_gaussian_prior_keeps_init_and_rejects_bad_arguments():
     with_gaussian_prior(task, num_examples=10, prior_variance=0.0)
 
 
-def test_published_protocol_is_the_seeds_length_and_cadence_whatever_the_tuning_length():
+def test_each_protocol_is_a_preset_and_flags_change_one_ingredient_at_a_time():
   assert BnnConfig().is_published_protocol()
-  assert BnnConfig(tuning_epochs=8).is_published_protocol()
+  assert BnnConfig(tuning_epochs=8).is_published_protocol()  # tuning's length is not fixed
   assert not BnnConfig(epochs=20, lr_halving_epochs=4).is_published_protocol()
-  assert not BnnConfig(lr_halving_epochs=10).is_published_protocol()
+  paper = BnnConfig.preset("korattikara2015")
+  assert paper.is_published_protocol() and not paper.tuned
+  assert (paper.seeds, paper.epochs, paper.lr_schedule, paper.thin_steps) == (10, 2000,
+                                                                              "constant", 100)
+  assert not BnnConfig.preset("korattikara2015", epochs=100).is_published_protocol()
+  parsed, _, _ = cli.parse(BnnConfig, ["--protocol", "korattikara2015", "--seeds", "3"],
+                           description="d", default_out="out")  # fmt: skip
+  assert parsed == BnnConfig.preset("korattikara2015", seeds=3)
+  assert config.flags_to_rerun(parsed) == ["--protocol", "korattikara2015", "--seeds", "3"]
+  assert config.flags_to_rerun(BnnConfig(seeds=5)) == ["--seeds", "5"]
+  command = rerun_command(parsed, "mnist.npz", "out")
+  assert command.endswith("--protocol korattikara2015 --seeds 3")
 
 
 def test_psgld_adapts_its_preconditioner_through_the_burn_in_then_freezes_it():
-  schedule = Schedule(total_steps=20, halving_steps=10, cycles=1, exploration=0.5,
-                      burn_in_steps=5)  # fmt: skip
-  optimizer = METHOD_SPECS["psgld"].factory(schedule)(0.1, 0.0, jax.random.key(0))
+  plan = RunPlan(total_steps=20, lr_schedule="halving", halving_steps=10, cycles=1,
+                 exploration=0.5, burn_in_steps=5)  # fmt: skip
+  optimizer = METHOD_SPECS["psgld"].factory(plan)(0.1, 0.0, jax.random.key(0))
   params = {"w": jnp.zeros(3)}
   state = optimizer.init(params)
   moments = []
@@ -87,16 +100,18 @@ def test_summary_leaves_diverged_seeds_out_of_the_scores_and_says_so():
   def run(status, error):
     scores = {"error": error, "nll": None if status != "ok" else 0.1, "ece": 0.01, "brier": 0.02}
     return {"method": "psgld", "learning_rate": 0.001, "status": status, "snapshots": 3,
-            "epoch_time_s": 1.0, "averaged": scores, "final": scores}  # fmt: skip
+            "step_time_s": 1e-3, "averaged": scores, "final": scores}  # fmt: skip
 
-  summary = summarize([run("ok", 0.03), run("diverged", 0.9), run("ok", 0.05)])["psgld"]
-  assert summary["seeds"] == 3 and summary["diverged"] == 1
-  assert summary["averaged"]["error"]["n"] == 2
-  assert summary["averaged"]["error"]["mean"] == pytest.approx(0.04)
-  assert (
-    "| psgld (1 of 3 diverged, left out) | 0.001 | 4.00 ± 1.00 |"
-    in headline_table({"psgld": summary})[2]
-  )
+  summary = summarize([run("ok", 0.03), run("diverged", 0.9), run("ok", 0.05)],
+                      {"psgld": 0.001, "sgld": None})  # fmt: skip
+  entry = summary["psgld"]
+  assert entry["seeds"] == 3 and entry["diverged"] == 1
+  assert entry["averaged"]["error"]["n"] == 2
+  assert entry["averaged"]["error"]["mean"] == pytest.approx(0.04)
+  # The standard error of two values 0.02 apart: their sample std √2·0.01 over √2.
+  assert "| psgld (1 of 3 diverged, left out) | 0.001 | 4.00 ± 1.00 |" in headline_table(summary)[2]
+  assert summary["sgld"]["learning_rate"] is None  # every tuning run diverged: a result
+  assert "sgld (every tuning run diverged" in headline_table(summary)[3]
 
 
 @pytest.mark.parametrize(
@@ -104,9 +119,18 @@ def test_summary_leaves_diverged_seeds_out_of_the_scores_and_says_so():
 )  # fmt: skip
 def test_csgld_snapshots_the_epochs_that_end_in_the_sampling_phase(epochs, cycles, per_cycle):
   config = BnnConfig(epochs=epochs, cycles=cycles)
-  schedule = snapshot_schedule(config, "csgld", epochs)
+  schedule = snapshot_schedule(config, "csgld", epochs, steps_per_epoch=5)
   assert schedule.per_cycle == per_cycle
   assert sum(schedule.takes(epoch) for epoch in range(epochs)) == cycles * per_cycle
+
+
+def test_a_thinned_chain_snapshots_every_k_steps_after_its_burn_in():
+  config = BnnConfig.preset("korattikara2015", epochs=10, burn_in=0.2, thin_steps=5)
+  schedule = snapshot_schedule(config, "sgld", 10, steps_per_epoch=10)
+  assert [s for s in range(101) if schedule.takes_step(s)] == list(range(20, 101, 5))
+  with pytest.raises(ValueError, match="multiple of --thin-steps"):
+    snapshot_schedule(BnnConfig.preset("korattikara2015", epochs=10, burn_in=0.2, thin_steps=3),
+                      "sgld", 10, steps_per_epoch=10)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -145,17 +169,54 @@ def test_cli_tunes_every_method_and_reports_averaged_and_final_scores(tmp_path, 
   assert len(tuning_runs) == len(METHODS) * len(GRID)
   assert all(run["averaged"] is not None and run["final"] is not None for run in tuning_runs)
   markdown = (out / "report.md").read_text()
-  assert "shortened run" in markdown and "python experiments/mnist_bnn.py" in markdown
-  # Seeds at the published length with shorter tuning: no warning, the tuning's length said.
-  seeds_published = {**report, "protocol": {**report["protocol"], "published": True,
-                                            "epochs": 100}}  # fmt: skip
-  markdown = render_markdown(seeds_published)
-  assert "shortened run" not in markdown
-  halving = report["protocol"]["tuning_lr_halving_epochs"]
-  assert (f"2 epochs with the learning rate halved every {halving:g}: the seeds' 100 epochs "
-          "and cadence scaled down") in markdown  # fmt: skip
-  for name in ("scores.png", "tuning.png", "curves.png"):
+  assert ("changes the li2016 protocol's length or schedule**: epochs 2 (the protocol's: 100)"
+          in markdown)  # fmt: skip
+  assert "python experiments/mnist_bnn.py" in markdown and "--resume" in markdown
+  published = {**report, "protocol": {**report["protocol"], "published": True}}
+  assert "changes the li2016 protocol" not in render_markdown(published)
+  # The cold-posterior curve: the samplers of the curve at both temperatures, paired seeds.
+  assert set(report["cold_posterior"]) == {"sgld", "sghmc", "csgld"}
+  for points in report["cold_posterior"].values():
+    assert [p["temperature"] for p in points] == [1.0, 0.1]
+    assert all(p["averaged"]["error"]["n"] == 2 for p in points)
+  assert "## The cold-posterior curve" in markdown
+  # Every method scored at every angle, averaged and final; angle 0 is the plain test score.
+  assert set(report["shift"]) == set(METHODS)
+  for name, entry in report["shift"].items():
+    assert entry["angles"] == [0, 90]
+    zero = entry["averaged"]["error"][0]["mean"]
+    assert zero == pytest.approx(report["summary"][name]["averaged"]["error"]["mean"])
+  assert "## Rotated test images" in markdown and "ECE % by angle" in markdown
+  for name in ("scores.png", "tuning.png", "curves.png", "cold_posterior.png", "shift.png"):
     assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_method_whose_every_tuning_run_diverges_is_a_row_of_the_report(tmp_path, tiny_mnist):
+  out = tmp_path / "out"
+  result = _cli(tmp_path, "--data", tiny_mnist, "--out", out, "--methods", "sgd,sgld",
+                "--epochs", 2, "--batch-size", 8, "--seeds", 1, "--validation-size", 16,
+                "--lr-grid", "1e35,1e36", "--temperatures", "", "--shift-angles", "", "--quiet")  # fmt: skip
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "every tuning run diverged" in result.stdout
+  report = json.loads((out / "report.json").read_text())
+  assert report["tuning"]["picked"] == {"sgd": None, "sgld": None}
+  assert report["summary"]["sgd"]["learning_rate"] is None
+  assert "none: every run diverged" in (out / "report.md").read_text()
+
+
+def test_the_korattikara_preset_thins_by_steps_without_tuning(tmp_path, tiny_mnist):
+  out = tmp_path / "out"
+  result = _cli(tmp_path, "--data", tiny_mnist, "--out", out, "--protocol", "korattikara2015",
+                "--epochs", 4, "--batch-size", 8, "--seeds", 2, "--validation-size", 16,
+                "--burn-in", "0.5", "--thin-steps", 4, "--quiet")  # fmt: skip
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((out / "report.json").read_text())
+  assert report["protocol"]["name"] == "korattikara2015" and not report["tuning"]["tuned"]
+  assert [run["phase"] for run in report["runs"]] == ["seeds", "seeds"]
+  # 64 images in batches of 8: 8 steps an epoch; after 16 burn-in steps a snapshot every 4.
+  assert report["summary"]["sgld"]["snapshots"] == 5 and report["summary"]["sgld"]["seeds"] == 2
+  assert report["summary"]["sgld"]["learning_rate"] == 0.1
+  assert "--protocol korattikara2015" in report["command"]
 
 
 @pytest.mark.parametrize(

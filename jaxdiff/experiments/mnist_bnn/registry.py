@@ -1,4 +1,4 @@
-"""The benchmark's methods and the learning-rate schedule each one trains with."""
+"""The benchmark's methods and the learning rate each one trains with."""
 
 from __future__ import annotations
 
@@ -10,28 +10,35 @@ import optax
 
 from jaxdiff import langevin
 
+# How a non-cyclical method's learning rate moves over a run.
+LR_SCHEDULES = ("halving", "constant")
+
 
 @dataclasses.dataclass(frozen=True)
-class Schedule:
-  """How the learning rate (and, for cyclical methods, the diffusion) moves over one run.
+class RunPlan:
+  """One run's length and the steps its learning rate (and, if cyclical, noise) follow.
 
   Attributes:
     total_steps: the run's steps.
-    halving_steps: steps between halvings of the learning rate (non-cyclical methods).
+    lr_schedule: one of :data:`LR_SCHEDULES` (non-cyclical methods).
+    halving_steps: steps between halvings of the learning rate, for ``"halving"``.
     cycles: cycles of the cyclical methods.
     exploration: the noiseless fraction of each cycle (cyclical methods).
     burn_in_steps: steps before the first snapshot.
   """
 
   total_steps: int
+  lr_schedule: str
   halving_steps: int
   cycles: int
   exploration: float
   burn_in_steps: int
 
-  def step_decay(self, learning_rate: optax.ScalarOrSchedule) -> optax.Schedule:
-    """``learning_rate`` halved every ``halving_steps`` steps."""
-    return optax.exponential_decay(learning_rate, self.halving_steps, 0.5, staircase=True)
+  def learning_rate(self, initial: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
+    """``initial`` halved every ``halving_steps`` steps, or ``initial`` throughout."""
+    if self.lr_schedule == "constant":
+      return initial
+    return optax.exponential_decay(initial, self.halving_steps, 0.5, staircase=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +50,7 @@ class MethodSpec:
       ``(learning_rate, diffusion, key)``.
     langevin: whether it adds Langevin noise (and so takes a diffusion ``D`` and a key).
     cyclical: whether it follows Zhang et al.'s cyclical learning rate and diffusion instead
-      of the halving learning rate.
+      of the plan's learning rate.
     preconditioned: whether it adapts a preconditioner (its ``adapt_steps``) during the
       burn-in and freezes it for the snapshots, as :func:`jaxdiff.psgld` advises.
   """
@@ -53,32 +60,21 @@ class MethodSpec:
   cyclical: bool = False
   preconditioned: bool = False
 
-  def factory(self, schedule: Schedule) -> Callable[..., optax.GradientTransformation]:
+  def factory(self, plan: RunPlan) -> Callable[..., optax.GradientTransformation]:
     """The factory the engine is given: the run's base learning rate becomes its schedule."""
     if self.cyclical:
-
-      def cyclical_factory(learning_rate, diffusion, key):
-        steps, cycles = schedule.total_steps, schedule.cycles
-        return self.optimizer(
-          langevin.cyclical_learning_rate(learning_rate, steps, cycles),
-          langevin.cyclical_diffusion(diffusion, steps, cycles, schedule.exploration),
-          key,
-        )
-
-      return cyclical_factory
+      return langevin.cyclical(self.optimizer, plan.total_steps, plan.cycles, plan.exploration)
     if self.langevin:
 
       def sampler_factory(learning_rate, diffusion, key):
-        # Frozen before the loss settles, a preconditioner can be too large for what follows
-        # (psgld's default freeze was, on this benchmark: RESULTS.md, "SG-MCMC: pSGLD's freeze
-        # on the MNIST MLP"), so it adapts through the burn-in.
-        adapt = {"adapt_steps": max(1, schedule.burn_in_steps)} if self.preconditioned else {}
-        return self.optimizer(schedule.step_decay(learning_rate), diffusion, key, **adapt)
+        # The preconditioner adapts while the chain burns in, then stays fixed for sampling.
+        adapt = {"adapt_steps": max(1, plan.burn_in_steps)} if self.preconditioned else {}
+        return self.optimizer(plan.learning_rate(learning_rate), diffusion, key, **adapt)
 
       return sampler_factory
 
     def optimizer_factory(learning_rate):
-      return self.optimizer(schedule.step_decay(learning_rate))
+      return self.optimizer(plan.learning_rate(learning_rate))
 
     return optimizer_factory
 

@@ -1,135 +1,173 @@
-"""The benchmark's report: statistics over seeds, report.md and the figures.
+"""The benchmark's report: statistics over seeds and report.md.
 
-Everything here works on the JSON-serialisable run records of
-:func:`jaxdiff.experiments.mnist_bnn.experiment.run_benchmark`, so a report can be rebuilt
-from a saved report.json without JAX. Statistics over seeds treat None (a score that was not
-finite) as missing and say how many runs count (``n``).
+Everything here works on the JSON-serialisable :class:`jaxdiff.classification.RunRecord`\\ s of
+:func:`jaxdiff.experiments.mnist_bnn.experiment.run_benchmark`, so a report can be rebuilt from
+a saved report.json without JAX. Statistics over seeds are :func:`jaxdiff.metrics.seed_statistic`
+(mean, sample standard deviation, standard error, count; a score that was not finite is
+missing).
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from jaxdiff.experiments.mnist_bnn.config import (
-  PUBLISHED_EPOCHS,
-  PUBLISHED_HALVING_EPOCHS,
-  BnnConfig,
-)
+from jaxdiff.experiments.mnist_bnn.config import COLD_METHODS, BnnConfig
 from jaxdiff.experiments.mnist_bnn.registry import METHODS, SGHMC_MOMENTUM
-from jaxdiff.files import pyplot, save_figure
+from jaxdiff.metrics import SeedStatistic, seed_statistic
 
-HEADLINE = ("error", "nll", "ece")
 PREDICTIVES = ("averaged", "final")
-Stat = dict[str, Any]
+METRICS = ("error", "nll", "ece", "brier")
 
 
-def stat(values: Sequence[float | None]) -> Stat:
-  """Mean, std (None for a single value) and count of the values that are not None."""
-  present = np.array([v for v in values if v is not None], np.float64)
-  if present.size == 0:
-    return {"mean": None, "std": None, "n": 0}
-  std = float(present.std()) if present.size >= 2 else None
-  return {"mean": float(present.mean()), "std": std, "n": int(present.size)}
-
-
-def summarize(seed_runs: Sequence[dict]) -> dict[str, dict]:
-  """Per method: its learning rate and each predictive's scores, mean ± std over the seeds.
-
-  A diverged seed is counted but left out of the scores: its last finite parameters are
-  not a trained model, and its NLL is infinite where its error is not.
-  """
+def _by_method(runs: Sequence[dict]) -> dict[str, list[dict]]:
   groups: dict[str, list[dict]] = {}
-  for run in seed_runs:
+  for run in runs:
     groups.setdefault(run["method"], []).append(run)
+  return groups
+
+
+def _scores(runs: Sequence[dict]) -> dict[str, dict[str, SeedStatistic]]:
+  """Each predictive's metrics over the runs that did not diverge."""
+  kept = [run for run in runs if run["status"] == "ok"]
+  return {
+    predictive: {
+      metric: seed_statistic([(run[predictive] or {}).get(metric) for run in kept])
+      for metric in METRICS
+    }
+    for predictive in PREDICTIVES
+  }
+
+
+def summarize(seed_runs: Sequence[dict], picked: dict[str, float | None]) -> dict[str, dict]:
+  """Per method: its learning rate and each predictive's scores over the seeds.
+
+  A diverged seed is counted but left out of the scores: its last finite parameters are not a
+  trained model, and its NLL is infinite where its error is not. A method whose every tuning
+  run diverged has no seeds: its entry says so (``failed``).
+  """
+  groups = _by_method(seed_runs)
   summary = {}
-  for name, runs in groups.items():
+  for name, rate in picked.items():
+    runs = groups.get(name, [])
+    if rate is None or not runs:
+      summary[name] = {"learning_rate": None, "failed": "every tuning run diverged or took no "
+                       "snapshot"}  # fmt: skip
+      continue
     summary[name] = {
-      "learning_rate": runs[0]["learning_rate"],
+      "learning_rate": rate,
       "seeds": len(runs),
       "diverged": sum(run["status"] != "ok" for run in runs),
       "snapshots": runs[0]["snapshots"],
-      "epoch_time_s": runs[0]["epoch_time_s"],
-      **{
-        predictive: {
-          metric: stat(
-            [(run[predictive] or {}).get(metric) for run in runs if run["status"] == "ok"]
-          )
-          for metric in ("error", "nll", "ece", "brier")
-        }
-        for predictive in PREDICTIVES
-      },
+      "step_time_s": runs[0]["step_time_s"],
+      **_scores(runs),
     }
   return summary
 
 
+def summarize_temperatures(runs: Sequence[dict]) -> dict[str, list[dict]]:
+  """The cold-posterior curve: per sampler that ran one, per temperature, the seeds' scores.
+
+  Empty where no method trained at a second temperature.
+  """
+  curve = {}
+  for name, group in _by_method(runs).items():
+    temperatures = sorted({run["temperature"] for run in group}, reverse=True)
+    if name not in COLD_METHODS or len(temperatures) < 2:
+      continue
+    curve[name] = [
+      {"temperature": t, **_scores([run for run in group if run["temperature"] == t])}
+      for t in temperatures
+    ]
+  return curve
+
+
+def summarize_shift(seed_runs: Sequence[dict]) -> dict[str, dict]:
+  """Per method, per angle of the rotated test images: each predictive's metrics over seeds."""
+  shift = {}
+  for name, runs in _by_method(seed_runs).items():
+    kept = [run for run in runs if run["status"] == "ok" and run.get("shift")]
+    if not kept:
+      continue
+    angles = kept[0]["shift"]["angles"]
+    shift[name] = {"angles": angles}
+    for predictive in PREDICTIVES:
+      if any(run["shift"][predictive] is None for run in kept):
+        shift[name][predictive] = None
+        continue
+      shift[name][predictive] = {
+        metric: [
+          seed_statistic([run["shift"][predictive][i][metric] for run in kept])
+          for i in range(len(angles))
+        ]
+        for metric in METRICS
+      }
+  return shift
+
+
 def tuning_table(tuning_runs: Sequence[dict]) -> dict[str, list[dict]]:
   """Per method, per learning rate of the grid: the validation scores and the run's status."""
-  table: dict[str, list[dict]] = {}
-  for run in tuning_runs:
-    table.setdefault(run["method"], []).append(
-      {
-        "learning_rate": run["learning_rate"],
-        "status": run["status"],
-        "averaged": run["averaged"],
-        "final": run["final"],
-      }
-    )
-  return table
+  return {
+    name: [{"learning_rate": run["learning_rate"], "status": run["status"],
+            "averaged": run["averaged"], "final": run["final"]} for run in runs]
+    for name, runs in _by_method(tuning_runs).items()
+  }  # fmt: skip
 
 
 def describe_protocol(config: BnnConfig, num_train: int) -> dict[str, Any]:
   """What each method trained with, in words and numbers, for report.json and report.md."""
   halving = config.lr_halving_epochs
-  tuning_halving = config.halving_epochs(config.run_tuning_epochs)
-  cycle = config.epochs // config.cycles
   return {
+    "name": config.protocol,
     "published": config.is_published_protocol(),
     "epochs": config.epochs,
     "tuning_epochs": config.run_tuning_epochs,
+    "lr_schedule": config.lr_schedule,
     "lr_halving_epochs": halving,
-    "tuning_lr_halving_epochs": tuning_halving,
+    "tuning_lr_halving_epochs": config.halving_epochs(config.run_tuning_epochs),
     "burn_in_epochs": config.burn_in_epochs(config.epochs),
+    "thin_steps": config.thin_steps,
     "train_images": num_train,
     "diffusion": config.temperature / num_train,
-    "methods": {
-      name: _method_line(name, config, halving, cycle, num_train) for name in config.methods
-    },
+    "methods": {name: _method_line(name, config, num_train) for name in config.methods},
   }
 
 
-def _method_line(name: str, config: BnnConfig, halving: float, cycle: int, num_train: int) -> str:
+def _method_line(name: str, config: BnnConfig, num_train: int) -> str:
   spec = METHODS[name]
   noise = f"D = T/N = {config.temperature:g}/{num_train}"
-  decay = f"learning rate halved every {halving:g} epochs"
+  if config.lr_schedule == "constant":
+    rate = "a constant learning rate"
+  else:
+    rate = f"learning rate halved every {config.lr_halving_epochs:g} epochs"
   if spec.cyclical:
+    cycle = config.epochs // config.cycles
     return (
       f"SGLD with the cyclical cosine learning rate, {config.cycles} cycles of {cycle} epochs, "
       f"noiseless for the first {config.exploration:.0%} of each cycle and {noise} after; "
       "snapshots at the epochs inside each cycle's sampling phase"
     )
   if not spec.langevin:
-    return f"plain SGD, {decay}; its average is an ensemble of its own trajectory's snapshots"
+    return f"plain SGD, {rate}; its average is an ensemble of its own trajectory's snapshots"
   kind = {
     "sgld": "SGLD",
-    "psgld": "pSGLD (RMSprop preconditioner, adapted during each run's burn-in then frozen)",
+    "psgld": "pSGLD (preconditioner bounded by 1, adapted during each run's burn-in then "
+    "frozen)",
     "sghmc": f"SGHMC, momentum {SGHMC_MOMENTUM:g}",
   }[name]
-  return f"{kind}, {noise}, {decay}"
+  return f"{kind}, {noise}, {rate}"
 
 
-def _cell(value: Stat, scale: float, digits: int) -> str:
+def _cell(value: SeedStatistic, scale: float, digits: int) -> str:
   if value["mean"] is None:
     return "—"
-  spread = "" if value["std"] is None else f" ± {value['std'] * scale:.{digits}f}"
+  spread = "" if value["se"] is None else f" ± {value['se'] * scale:.{digits}f}"
   return f"{value['mean'] * scale:.{digits}f}{spread}"
 
 
 def headline_table(summary: dict[str, dict]) -> list[str]:
-  """Markdown rows: test error (%), NLL and ECE (%) per method, averaged and final."""
+  """Markdown rows: test error (%), NLL and ECE (%) per method, averaged and final, ± SE."""
   rows = [
     (
       "| method | lr | error % (avg) | error % (final) | NLL (avg) | NLL (final) "
@@ -138,6 +176,9 @@ def headline_table(summary: dict[str, dict]) -> list[str]:
     "|---|---|---|---|---|---|---|---|",
   ]
   for name, entry in summary.items():
+    if entry["learning_rate"] is None:
+      rows.append(f"| {name} ({entry['failed']}) | — |" + " — |" * 6)
+      continue
     cells = []
     for metric, scale, digits in (("error", 100, 2), ("nll", 1, 4), ("ece", 100, 2)):
       cells += [_cell(entry[p][metric], scale, digits) for p in PREDICTIVES]
@@ -164,71 +205,82 @@ def _tuning_rows(tuning: dict) -> list[str]:
         text += " (diverged)"
       values.append(text)
     picked = tuning["picked"][name]
-    # A pick at the grid's end says the best rate may lie beyond it.
-    edge = " (grid edge)" if len(grid) > 1 and picked in (min(grid), max(grid)) else ""
-    rows.append(f"| {name} | " + " | ".join(values) + f" | {picked:g}{edge} |")
+    if picked is None:
+      choice = "none: every run diverged"
+    else:
+      # A pick at the grid's end says the best rate may lie beyond it.
+      edge = " (grid edge)" if picked in (min(grid), max(grid)) else ""
+      choice = f"{picked:g}{edge}"
+    rows.append(f"| {name} | " + " | ".join(values) + f" | {choice} |")
   return rows
 
 
-def _published_hours(result: dict) -> float:
-  # Every method's tuning runs (one per grid point, this run's length) and its seeds for the
-  # published epochs.
-  epochs_per_method = (
-    len(result["tuning"]["grid"]) * result["tuning"]["epochs"]
-    + result["config"]["seeds"] * PUBLISHED_EPOCHS
-  )
-  epoch_seconds = sum(entry["epoch_time_s"] for entry in result["summary"].values())
-  return epoch_seconds * epochs_per_method / 3600
+def _cold_rows(curve: dict[str, list[dict]]) -> list[str]:
+  rows = ["| method | T | error % (avg) | error % (final) | NLL (avg) | NLL (final) |",
+          "|---|---|---|---|---|---|"]  # fmt: skip
+  for name, points in curve.items():
+    for point in points:
+      cells = [_cell(point[p]["error"], 100, 2) for p in PREDICTIVES]
+      cells += [_cell(point[p]["nll"], 1, 4) for p in PREDICTIVES]
+      rows.append(f"| {name} | {point['temperature']:g} | " + " | ".join(cells) + " |")
+  return rows
 
 
-def _tuning_length(protocol: dict) -> str:
-  length = (
-    f"{protocol['tuning_epochs']} epochs with the learning rate halved every "
-    f"{protocol['tuning_lr_halving_epochs']:g}"
-  )
-  if protocol["tuning_epochs"] < protocol["epochs"]:
-    length += f": the seeds' {protocol['epochs']} epochs and cadence scaled down to fit the budget"
-  return length
+def _shift_rows(shift: dict[str, dict], metric: str, scale: float, digits: int) -> list[str]:
+  angles = next(iter(shift.values()))["angles"]
+  rows = ["| method | " + " | ".join(f"{a:g}°" for a in angles) + " |",
+          "|---|" + "---|" * len(angles)]  # fmt: skip
+  for name, entry in shift.items():
+    for predictive in PREDICTIVES:
+      if entry[predictive] is None:
+        continue
+      values = [s["mean"] for s in entry[predictive][metric]]
+      cells = ["—" if v is None else f"{v * scale:.{digits}f}" for v in values]
+      rows.append(f"| {name} ({predictive}) | " + " | ".join(cells) + " |")
+  return rows
+
+
+def _length_note(result: dict) -> list[str]:
+  config, protocol = result["config"], result["protocol"]
+  if protocol["published"]:
+    return []
+  preset = dataclasses.asdict(BnnConfig.preset(config["protocol"]))
+  names = {"epochs": "epochs", "lr_schedule": "learning-rate schedule",
+           "lr_halving_epochs": "epochs between halvings", "burn_in": "burn-in fraction",
+           "thin_steps": "steps between snapshots", "input_scale": "input scale"}  # fmt: skip
+  changes = [f"{label} {config[key]} (the protocol's: {preset[key]})"
+             for key, label in names.items() if config[key] != preset[key]]  # fmt: skip
+  return [
+    f"**This run changes the {config['protocol']} protocol's length or schedule**: "
+    + "; ".join(changes)
+    + ". Its scores are not comparable to the protocol's published ones.",
+    "",
+  ]
 
 
 def render_markdown(result: dict) -> str:
-  """report.md: the setup (with the command to rerun it), the tuning, the test results."""
+  """report.md: the setup and the command that made it, the tuning, the test results, the
+  cold-posterior curve and the scores under rotation."""
   config, protocol, env, data = (
     result["config"], result["protocol"], result["environment"], result["data"]
   )  # fmt: skip
   tuning = result["tuning"]
+  scale = config["input_scale"]
   lines = ["# Bayesian neural network on MNIST: SGD and SG-MCMC samplers", ""]
-  if not protocol["published"]:
-    scaled = protocol["lr_halving_epochs"] * PUBLISHED_EPOCHS == (
-      PUBLISHED_HALVING_EPOCHS * protocol["epochs"]
-    )
-    cadence = " (the published cadence scaled to the run's length)" if scaled else ""
-    lines += [
-      (
-        f"**This is a shortened run**, not the published protocol: the seeds trained "
-        f"{protocol['epochs']} epochs instead of {PUBLISHED_EPOCHS}, with the learning rate "
-        f"halved every {protocol['lr_halving_epochs']:g} epochs instead of every "
-        f"{PUBLISHED_HALVING_EPOCHS}{cadence}; each tuning run trained "
-        f"{protocol['tuning_epochs']} epochs (halving every "
-        f"{protocol['tuning_lr_halving_epochs']:g}), and cSGLD ran {config['cycles']} cycles. "
-        "The model, prior, batch, temperature, grid, seeds and held-out split are as "
-        f"published. Scores after {protocol['epochs']} epochs are not comparable to published "
-        f"{PUBLISHED_EPOCHS}-epoch ones. At this run's seconds per epoch, the published "
-        f"protocol's seeds (with this run's tuning) would train for about "
-        f"{_published_hours(result):.1f} h on this machine."
-      ),
-      "",
-    ]
+  lines += _length_note(result)
+  load = env.get("load_average")
   lines += [
     "## Setup",
     "",
+    f"- Protocol: `{config['protocol']}` (see `jaxdiff/experiments/mnist_bnn/config.py`), "
+    f"with the flags of the command below on top.",
     (
       f"- Data: {data['label']} (`{data['source']}`); {data['train_images']} training images, "
       f"the last {data['validation_images']} training images held out for tuning, "
       f"{data['test_images']} test images."
     ),
     (
-      "- Model: 784-400-400-10 ReLU MLP, pixels in [0, 1], N(0, "
+      f"- Model: 784-400-400-10 ReLU MLP, input pixel/255 × {scale:g}, N(0, "
       f"{config['prior_variance']:g}) prior on every weight and bias: the loss is the mean "
       "cross-entropy plus ½‖θ‖²/(σ²N) with N the training images above."
     ),
@@ -237,16 +289,19 @@ def render_markdown(result: dict) -> str:
       f"per method; T = {config['temperature']:g}, so D = T/N = {protocol['diffusion']:.3g}."
     ),
     (
-      f"- Averaged predictive: the mean of the predictive probabilities over one snapshot per "
-      f"epoch after a burn-in of {protocol['burn_in_epochs']} epochs (cSGLD: see below). "
+      "- Averaged predictive: the mean of the predictive probabilities over one snapshot "
+      + (f"every {protocol['thin_steps']} steps" if protocol["thin_steps"] else "per epoch")
+      + f" after a burn-in of {protocol['burn_in_epochs']} epochs (cSGLD: see below). "
       "Final: the last parameters alone."
     ),
     (
       f"- Learning-rate tuning: one shared grid {tuning['grid']} for every method; each method "
-      f"trains one run per grid point ({_tuning_length(protocol)}; the same initial "
-      "parameters, data order and noise for every point) on the training images and is scored "
-      f"on the held-out images; the picked rate is the one with the {tuning['criterion']}. The test "
+      f"trains one run per grid point ({tuning['epochs']} epochs; the same initial parameters, "
+      "data order and noise for every point) on the training images and is scored on the "
+      f"held-out images; the picked rate is the one with the {tuning['criterion']}. The test "
       "set is used only for the seeds' runs at the picked rate."
+      if tuning["tuned"]
+      else f"- No tuning: every method trains at the protocol's learning rate {tuning['grid'][0]:g}."
     ),
     "- Methods:",
     *[f"  - `{name}`: {line}" for name, line in protocol["methods"].items()],
@@ -254,103 +309,55 @@ def render_markdown(result: dict) -> str:
     (
       f"- Machine: {env['cpu_model']}, {env['usable_cores']} usable cores, "
       f"{env['device_count']} {env['platform']} device(s); jax {env['versions'].get('jax')}; "
-      f"wall time {env['wall_time_s'] / 60:.1f} min ({env['date']})."
+      f"wall time {env['wall_time_s'] / 3600:.2f} h ({env['date']})"
+      + (f"; load average at the end {load[0]:g} (1 min), {load[2]:g} (15 min)" if load else "")
+      + "."
     ),
     "",
-    "Command:",
+    "Command (add `--resume` to continue it from its checkpoints after an interruption):",
     "",
     "```bash",
     result["command"],
     "```",
     "",
-    "## Learning-rate tuning (validation NLL of the averaged predictive)",
-    "",
-    *_tuning_rows(tuning),
-    "",
-    "## Test results (mean ± std over seeds)",
+  ]
+  if tuning["tuned"]:
+    lines += ["## Learning-rate tuning (validation NLL of the averaged predictive)", "",
+              *_tuning_rows(tuning), ""]  # fmt: skip
+  lines += [
+    "## Test results (mean ± standard error over seeds)",
     "",
     *headline_table(result["summary"]),
     "",
     "Snapshots averaged per seed run: "
-    + ", ".join(f"{name} {entry['snapshots']}" for name, entry in result["summary"].items())
-    + ". Seconds per epoch of one run: "
-    + ", ".join(f"{name} {entry['epoch_time_s']:.1f}" for name, entry in result["summary"].items())
+    + ", ".join(
+      f"{name} {entry['snapshots']}" for name, entry in result["summary"].items() if "seeds" in entry
+    )
+    + ". Seconds per step of one run (the first call, with compilation, left out): "
+    + ", ".join(
+      f"{name} {entry['step_time_s'] * 1000:.2f} ms"
+      for name, entry in result["summary"].items()
+      if entry.get("step_time_s")
+    )
     + ".",
     "",
-    (
-      "Figures: `scores.png` (the table's numbers), `tuning.png` (validation NLL over the grid), "
-      "`curves.png` (training loss and test NLL of the current parameters per epoch)."
-    ),
-    "",
   ]
+  if result["cold_posterior"]:
+    lines += ["## The cold-posterior curve (test, mean ± standard error over seeds)", "",
+              *_cold_rows(result["cold_posterior"]), ""]  # fmt: skip
+  if result["shift"]:
+    lines += ["## Rotated test images (mean over seeds)", ""]
+    for metric, name, scale_, digits in (("error", "error %", 100, 1), ("nll", "NLL", 1, 3),
+                                         ("ece", "ECE %", 100, 1), ("brier", "Brier", 1, 3)):  # fmt: skip
+      lines += [f"{name} by angle:", "", *_shift_rows(result["shift"], metric, scale_, digits), ""]
+  figures = ["`scores.png` (the test table)", "`curves.png` (training loss, the current "
+             "parameters' test NLL and the averaged predictive's test error per epoch)"]  # fmt: skip
+  if tuning["tuned"]:
+    figures.append("`tuning.png` (validation NLL over the grid)")
+  if result["cold_posterior"]:
+    figures.append("`cold_posterior.png` (error and NLL against T)")
+  if result["shift"]:
+    figures.append("`shift.png` (error and ECE against the rotation)")
+  lines += ["Figures: " + ", ".join(figures) + ".", ""]
   return "\n".join(lines)
 
-
-def plot_scores(summary: dict[str, dict], path: str | os.PathLike) -> None:
-  """Saves a PNG of test error, NLL and ECE per method, averaged and final, with seed stds."""
-  plt = pyplot()
-  fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-  names = list(summary)
-  positions = np.arange(len(names))
-  width = 0.38
-  for ax, metric, scale, label in zip(
-    axes, HEADLINE, (100, 1, 100), ("test error (%)", "test NLL", "test ECE (%)")
-  ):
-    for offset, predictive in ((-width / 2, "averaged"), (width / 2, "final")):
-      stats = [summary[name][predictive][metric] for name in names]
-      means = [np.nan if s["mean"] is None else s["mean"] * scale for s in stats]
-      stds = [0.0 if s["std"] is None else s["std"] * scale for s in stats]
-      ax.bar(positions + offset, means, width, yerr=stds, capsize=3, label=predictive)
-    ax.set(xticks=positions, xticklabels=names, ylabel=label)
-    ax.grid(alpha=0.3, axis="y")
-  axes[0].legend()
-  fig.suptitle("Test scores, mean ± std over seeds")
-  fig.tight_layout()
-  save_figure(fig, path)
-
-
-def plot_tuning(table: dict[str, list[dict]], path: str | os.PathLike) -> None:
-  """Saves a PNG of each method's validation NLL (averaged predictive) over the lr grid."""
-  plt = pyplot()
-  fig, ax = plt.subplots(figsize=(6.5, 4.5))
-  for name, cells in table.items():
-    rates = [cell["learning_rate"] for cell in cells]
-    nll = [
-      np.nan if not cell["averaged"] or cell["averaged"]["nll"] is None else cell["averaged"]["nll"]
-      for cell in cells
-    ]
-    ax.plot(rates, nll, marker="o", label=name)
-  ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="validation NLL (averaged)",
-         title="Learning-rate tuning on the held-out images")  # fmt: skip
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  save_figure(fig, path)
-
-
-def plot_curves(seed_runs: Sequence[dict], path: str | os.PathLike) -> None:
-  """Saves a PNG of training loss and the current parameters' test NLL per epoch (seed means)."""
-  plt = pyplot()
-  fig, (loss_ax, nll_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-  groups: dict[str, list[dict]] = {}
-  for run in seed_runs:
-    groups.setdefault(run["method"], []).append(run)
-  for name, runs in groups.items():
-    length = min(len(run["epochs"]) for run in runs)
-    if length == 0:
-      continue
-    epochs = np.arange(1, length + 1)
-    for ax, key in ((loss_ax, "train_loss"), (nll_ax, "nll")):
-      matrix = np.array(
-        [[np.nan if e[key] is None else e[key] for e in run["epochs"][:length]] for run in runs]
-      )
-      ax.plot(epochs, np.nanmean(matrix, axis=0), marker=".", label=name)
-  loss_ax.set(xlabel="epoch", ylabel="training loss (with prior)", yscale="log",
-              title="Training loss")  # fmt: skip
-  nll_ax.set(xlabel="epoch", ylabel="test NLL", yscale="log", title="Test NLL, current parameters")
-  for ax in (loss_ax, nll_ax):
-    ax.grid(alpha=0.3)
-  nll_ax.legend()
-  fig.suptitle("Mean over seeds")
-  fig.tight_layout()
-  save_figure(fig, path)
