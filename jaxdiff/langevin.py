@@ -13,7 +13,9 @@ The noise is a plain :class:`optax.GradientTransformation`,
 :func:`psgld` are ready-made chains, and :func:`sghmc` is the momentum sampler.
 Cyclical SG-MCMC is :func:`langevin_sgd` or :func:`sghmc` given
 :func:`cyclical_learning_rate` and :func:`cyclical_diffusion` (:func:`cyclical` wraps a
-sampler's factory so).
+sampler's factory so). Every sampler takes ``noise="rademacher"``, ``ξ_t`` of ``±√(2 D_t η_t)``
+per element instead of a normal: the simplified weak Euler scheme (see
+:func:`add_langevin_noise`).
 
 Temperature: for small steps the chain samples ``p(θ) ∝ exp(−L(θ) / D)``.
 With a loss that is a *mean* over ``N`` training examples,
@@ -33,22 +35,28 @@ References:
   Chen, Fox & Guestrin, `Stochastic Gradient Hamiltonian Monte Carlo
   <https://arxiv.org/abs/1402.4102>`_, ICML 2014.
 
+  Kloeden & Platen, *Numerical Solution of Stochastic Differential Equations*,
+  Springer 1992 (§14.1, the simplified weak Euler scheme).
+
   Zhang et al., `Cyclical Stochastic Gradient MCMC for Bayesian Deep Learning
   <https://arxiv.org/abs/1902.03932>`_, ICLR 2020.
 """
 
+import functools
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple, Optional
+from typing import Any, Literal, NamedTuple, Optional
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax import lax
 
 __all__ = [
   "LangevinNoiseState",
+  "Noise",
   "PSGLDState",
   "add_langevin_noise",
   "cyclical",
@@ -144,15 +152,110 @@ def _value_at(value_or_schedule: optax.ScalarOrSchedule, count: chex.Array) -> c
   return value_or_schedule
 
 
-def _add_gaussian_noise(
-  key: chex.PRNGKey, count: chex.Array, updates: optax.Updates, std: optax.Updates
-) -> optax.Updates:
-  """Returns ``updates + std * N(0, I)``, leaf by leaf.
+Noise = Literal["gaussian", "rademacher"]
+_NOISES = ("gaussian", "rademacher")
 
-  The noise of step ``count`` comes from ``fold_in(key, count)``, split once
-  per leaf: it is independent across elements, leaves and steps, and is a
-  function of ``(key, count)`` alone, so data-parallel replicas holding the
-  same state draw the same noise.
+
+def _check_noise(noise: Any) -> None:
+  if not (isinstance(noise, str) and noise in _NOISES):
+    raise ValueError(f"noise must be one of {', '.join(map(repr, _NOISES))}, got {noise!r}.")
+
+
+# Threefry-2x32 with 20 rounds (Salmon et al., 2011), jax.random's default generator.
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_THREEFRY_PARITY = np.uint32(0x1BD11BDA)
+
+
+def _threefry2x32(
+  key_words: tuple[chex.Array, chex.Array], x0: chex.Array, x1: chex.Array
+) -> tuple[chex.Array, chex.Array]:
+  """The Threefry-2x32 hash of the counters ``(x0, x1)`` under a key's two words.
+
+  jax.random lowers the same hash on CPU as a loop of five iterations, which writes the whole
+  state to memory between them; written out as elementwise operations, XLA fuses it with its
+  consumers (the normal transform, the addition to the update) into one pass over the leaf.
+  """
+  keys = (*key_words, key_words[0] ^ key_words[1] ^ _THREEFRY_PARITY)
+  x0, x1 = x0 + keys[0], x1 + keys[1]
+  for block in range(5):
+    for rotation in _THREEFRY_ROTATIONS[block % 2]:
+      x0 = x0 + x1
+      x1 = x0 ^ ((x1 << np.uint32(rotation)) | (x1 >> np.uint32(32 - rotation)))
+    x0 = x0 + keys[(block + 1) % 3]
+    x1 = x1 + keys[(block + 2) % 3] + np.uint32(block + 1)
+  return x0, x1
+
+
+def _flat_index(shape: tuple[int, ...], sharding: Any) -> chex.Array:
+  """Each element's row-major index as uint32, laid out as ``sharding``."""
+  if not shape:
+    return jnp.zeros((), jnp.uint32)
+  strides = np.cumprod((1, *shape[:0:-1]))[::-1]
+  iotas = [lax.broadcasted_iota(jnp.uint32, shape, axis, out_sharding=sharding)
+           for axis in range(len(shape))]  # fmt: skip
+  return functools.reduce(jnp.add, [iota * np.uint32(s) for iota, s in zip(iotas, strides)])
+
+
+def _standard_normal(
+  key: chex.PRNGKey, shape: tuple[int, ...], dtype: Any, sharding: Any
+) -> chex.Array:
+  """``jax.random.normal(key, shape, dtype, out_sharding=sharding)``, bit for bit.
+
+  For a threefry key, float32 and fewer than 2³² elements it is computed here, in one fused
+  pass, as jax.random computes it (with its default ``jax_threefry_partitionable``): element
+  ``i``'s 32 bits are the xor of the two words of Threefry-2x32 of the counter ``(0, i)``,
+  turned into a uniform on ``(−1, 1)`` and then into ``√2·erf⁻¹(u)``. Anything else is left to
+  jax.random.normal.
+  """
+  if str(jax.random.key_impl(key)) != "threefry2x32" or dtype != jnp.float32 or (
+    math.prod(shape) >= 2**32
+  ):
+    return jax.random.normal(key, shape, dtype, out_sharding=sharding)
+  data = jax.random.key_data(key)
+  index = _flat_index(shape, sharding)
+  first, second = _threefry2x32((data[0], data[1]), jnp.zeros_like(index), index)
+  bits = first ^ second
+  # jax.random.uniform on [nextafter(−1, 0), 1): 23 random mantissa bits under the exponent of
+  # 1 give [1, 2), shifted to [0, 1) and scaled.
+  low = np.nextafter(np.float32(-1), np.float32(0))
+  mantissa = (bits >> np.uint32(9)) | np.uint32(np.float32(1).view(np.uint32))
+  unit = lax.bitcast_convert_type(mantissa, jnp.float32) - np.float32(1)
+  uniform = jnp.maximum(low, unit * (np.float32(1) - low) + low)
+  return np.float32(np.sqrt(2)) * lax.erf_inv(uniform)
+
+
+def _rademacher(key: chex.PRNGKey, shape: tuple[int, ...], dtype: Any) -> chex.Array:
+  """Independent signs, ±1 with probability ½ each: one random bit per element.
+
+  Element ``(..., j)`` takes bit ``j mod 32`` of word ``j // 32`` of its row's
+  ``jax.random.bits`` (each row of the last axis draws ``⌈width / 32⌉`` words).
+  """
+  rows, width = shape[:-1], (shape[-1] if shape else 1)
+  # jax.random.bits, not _threefry2x32: XLA would fuse an elementwise hash into this broadcast
+  # and recompute it for each of the 32 elements of its word, where jax.random's hash, a loop
+  # on CPU, is computed once per word.
+  words = jax.random.bits(key, (*rows, -(-width // 32)), jnp.uint32)
+  positions = lax.broadcasted_iota(jnp.uint32, (*words.shape, 32), words.ndim)
+  bits = (words[..., None] >> positions) & np.uint32(1)
+  bits = bits.reshape(*rows, -1)[..., :width].reshape(shape)
+  one = jnp.ones((), dtype)
+  return jnp.where(bits == 1, one, -one)
+
+
+def _add_noise(
+  key: chex.PRNGKey,
+  count: chex.Array,
+  updates: optax.Updates,
+  std: optax.Updates,
+  noise: Noise,
+) -> optax.Updates:
+  """Returns ``updates + std * ε``, leaf by leaf, with ``ε`` i.i.d. standard: ``N(0, 1)`` for
+  ``noise="gaussian"``, ±1 with probability ½ for ``noise="rademacher"``.
+
+  The noise of step ``count`` comes from ``fold_in(key, count)``, split once per leaf: it is
+  independent across elements, leaves and steps, and is a function of ``(key, count)`` alone,
+  so data-parallel replicas holding the same state draw the same noise. The Gaussian noise is
+  ``jax.random.normal(leaf_key, leaf_shape)`` bit for bit (:func:`_standard_normal`).
 
   Args:
     key: the chain's PRNG key.
@@ -160,10 +263,13 @@ def _add_gaussian_noise(
     updates: a pytree of real floating-point arrays (``None`` leaves are kept).
     std: a pytree with the structure of ``updates`` whose leaves broadcast
       against the matching update leaf: a scalar, or one value per element.
+    noise: the distribution of ``ε``.
 
   Returns:
     The perturbed updates, each leaf in its own dtype and shape.
   """
+  if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)  # a legacy key: raw data of the default generator
   keys = optax.tree.split_key_like(jax.random.fold_in(key, count), updates)
 
   def perturb(update, leaf_key, leaf_std):
@@ -172,11 +278,13 @@ def _add_gaussian_noise(
     # Sample and add in at least float32, rounding once to the leaf dtype,
     # so bfloat16/float16 leaves do not get noise quantised before scaling.
     compute_dtype = jnp.promote_types(update.dtype, jnp.float32)
-    noise = jax.random.normal(
-      leaf_key, update.shape, compute_dtype, out_sharding=jax.typeof(update).sharding
-    )
+    if noise == "gaussian":
+      sharding = jax.typeof(update).sharding
+      sample = _standard_normal(leaf_key, update.shape, compute_dtype, sharding)
+    else:
+      sample = _rademacher(leaf_key, update.shape, compute_dtype)
     leaf_std = jnp.asarray(leaf_std, compute_dtype)
-    noisy = (update.astype(compute_dtype) + leaf_std * noise).astype(update.dtype)
+    noisy = (update.astype(compute_dtype) + leaf_std * sample).astype(update.dtype)
     # Return `update` itself where std == 0: `u + 0.0` turns -0.0 into +0.0,
     # and zero diffusion must reproduce the wrapped optimizer bit for bit.
     return jnp.where(leaf_std > 0, noisy, update)
@@ -188,6 +296,7 @@ def add_langevin_noise(
   key: chex.PRNGKey,
   learning_rate: optax.ScalarOrSchedule,
   diffusion: optax.ScalarOrSchedule = 0.01,
+  noise: Noise = "gaussian",
 ) -> optax.GradientTransformation:
   r"""Adds the Langevin noise ``ξ_t ~ N(0, 2·D_t·η_t·I)`` to the updates.
 
@@ -212,6 +321,27 @@ def add_langevin_noise(
   of keys gives independent chains. ``update`` reads the key from the state
   only, so one transformation can update states initialised with any keys.
 
+  The noise is ``ξ_t = σ_t·ε`` with ``σ_t = √(2·D_t·η_t)`` and ``ε`` independent per element:
+
+  - ``noise="gaussian"`` (the default): ``ε ~ N(0, 1)``, ``jax.random.normal(leaf_key)`` bit
+    for bit; the step is Euler–Maruyama's.
+  - ``noise="rademacher"``: ``ε = ±1`` with probability ½ each, so every element moves by
+    exactly ``±σ_t``: Kloeden & Platen's simplified weak Euler scheme. Its increments have the
+    Gaussian ones' first three moments (mean 0, variance ``σ²``, third moment 0; the fourth is
+    ``σ⁴`` instead of ``3σ⁴``), which is all that weak order 1, the order of Euler–Maruyama
+    itself, asks: for smooth ``f``, ``E f(θ_t)`` has the same ``O(η)`` error with either
+    noise. On a Gaussian target the chain is linear, ``θ' = Mθ + ξ``, and its stationary
+    covariance solves ``Σ = MΣMᵀ + Cov(ξ)``: it is exactly the Gaussian chain's. The higher
+    moments differ by ``O(η)``; on ``½aθ²``, with ``ρ = 1 − ηa``, the stationary excess
+    kurtosis is ``−2(1 − ρ²)/(1 + ρ²) ≈ −2ηa`` where Gaussian noise gives 0.
+    Cost/benefit: one random bit per element instead of 32 and no normal transform, for noise
+    that is bounded and right in distribution to first order in ``η`` only, as the
+    discretisation itself is.
+
+  ``noise`` is a string, so :func:`optax.inject_hyperparams` keeps it static; with jaxdiff's
+  ``train.Trainer``, bind it in the factory: ``functools.partial(langevin_sgd,
+  noise="rademacher")``.
+
   With ``diffusion == 0`` the wrapped optimizer's updates are returned
   bitwise unchanged (``-0.0`` included): a zero number skips the noise, and a
   schedule or traced value that is zero at a step selects the noiseless
@@ -227,6 +357,7 @@ def add_langevin_noise(
     learning_rate: ``η_t``, the same float or schedule as the optimizer this
       follows. Must be finite and non-negative.
     diffusion: ``D_t``, a float or schedule. Must be finite and non-negative.
+    noise: the distribution of the noise, ``"gaussian"`` or ``"rademacher"`` (see above).
 
   Returns:
     A :class:`optax.GradientTransformation` with state
@@ -236,7 +367,7 @@ def add_langevin_noise(
     TypeError: if ``key`` is not a single PRNG key (an int seed, ``None``, a
       float array, a batch of keys).
     ValueError: if a concrete ``learning_rate`` or ``diffusion`` is negative
-      or not finite.
+      or not finite, or ``noise`` is not one of the two names.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -256,21 +387,30 @@ def add_langevin_noise(
     Welling & Teh, `Bayesian Learning via Stochastic Gradient Langevin
     Dynamics <https://www.stats.ox.ac.uk/~teh/research/compstats/WelTeh2011a.pdf>`_,
     ICML 2011.
+
+    Kloeden & Platen, *Numerical Solution of Stochastic Differential Equations*,
+    Springer 1992, §14.1 (the weak Euler scheme, simplified with two-point increments).
   """
   _check_key(key)
   _check_hyperparameter("learning_rate", learning_rate)
   _check_hyperparameter("diffusion", diffusion)
+  _check_noise(noise)
   return _noise_stage(
     key,
     _is_static_zero(diffusion),
     lambda count: 2.0 * _value_at(diffusion, count) * _value_at(learning_rate, count),
+    noise,
   )
 
 
 def _noise_stage(
-  key: chex.PRNGKey, noiseless: bool, variance: Callable[[chex.Array], chex.Numeric]
+  key: chex.PRNGKey,
+  noiseless: bool,
+  variance: Callable[[chex.Array], chex.Numeric],
+  noise: Noise,
 ) -> optax.GradientTransformation:
-  """Adds ``N(0, variance(t))`` to every element of the updates of step ``t``.
+  """Adds noise of variance ``variance(t)`` (distributed as ``noise`` names) to every element
+  of the updates of step ``t``.
 
   The state is a :class:`LangevinNoiseState`; ``noiseless`` (a zero known before tracing)
   returns the updates untouched.
@@ -284,8 +424,8 @@ def _noise_stage(
     del params
     if not noiseless:
       std = jnp.sqrt(variance(state.count))
-      updates = _add_gaussian_noise(
-        state.key, state.count, updates, jax.tree.map(lambda _: std, updates)
+      updates = _add_noise(
+        state.key, state.count, updates, jax.tree.map(lambda _: std, updates), noise
       )
     return updates, LangevinNoiseState(count=optax.safe_increment(state.count), key=state.key)
 
@@ -297,6 +437,7 @@ def langevin_sgd(
   diffusion: optax.ScalarOrSchedule,
   key: chex.PRNGKey,
   momentum: Optional[float] = None,
+  noise: Noise = "gaussian",
 ) -> optax.GradientTransformation:
   """SGLD: :func:`optax.sgd` followed by :func:`add_langevin_noise`.
 
@@ -311,10 +452,12 @@ def langevin_sgd(
       with a mean loss over ``N`` examples (see :func:`add_langevin_noise`).
     key: a single PRNG key, e.g. ``jax.random.key(seed)``.
     momentum: passed to :func:`optax.sgd`.
+    noise: ``"gaussian"`` or ``"rademacher"``, passed to :func:`add_langevin_noise` (where
+      the choice is explained).
 
   Returns:
     ``optax.chain(optax.sgd(learning_rate, momentum),
-    add_langevin_noise(key, learning_rate, diffusion))``.
+    add_langevin_noise(key, learning_rate, diffusion, noise))``.
 
   Example:
     >>> import jax, optax
@@ -332,7 +475,7 @@ def langevin_sgd(
   """
   return optax.chain(
     optax.sgd(learning_rate, momentum),
-    add_langevin_noise(key, learning_rate, diffusion),
+    add_langevin_noise(key, learning_rate, diffusion, noise),
   )
 
 
@@ -343,6 +486,7 @@ def langevin_adam(
   b1: float = 0.9,
   b2: float = 0.999,
   eps: float = 1e-8,
+  noise: Noise = "gaussian",
 ) -> optax.GradientTransformation:
   """Adam plus Langevin noise: :func:`optax.adam` then :func:`add_langevin_noise`.
 
@@ -357,10 +501,11 @@ def langevin_adam(
     b1: passed to :func:`optax.adam`.
     b2: passed to :func:`optax.adam`.
     eps: passed to :func:`optax.adam`.
+    noise: ``"gaussian"`` or ``"rademacher"``, passed to :func:`add_langevin_noise`.
 
   Returns:
     ``optax.chain(optax.adam(learning_rate, b1, b2, eps),
-    add_langevin_noise(key, learning_rate, diffusion))``.
+    add_langevin_noise(key, learning_rate, diffusion, noise))``.
 
   References:
     Welling & Teh, `Bayesian Learning via Stochastic Gradient Langevin
@@ -369,7 +514,7 @@ def langevin_adam(
   """
   return optax.chain(
     optax.adam(learning_rate, b1=b1, b2=b2, eps=eps),
-    add_langevin_noise(key, learning_rate, diffusion),
+    add_langevin_noise(key, learning_rate, diffusion, noise),
   )
 
 
@@ -380,6 +525,7 @@ def psgld(
   decay: float = 0.99,
   eps: float = 1e-8,
   adapt_steps: int | None = 1000,
+  noise: Noise = "gaussian",
 ) -> optax.GradientTransformation:
   r"""Preconditioned SGLD with an RMSprop preconditioner bounded by 1 (after Li et al., 2016).
 
@@ -411,9 +557,10 @@ def psgld(
   ``adapt_steps=None`` keeps adapting, as Li et al. do: a noisy optimizer more than a sampler.
   The measurements behind these choices are in ``benchmarks/RESULTS.md`` (its pSGLD section).
 
-  Noise is drawn exactly as in :func:`add_langevin_noise` (same helper), so the same
-  guarantees hold: independent across elements, leaves and steps, identical on data-parallel
-  replicas, bitwise noiseless drift for ``diffusion == 0``.
+  Noise is drawn exactly as in :func:`add_langevin_noise` (same helper, the same choice of
+  ``noise``, with ``σ = √(2·D_t·η_t·G_t)`` per element), so the same guarantees hold:
+  independent across elements, leaves and steps, identical on data-parallel replicas, bitwise
+  noiseless drift for ``diffusion == 0``.
 
   Args:
     learning_rate: ``η_t``, float or schedule.
@@ -425,6 +572,7 @@ def psgld(
       zero.
     adapt_steps: steps over which ``V`` adapts before it is frozen (the samples before then
       are burn-in); None never freezes it.
+    noise: ``"gaussian"`` or ``"rademacher"``, as for :func:`add_langevin_noise`.
 
   Returns:
     A :class:`optax.GradientTransformation` with state :class:`PSGLDState`,
@@ -433,7 +581,8 @@ def psgld(
   Raises:
     TypeError: if ``key`` is not a single PRNG key.
     ValueError: if a concrete ``learning_rate``, ``diffusion`` or ``eps`` is negative or not
-      finite, ``decay`` is outside ``[0, 1)``, or ``adapt_steps`` is below 1.
+      finite, ``decay`` is outside ``[0, 1)``, ``adapt_steps`` is below 1, or ``noise`` is not
+      one of the two names.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -456,6 +605,7 @@ def psgld(
                      f"{decay!r}")  # fmt: skip
   if not (adapt_steps is None or isinstance(adapt_steps, jax.core.Tracer) or adapt_steps >= 1):
     raise ValueError(f"adapt_steps must be positive or None, got {adapt_steps!r}")
+  _check_noise(noise)
   noiseless = _is_static_zero(diffusion)
 
   def init_fn(params):
@@ -485,7 +635,7 @@ def psgld(
     if not noiseless:
       scale = 2.0 * _value_at(diffusion, state.count) * lr
       std = jax.tree.map(lambda p: jnp.sqrt(scale * p), preconditioner)
-      new_updates = _add_gaussian_noise(state.key, state.count, new_updates, std)
+      new_updates = _add_noise(state.key, state.count, new_updates, std, noise)
     return new_updates, PSGLDState(
       count=optax.safe_increment(state.count),
       key=state.key,
@@ -534,8 +684,10 @@ def _momentum_noise(
   learning_rate: optax.ScalarOrSchedule,
   diffusion: optax.ScalarOrSchedule,
   momentum: float,
+  noise: Noise,
 ) -> optax.GradientTransformation:
-  """Adds ``N(0, 2·(1 − β)·D_t / η_t)`` to the gradients, before the momentum trace."""
+  """Adds noise of variance ``2·(1 − β)·D_t / η_t`` to the gradients, before the momentum
+  trace."""
 
   def variance(count):
     lr = _value_at(learning_rate, count)
@@ -543,7 +695,7 @@ def _momentum_noise(
     safe_lr = jnp.where(lr > 0, lr, 1.0)
     return jnp.where(lr > 0, 2.0 * (1.0 - momentum) * _value_at(diffusion, count) / safe_lr, 0.0)
 
-  return _noise_stage(key, _is_static_zero(diffusion), variance)
+  return _noise_stage(key, _is_static_zero(diffusion), variance, noise)
 
 
 def sghmc(
@@ -551,6 +703,7 @@ def sghmc(
   diffusion: optax.ScalarOrSchedule,
   key: chex.PRNGKey,
   momentum: float = 0.9,
+  noise: Noise = "gaussian",
 ) -> optax.GradientTransformation:
   """Stochastic gradient Hamiltonian Monte Carlo in its SGD-with-momentum form.
 
@@ -568,7 +721,9 @@ def sghmc(
   ``diffusion == 0`` gives ``optax.sgd(learning_rate, momentum)``'s updates bit for bit, and
   with a schedule ``η_t`` the velocity is ``−η_t`` times the trace, as in optax. The noise is
   drawn as in :func:`add_langevin_noise`: from ``fold_in(key, t)``, identical on data-parallel
-  replicas, independent across chains of a ``vmap`` over keys.
+  replicas, independent across chains of a ``vmap`` over keys, Gaussian or, with
+  ``noise="rademacher"``, ``±`` its standard deviation (the simplified weak Euler scheme; on a
+  Gaussian target the stationary covariance is again the Gaussian chain's exactly).
 
   Args:
     learning_rate: ``η_t``, float or schedule.
@@ -576,6 +731,7 @@ def sghmc(
       over ``N`` examples (:func:`diffusion_for_temperature`).
     key: a single PRNG key, e.g. ``jax.random.key(seed)``.
     momentum: ``β`` in ``[0, 1)``; the friction is ``1 − β``.
+    noise: ``"gaussian"`` or ``"rademacher"``, as for :func:`add_langevin_noise`.
 
   Returns:
     A :class:`optax.GradientTransformation`: the noise stage (state
@@ -584,8 +740,8 @@ def sghmc(
 
   Raises:
     TypeError: if ``key`` is not a single PRNG key.
-    ValueError: if a concrete ``learning_rate`` or ``diffusion`` is negative or not finite, or
-      ``momentum`` is outside ``[0, 1)``.
+    ValueError: if a concrete ``learning_rate`` or ``diffusion`` is negative or not finite,
+      ``momentum`` is outside ``[0, 1)``, or ``noise`` is not one of the two names.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -602,8 +758,9 @@ def sghmc(
   _check_hyperparameter("diffusion", diffusion)
   if not isinstance(momentum, jax.core.Tracer) and not 0.0 <= float(momentum) < 1.0:
     raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
+  _check_noise(noise)
   return optax.chain(
-    _momentum_noise(key, learning_rate, diffusion, momentum),
+    _momentum_noise(key, learning_rate, diffusion, momentum, noise),
     optax.trace(decay=momentum),
     optax.scale_by_learning_rate(learning_rate),
   )

@@ -1,9 +1,10 @@
 """Tests for jaxdiff.langevin (SGLD as optax transformations).
 
-Statistical tests use fixed keys and n i.i.d. draws of N(0, σ²). Their
-tolerances are 5 standard errors, SE(mean) = σ/√n and SE(var) = σ²·√(2/n),
-so a correct implementation fails with probability < 1e-6 per check (and the
-fixed keys make each run deterministic anyway).
+Statistical tests use fixed keys and n i.i.d. draws of N(0, σ²) (or of ±σ,
+the Rademacher noise). Their tolerances are 5 standard errors, SE(mean) = σ/√n
+and SE(var) = σ²·√(2/n) (for ±σ the sample variance is σ² − mean², closer
+still), so a correct implementation fails with probability < 1e-6 per check
+(and the fixed keys make each run deterministic anyway).
 """
 
 import chex
@@ -21,6 +22,7 @@ from jaxdiff.langevin import (
   langevin_adam,
   langevin_sgd,
   psgld,
+  sghmc,
 )
 
 N_SE = 5  # standard errors allowed in every statistical check
@@ -94,6 +96,82 @@ def test_noise_moments_follow_schedules_from_count_zero():
       _assert_normal_moments(noise, 2 * diffusion(count) * float(lr(count)))
 
 
+def _documented_gaussian_noise(key, count, tree):
+  """The default's standard normals as documented: ``jax.random.normal`` of ``fold_in(key,
+  count)`` split once per leaf, drawn in float32 and rounded to the leaf's dtype."""
+  keys = optax.tree.split_key_like(jax.random.fold_in(key, count), tree)
+  def draw(leaf, key):
+    return jax.random.normal(key, leaf.shape, jnp.float32).astype(leaf.dtype)
+
+  return jax.tree.map(draw, tree, keys)
+
+
+@pytest.mark.parametrize(
+  "key",
+  [jax.random.key(11), jax.random.PRNGKey(11), jax.random.key(11, impl="rbg")],
+  ids=["threefry", "legacy", "rbg"],
+)
+def test_gaussian_noise_is_jax_random_normal_bit_for_bit(key):
+  # The default's draws are jax.random.normal's for every leaf shape, the key's implementation
+  # and a vmapped batch of chains (jaxdiff computes threefry's itself, fused with the addition).
+  # With zero updates and 2·D·η = 1 the update is the draw itself, free of the rounding of
+  # u + σ·ε, which XLA may contract into one multiply-add in one program and not in another.
+  lr, diffusion = 1.0, 0.5
+  zeros = {
+    "matrix": jnp.zeros((37, 64)),
+    "odd": jnp.zeros(101),
+    "scalar": jnp.float32(0.0),
+    "half": jnp.zeros((2, 3, 5), jnp.bfloat16),
+  }
+  opt = add_langevin_noise(key, lr, diffusion)
+  update = jax.jit(opt.update)
+  state = opt.init(zeros)
+  reference = jax.jit(_documented_gaussian_noise)
+  for count in range(3):
+    noise, state = update(zeros, state)
+    _assert_bitwise_equal(noise, reference(key, count, zeros))
+
+  keys = jax.random.split(key, 3)
+  states = jax.vmap(lambda k: add_langevin_noise(k, lr, diffusion).init(zeros))(keys)
+  noise, _ = jax.jit(jax.vmap(opt.update, in_axes=(None, 0)))(zeros, states)
+  expected = jax.jit(jax.vmap(reference, in_axes=(0, None, None)))(keys, 0, zeros)
+  _assert_bitwise_equal(noise, expected)
+
+
+def test_rademacher_noise_is_plus_or_minus_sigma_balanced_and_independent():
+  lr, diffusion = 0.1, 0.01
+  sigma = np.float32(jnp.sqrt(2.0 * diffusion * lr))
+  # Every leaf has N_STAT elements: one long row (many 32-bit words per row), rows of 10 (one
+  # word, 22 of its bits unused), rows of 100 (four words, the last one partly used) and a twin
+  # of the rows of 10, which the same words would give the same signs.
+  narrow = jnp.zeros((N_STAT // 10, 10))
+  updates = {"long": _zeros_stat(), "narrow": narrow, "ragged": jnp.zeros((N_STAT // 100, 100)),
+             "twin": narrow}  # fmt: skip
+  opt = add_langevin_noise(jax.random.key(12), lr, diffusion, "rademacher")
+  update = jax.jit(opt.update)
+  state = opt.init(updates)
+  noise0, state = update(updates, state)
+  noise1, state = update(updates, state)
+
+  for leaf in updates:
+    x = np.asarray(noise0[leaf])
+    np.testing.assert_array_equal(np.abs(x), sigma)  # exactly ±σ
+    _assert_normal_moments(x, float(sigma) ** 2)
+    _assert_uncorrelated(x, noise1[leaf])  # across steps
+    # Each bit of a word is balanced: the columns (positions along the last axis, 32 of the
+    # long row's) each have mean 0 within N_SE·σ/√(column length).
+    columns = x.reshape(-1, 32 if leaf == "long" else x.shape[-1])
+    assert np.all(np.abs(columns.mean(0)) < N_SE * sigma / np.sqrt(len(columns)))
+    # Every pair of bits of a word and of neighbouring words (lags 1 to 64); and across rows.
+    row = x.ravel()
+    for lag in range(1, 65):
+      _assert_uncorrelated(row[:-lag], row[lag:])
+    if x.ndim == 2:
+      _assert_uncorrelated(x[:-1], x[1:])
+  _assert_uncorrelated(noise0["narrow"], noise0["twin"])  # across leaves
+  _assert_uncorrelated(noise0["long"], noise0["narrow"])
+
+
 # --------------------------------------------------------------------------- physics
 
 
@@ -131,18 +209,50 @@ def test_sgld_stationary_variance_on_quadratic_matches_discrete_theory():
   assert abs(measured / diffusion - 1) > 0.05  # the discrete correction is resolved
 
 
+@pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
+def test_sgld_stationary_law_on_quadratic_is_what_the_weak_euler_argument_predicts(noise):
+  """On L = ½θ², θ_∞ = Σ_k ρ^k ξ_k with ρ = 1 − η: the variance D / (1 − η/2) for either
+  noise; the excess kurtosis κ₄(ξ)/σ⁴ · (1 − ρ²)²/(1 − ρ⁴), 0 for Gaussian noise and
+  −2(1 − ρ²)/(1 + ρ²) for ±σ (κ₄ = −2σ⁴), an O(η) departure from the Gaussian target."""
+  lr, diffusion, burn_in = 0.2, 0.01, 100
+  rho2 = (1 - lr) ** 2
+  opt = langevin_sgd(lr, diffusion, jax.random.key(13), noise=noise)
+
+  @jax.jit
+  def run(params):
+    def step(carry, _):
+      params, state = carry
+      updates, state = opt.update(params, state, params)
+      return (optax.apply_updates(params, updates), state), None
+
+    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), length=burn_in)
+    return params
+
+  # N_STAT independent chains (the elements), each after a burn-in whose bias ρ^(2·burn_in) =
+  # 0.8^200 is negligible: one draw each from the stationary law.
+  x = np.asarray(run(_zeros_stat()), np.float64)
+  variance = diffusion / (1 - lr / 2)
+  _assert_normal_moments(x, variance)
+  excess_kurtosis = np.mean(x**4) / np.mean(x**2) ** 2 - 3
+  expected = 0.0 if noise == "gaussian" else -2 * (1 - rho2) / (1 + rho2)  # −0.44
+  # The sample excess kurtosis has standard error √(24/n) for a Gaussian (0.011 here), less
+  # for lighter tails; 5 of them (0.055) separate −0.44 from 0 by far.
+  assert abs(excess_kurtosis - expected) < N_SE * np.sqrt(24 / x.size), excess_kurtosis
+
+
 # --------------------------------------------------------------------------- D = 0, keys
 
 
+@pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
 @pytest.mark.parametrize(
-  "plain, noisy",
-  [
-    (optax.sgd, lambda lr, d, key: langevin_sgd(lr, d, key)),
-    (optax.adam, lambda lr, d, key: langevin_adam(lr, d, key)),
-  ],
+  "plain, langevin",
+  [(optax.sgd, langevin_sgd), (optax.adam, langevin_adam)],
   ids=["sgd", "adam"],
 )
-def test_zero_diffusion_is_bitwise_the_plain_optimizer(plain, noisy):
+def test_zero_diffusion_is_bitwise_the_plain_optimizer(plain, langevin, noise):
+  def noisy(lr, d, key):
+    return langevin(lr, d, key, noise=noise)
+
   lr = 0.1
   params = {"w": jnp.array([1.0, -2.0, 0.5, 0.0]), "b": (jnp.array(3.0),)}
   # +0.0 and -0.0 gradients produce signed-zero updates, which u + 0.0 would flip.
@@ -208,10 +318,11 @@ def _data_parallel_grads(loss, params, x, y, check_vma):
   return jax.lax.pmean(jax.grad(loss)(params, x, y), "data")
 
 
+@pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
 @pytest.mark.parametrize("check_vma", [True, False], ids=["check_vma", "no_check_vma"])
-def test_data_parallel_replicas_stay_bitwise_identical(check_vma):
+def test_data_parallel_replicas_stay_bitwise_identical(check_vma, noise):
   mesh = jax.make_mesh((4,), ("data",))
-  opt = langevin_sgd(0.05, 1e-2, jax.random.key(3))
+  opt = langevin_sgd(0.05, 1e-2, jax.random.key(3), noise=noise)
   x = jax.random.normal(jax.random.key(4), (8, 3))
   y = x @ jnp.array([1.0, -2.0, 0.5])
   params = jnp.zeros(3)
@@ -265,7 +376,8 @@ def test_data_parallel_replicas_stay_bitwise_identical(check_vma):
 # --------------------------------------------------------------------------- trees, dtypes
 
 
-def test_dtypes_shapes_and_nested_pytrees_are_preserved():
+@pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
+def test_dtypes_shapes_and_nested_pytrees_are_preserved(noise):
   params = {
     "dense": ({"w": jnp.ones((3, 2), jnp.float32), "b": jnp.ones(2, jnp.bfloat16)},),
     "extra": [jnp.ones((), jnp.float32), None],
@@ -273,7 +385,7 @@ def test_dtypes_shapes_and_nested_pytrees_are_preserved():
   }
   grads = jax.tree.map(jnp.zeros_like, params)
   key = jax.random.key(5)
-  for opt in (add_langevin_noise(key, 0.1, 0.5), langevin_sgd(0.1, 0.5, key)):
+  for opt in (add_langevin_noise(key, 0.1, 0.5, noise), langevin_sgd(0.1, 0.5, key, noise=noise)):
     state = opt.init(params)
     updates, state = opt.update(grads, state, params)
     chex.assert_trees_all_equal_structs(updates, params)
@@ -319,6 +431,12 @@ def test_bad_hyperparameters_raise_value_error(factory, name, value):
     factory(**kwargs)
 
 
+@pytest.mark.parametrize("factory", [add_langevin_noise, langevin_sgd, langevin_adam, psgld, sghmc])
+def test_unknown_noise_raises_value_error(factory):
+  with pytest.raises(ValueError, match="noise must be one of 'gaussian', 'rademacher'"):
+    factory(learning_rate=0.1, diffusion=0.01, key=jax.random.key(0), noise="uniform")
+
+
 def test_complex_parameters_are_rejected():
   opt = add_langevin_noise(jax.random.key(0), 0.1, 0.01)
   updates = jnp.zeros(2, jnp.complex64)
@@ -329,13 +447,15 @@ def test_complex_parameters_are_rejected():
 # --------------------------------------------------------------------------- vmap, jit
 
 
-def test_vmap_over_keys_gives_independent_chains_and_jit_matches_eager():
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+def test_vmap_over_keys_gives_independent_chains_and_jit_matches_eager(kind):
   lr, diffusion, n_chains = 0.1, 0.01, 4
   keys = jax.random.split(jax.random.key(6), n_chains)
   updates = jnp.zeros(50_000)
-  opt = add_langevin_noise(keys[0], lr, diffusion)  # update reads the key from the state only
+  # update reads the key from the state only
+  opt = add_langevin_noise(keys[0], lr, diffusion, kind)
 
-  states = jax.vmap(lambda k: add_langevin_noise(k, lr, diffusion).init(updates))(keys)
+  states = jax.vmap(lambda k: add_langevin_noise(k, lr, diffusion, kind).init(updates))(keys)
   noise, states = jax.jit(jax.vmap(opt.update, in_axes=(None, 0)))(updates, states)
   chex.assert_shape(noise, (n_chains, updates.size))
   chex.assert_trees_all_equal(states.count, jnp.ones(n_chains, jnp.int32))
@@ -344,7 +464,7 @@ def test_vmap_over_keys_gives_independent_chains_and_jit_matches_eager():
       _assert_uncorrelated(noise[i], noise[j])
 
   # Chain i of the batch is the chain started alone from keys[i].
-  single = add_langevin_noise(keys[2], lr, diffusion)
+  single = add_langevin_noise(keys[2], lr, diffusion, kind)
   eager, _ = single.update(updates, single.init(updates))
   np.testing.assert_allclose(noise[2], eager, rtol=1e-6, atol=0)
 
@@ -352,13 +472,16 @@ def test_vmap_over_keys_gives_independent_chains_and_jit_matches_eager():
 # --------------------------------------------------------------------------- inject_hyperparams
 
 
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
 @pytest.mark.parametrize("key", [jax.random.key(7), jax.random.PRNGKey(7)], ids=["typed", "legacy"])
-def test_inject_hyperparams_changes_diffusion_without_retracing(key):
+def test_inject_hyperparams_changes_diffusion_without_retracing(key, kind):
   lr = 0.1
-  opt = optax.inject_hyperparams(langevin_sgd)(learning_rate=lr, diffusion=1e-3, key=key)
+  opt = optax.inject_hyperparams(langevin_sgd)(learning_rate=lr, diffusion=1e-3, key=key,
+                                               noise=kind)  # fmt: skip
   params = jnp.zeros(20_000)
   grads = jnp.zeros_like(params)  # the update is then the noise alone
   state = opt.init(params)
+  # The string is a static argument, not a traced hyperparameter.
   assert set(state.hyperparams) == {"learning_rate", "diffusion", "key"}
 
   traces = []
@@ -370,6 +493,10 @@ def test_inject_hyperparams_changes_diffusion_without_retracing(key):
 
   noise, state = update(state)
   _assert_normal_moments(noise, 2 * 1e-3 * lr)
+  if kind == "rademacher":
+    # One magnitude, σ as float32 hyperparameters give it.
+    np.testing.assert_array_equal(np.abs(noise), np.abs(noise[0]))
+    np.testing.assert_allclose(np.abs(noise[0]), np.sqrt(2 * 1e-3 * lr), rtol=1e-6)
 
   state.hyperparams["diffusion"] = jnp.asarray(4e-3, jnp.float32)
   noise, state = update(state)
@@ -441,7 +568,8 @@ def test_langevin_adam_descends_a_quadratic():
   assert int(state[1].count) == 100
 
 
-def test_psgld_noise_variance_is_preconditioned_elementwise():
+@pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
+def test_psgld_noise_variance_is_preconditioned_elementwise(noise):
   lr, diffusion, decay, eps = 0.01, 0.02, 0.99, 1e-8
   # Four gradient scales, each on a block of N_STAT/4 elements: the
   # preconditioner G differs per block, and each block is its own sample.
@@ -458,18 +586,22 @@ def test_psgld_noise_variance_is_preconditioned_elementwise():
   drift = -lr * precond * np.repeat(scales, block)
 
   def first_step(d):
-    opt = psgld(lr, d, jax.random.key(10), decay=decay, eps=eps)
+    opt = psgld(lr, d, jax.random.key(10), decay=decay, eps=eps, noise=noise)
     state = opt.init(grads)
     assert isinstance(state, PSGLDState)
     updates, state = opt.update(grads, state)
     np.testing.assert_allclose(state.second_moment, second_moment, rtol=1e-6)
     return np.asarray(updates, np.float64)
 
-  np.testing.assert_allclose(first_step(0.0), drift, rtol=1e-5)
-  noise = first_step(diffusion) - drift
+  noiseless = first_step(0.0)
+  np.testing.assert_allclose(noiseless, drift, rtol=1e-5)
+  sample = first_step(diffusion) - noiseless
   for b in range(len(scales)):
     part = slice(b * block, (b + 1) * block)
-    _assert_normal_moments(noise[part], 2 * diffusion * lr * precond[part][0])
+    _assert_normal_moments(sample[part], 2 * diffusion * lr * precond[part][0])
+  if noise == "rademacher":
+    # Exactly ±√(2·D·η·G) per element, up to the one float32 rounding of the sum.
+    np.testing.assert_allclose(np.abs(sample), np.sqrt(2 * diffusion * lr * precond), rtol=1e-5)
 
 
 def test_psgld_preconditioner_is_bounded_by_one_and_blind_to_the_loss_scale():

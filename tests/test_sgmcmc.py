@@ -6,8 +6,11 @@ estimate, so the standard error (SE) of their mean is their spread over ``√cha
 statistical tolerance of 4 SE is exceeded by chance with probability about 6e-5. A sampler
 with step ``η`` has a known discretisation bias: for SGLD and SGHMC on a Gaussian the
 discrete-time stationary covariance is exact (a discrete Lyapunov equation), and the tests
-compare with it, then with the target.
+compare with it, then with the target. The Rademacher noise (``noise="rademacher"``, ±σ per
+element) has the Gaussian noise's covariance, so the same exact covariances hold for it.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -82,14 +85,19 @@ def _sghmc_covariance(curvature, lr, diffusion, momentum, gradient_noise=0.0):
   return scipy.linalg.solve_discrete_lyapunov(transition, noise)[:d, :d]
 
 
+NOISES = ["gaussian", "rademacher"]
+
+
+@pytest.mark.parametrize("noise", NOISES)
 @pytest.mark.parametrize("temperature", [1.0, 0.1, 0.01])
 @pytest.mark.parametrize("gradient_noise", [0.0, 1.0])
-def test_sgld_samples_a_gaussian_at_each_temperature(temperature, gradient_noise):
+def test_sgld_samples_a_gaussian_at_each_temperature(temperature, gradient_noise, noise):
   lr = 0.05
   # D = T/N with N = 1: the mean loss is the one example's.
   diffusion = diffusion_for_temperature(temperature, 1)
   moments, _ = _second_moments(
-    lambda key: langevin.langevin_sgd(lr, diffusion, key), [[1.0]], 3000, 500, gradient_noise
+    lambda key: langevin.langevin_sgd(lr, diffusion, key, noise=noise), [[1.0]], 3000, 500,
+    gradient_noise,
   )
   mean, se = _mean_and_se(moments[:, 0, 0])
   exact = _sgld_covariance(1.0, lr, diffusion, gradient_noise)[0, 0]
@@ -99,13 +107,15 @@ def test_sgld_samples_a_gaussian_at_each_temperature(temperature, gradient_noise
     assert abs(np.sqrt(mean) / np.sqrt(temperature) - 1) < 0.013 + 4 * se / (2 * mean)
 
 
+@pytest.mark.parametrize("noise", NOISES)
 @pytest.mark.parametrize("temperature", [1.0, 0.01])
 @pytest.mark.parametrize("gradient_noise", [0.0, 1.0])
-def test_sghmc_samples_a_gaussian_at_each_temperature(temperature, gradient_noise):
+def test_sghmc_samples_a_gaussian_at_each_temperature(temperature, gradient_noise, noise):
   lr, momentum = 0.01, 0.9
   diffusion = diffusion_for_temperature(temperature, 1)
   moments, _ = _second_moments(
-    lambda key: sghmc(lr, diffusion, key, momentum), [[1.0]], 4000, 1000, gradient_noise
+    lambda key: sghmc(lr, diffusion, key, momentum, noise=noise), [[1.0]], 4000, 1000,
+    gradient_noise,
   )
   mean, se = _mean_and_se(moments[:, 0, 0])
   exact = _sghmc_covariance(1.0, lr, diffusion, momentum, gradient_noise)[0, 0]
@@ -174,19 +184,22 @@ ROTATION = np.array([[np.cos(0.5), -np.sin(0.5)], [np.sin(0.5), np.cos(0.5)]])
 ILL_CONDITIONED = ROTATION @ np.diag([1.0, 20.0]) @ ROTATION.T  # correlated, condition 20
 
 
+@pytest.mark.parametrize("noise", NOISES)
 @pytest.mark.parametrize(
   "name, make, lr",
   [
-    ("sgld", lambda lr: lambda key: langevin.langevin_sgd(lr, 1.0, key), 0.005),
-    ("sghmc", lambda lr: lambda key: sghmc(lr, 1.0, key, 0.9), 0.0005),
-    ("psgld", lambda lr: lambda key: psgld(lr, 1.0, key, adapt_steps=500), 0.005),
+    ("sgld", lambda lr, noise: lambda key: langevin.langevin_sgd(lr, 1.0, key, noise=noise),
+     0.005),
+    ("sghmc", lambda lr, noise: lambda key: sghmc(lr, 1.0, key, 0.9, noise=noise), 0.0005),
+    ("psgld", lambda lr, noise: lambda key: psgld(lr, 1.0, key, adapt_steps=500, noise=noise),
+     0.005),
   ],
 )
-def test_an_ill_conditioned_correlated_gaussian_and_a_halved_step(name, make, lr):
+def test_an_ill_conditioned_correlated_gaussian_and_a_halved_step(name, make, lr, noise):
   target = np.linalg.inv(ILL_CONDITIONED)
   kls = []
   for step_lr, steps in ((lr, 4000), (lr / 2, 8000)):  # the same time span, in steps
-    moments, _ = _second_moments(make(step_lr), ILL_CONDITIONED, steps, steps // 4)
+    moments, _ = _second_moments(make(step_lr, noise), ILL_CONDITIONED, steps, steps // 4)
     kls.append(_gaussian_kl(moments.mean(0), target))
   # SGLD's step bias at ηa = 0.1 on the stiff axis is 5 % of its variance, KL ≈ 6e-4; the
   # others' steps are smaller. A Gaussian fitted to n effective draws lies KL ≈ d(d+1)/(4n)
@@ -196,8 +209,10 @@ def test_an_ill_conditioned_correlated_gaussian_and_a_halved_step(name, make, lr
   assert kls[1] <= kls[0] + 3e-4, kls
 
 
-def test_sghmc_without_noise_is_heavy_ball_sgd_bit_for_bit():
-  optimizer, reference = sghmc(0.1, 0.0, jax.random.key(0), 0.8), optax.sgd(0.1, momentum=0.8)
+@pytest.mark.parametrize("noise", NOISES)
+def test_sghmc_without_noise_is_heavy_ball_sgd_bit_for_bit(noise):
+  optimizer = sghmc(0.1, 0.0, jax.random.key(0), 0.8, noise=noise)
+  reference = optax.sgd(0.1, momentum=0.8)
   params = jnp.linspace(-1.0, 1.0, 5)
   state, reference_state = optimizer.init(params), reference.init(params)
   for step in range(4):
@@ -277,8 +292,13 @@ def test_cyclical_sgld_explores_as_sgd_exactly():
     lambda learning_rate, diffusion, key: langevin.langevin_sgd(
       cyclical_learning_rate(learning_rate, 8, 2), cyclical_diffusion(diffusion, 8, 2), key
     ),
+    # The noise bound in the factory, as the engine's users choose it: a static argument of
+    # the optax.inject_hyperparams the Trainer wraps the factory in.
+    functools.partial(langevin.langevin_sgd, noise="rademacher"),
+    functools.partial(sghmc, noise="rademacher"),
+    functools.partial(psgld, adapt_steps=2, noise="rademacher"),
   ],
-  ids=["sghmc", "psgld", "csgld"],
+  ids=["sghmc", "psgld", "csgld", "sgld-rademacher", "sghmc-rademacher", "psgld-rademacher"],
 )
 def test_replicas_stay_bitwise_identical_on_four_devices(factory):
   task = Task(
