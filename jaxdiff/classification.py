@@ -282,10 +282,9 @@ def train_and_score(
   def score_epoch(end: EpochEnd) -> HookCarry:
     if not end.complete:
       return end.carry
-    with clock("score"):
-      current = predict(end.state.params, images)
-      average = end.carry.arrays.get("posterior")
-      averaged = posterior.averaged_probs(average)[:, unrotated] if _taken(average) else None
+    current = predict(end.state.params, images)
+    average = end.carry.arrays.get("posterior")
+    averaged = posterior.averaged_probs(average)[:, unrotated] if _taken(average) else None
     records = [
       EpochScores(
         epoch=end.epoch + 1,
@@ -300,8 +299,14 @@ def train_and_score(
       "last_epoch_losses", np.asarray(end.metrics["loss"]).T.tolist()
     )
 
-  result = fit(trainer, state, data, budget, on_epoch_end=chain_hooks(*hooks, score_epoch),
-               carry=carry, checkpointing=checkpointing, reporter=reporter, clock=clock)  # fmt: skip
+  average_and_score = chain_hooks(*hooks, score_epoch)
+
+  def on_epoch_end(end: EpochEnd) -> HookCarry:
+    with clock("score"):  # the snapshots' predictions too
+      return average_and_score(end)
+
+  result = fit(trainer, state, data, budget, on_epoch_end=on_epoch_end, carry=carry,
+               checkpointing=checkpointing, reporter=reporter, clock=clock)  # fmt: skip
   with clock("score"):
     final = predict(result.state.params, averaged_images)
     average = result.carry.arrays.get("posterior")

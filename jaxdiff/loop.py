@@ -251,10 +251,18 @@ class Checkpointing:
     directory: where the numbered checkpoints go.
     resume: continue from the latest checkpoint in ``directory``, if any; without it a
       ``directory`` holding checkpoints is refused.
+    every_epochs: save only after the calls that complete every ``every_epochs``-th epoch, and
+      after the last call; None: after every call. For runs whose calls are short
+      (``Budget(steps_per_call=...)``), where a save per call would write most of the time.
   """
 
   directory: str | Path
   resume: bool = False
+  every_epochs: int | None = None
+
+  def __post_init__(self):
+    if self.every_epochs is not None and self.every_epochs < 1:
+      raise ValueError(f"every_epochs must be at least 1, got {self.every_epochs}")
 
 
 class _RunCheckpoints:
@@ -263,6 +271,7 @@ class _RunCheckpoints:
   def __init__(self, checkpointing: Checkpointing | None, clock: PhaseClock):
     self._clock = clock
     self._resume = checkpointing is not None and checkpointing.resume
+    self._every_epochs = None if checkpointing is None else checkpointing.every_epochs
     self._checkpoints = None
     if checkpointing is not None:
       if not checkpointing.resume:
@@ -288,9 +297,14 @@ class _RunCheckpoints:
     carry = HookCarry(jax.device_get(arrays), saved["records"])
     return state, carry, [Call(**call) for call in saved["calls"]], latest
 
-  def save(self, step: int, state: TrainState, carry: HookCarry, calls: list[Call]) -> None:
+  def save(self, step: int, state: TrainState, carry: HookCarry, calls: list[Call],
+           steps_per_epoch: int, last: bool) -> None:  # fmt: skip
     if self._checkpoints is None:
       return
+    if self._every_epochs is not None and not last:
+      epochs, rest = divmod(step, steps_per_epoch)
+      if rest or epochs % self._every_epochs:
+        return
     with self._clock("checkpoint"):
       saved = {"calls": [call._asdict() for call in calls], "records": dict(carry.records)}
       self._checkpoints.save(step, state, dict(carry.arrays), saved)
@@ -422,7 +436,8 @@ def fit(
       if resumed_at is not None:
         report.log(f"resumed after step {resumed_at}")
       done = int(state.step[0])
-      while not report.every_run_diverged and (limit := allowance.steps_for_next_call(done)):
+      limit = allowance.steps_for_next_call(done)
+      while not report.every_run_diverged and limit:
         epoch, start_step = divmod(done, steps_per_epoch)
         started = time.perf_counter()
         with clock("train"):
@@ -437,7 +452,10 @@ def fit(
           complete = done % steps_per_epoch == 0
           end = EpochEnd(epoch, complete, state, metrics, calls[-1].seconds, carry)
           carry = _returned_carry(on_epoch_end(end))
-        checkpoints.save(done, state, carry, calls)
+        # Decided before the save, so that the save knows whether it is the last.
+        limit = allowance.steps_for_next_call(done)
+        last = report.every_run_diverged or not limit
+        checkpoints.save(done, state, carry, calls, steps_per_epoch, last)
   return FitResult(state, carry, calls)
 
 

@@ -114,6 +114,32 @@ def test_a_step_budget_ends_inside_an_epoch_and_resumes_there(tmp_path, trainer,
   assert resumed.carry.records["complete"] == [True, False, True, False]
 
 
+def test_short_calls_save_only_every_k_epochs_and_at_the_end(tmp_path, trainer, data):
+  # 4 steps an epoch in calls of 2: saves after epoch 2 (step 8) and the last call (step 10).
+  budget = train.Budget(steps=10, steps_per_call=2)
+  saving = train.Checkpointing(tmp_path / "run", every_epochs=2)
+  result = train.fit(trainer, _state(trainer), data, budget, checkpointing=saving, reporter=QUIET)
+  assert len(result.calls) == 5
+  assert sorted(int(p.name) for p in (tmp_path / "run").iterdir()) == [8, 10]
+
+  def interrupt_at_step_10(end):
+    if int(end.state.step[0]) == 10:
+      raise Interrupted  # after the save at step 8, before the one at 10
+    return end.carry
+
+  with pytest.raises(Interrupted):
+    train.fit(trainer, _state(trainer), data, budget, on_epoch_end=interrupt_at_step_10,
+              checkpointing=train.Checkpointing(tmp_path / "cut", every_epochs=2),
+              reporter=QUIET)  # fmt: skip
+  assert sorted(int(p.name) for p in (tmp_path / "cut").iterdir()) == [8]
+  resumed = train.fit(trainer, _state(trainer), data, budget, reporter=QUIET,
+                      checkpointing=train.Checkpointing(tmp_path / "cut", resume=True,
+                                                        every_epochs=2))  # fmt: skip
+  _assert_bitwise_equal(resumed.state, result.state)
+  with pytest.raises(ValueError, match="every_epochs"):
+    train.Checkpointing(tmp_path, every_epochs=0)
+
+
 def test_a_diverging_run_is_stopped_and_named_while_the_others_go_on(trainer, data):
   logged = []
   names = ["lr 0.05", "lr 3e38", "lr 0.1"]

@@ -165,7 +165,10 @@ def train_group(
     train.Budget(epochs=group.epochs, steps_per_call=config.thin_steps),
     predict=setup.predict, evaluation=group.evaluation, num_classes=NUM_CLASSES,
     snapshots=snapshot_schedule(config, group.name, group.epochs, steps_per_epoch),
-    checkpointing=train.Checkpointing(checkpoint_dir, resume=resume),
+    # About a hundred checkpoints a run: a save per epoch of a 2 000-epoch chain would write
+    # more than it trains.
+    checkpointing=train.Checkpointing(checkpoint_dir, resume=resume,
+                                      every_epochs=max(1, group.epochs // 100)),
     reporter=train.Reporter(f"{group.name} ({group.phase})", run_names, quiet, log), clock=clock,
   )  # fmt: skip
   return [

@@ -240,6 +240,10 @@ def _shift_rows(shift: dict[str, dict], metric: str, scale: float, digits: int) 
   return rows
 
 
+def _duration(seconds: float) -> str:
+  return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
+
+
 def _length_note(result: dict) -> list[str]:
   config, protocol = result["config"], result["protocol"]
   if protocol["published"]:
@@ -309,7 +313,7 @@ def render_markdown(result: dict) -> str:
     (
       f"- Machine: {env['cpu_model']}, {env['usable_cores']} usable cores, "
       f"{env['device_count']} {env['platform']} device(s); jax {env['versions'].get('jax')}; "
-      f"wall time {env['wall_time_s'] / 3600:.2f} h ({env['date']})"
+      f"wall time {_duration(env['wall_time_s'])} ({env['date']})"
       + (f"; load average at the end {load[0]:g} (1 min), {load[2]:g} (15 min)" if load else "")
       + "."
     ),
