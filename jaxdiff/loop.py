@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -319,12 +320,21 @@ class Reporter:
     run_names: how log lines name each run (default: ``run 0``, ``run 1``, …).
     quiet: no progress bar (the log lines stay).
     log: where one-line reports go: a resume, a diverged run.
+    summaries: also write the training metrics to TensorBoard and JSON lines
+      (:class:`jaxdiff.summaries.Summaries`, one run each): every metric's mean over each
+      ``summary_every`` steps as ``train/<metric>``, and after every call of the engine the
+      images per second (``train/images_per_second``, of the whole group) and each numeric
+      hyperparameter the runs were given (``hyperparams/<name>``: a schedule's initial value).
+      A resumed fit continues the series after its checkpoint.
+    summary_every: the steps each training scalar averages.
   """
 
   name: str = "train"
   run_names: Sequence[str] | None = None
   quiet: bool = False
   log: Callable[[str], None] = print
+  summaries: Any = None
+  summary_every: int = 50
 
 
 class _Report:
@@ -332,6 +342,8 @@ class _Report:
 
   def __init__(self, reporter: Reporter, state: TrainState, total_steps: int | None):
     main = is_main_process()
+    self._summaries = reporter.summaries
+    self._summary_every = reporter.summary_every
     self._name = reporter.name
     self._log = reporter.log if main else lambda line: None
     self._num_runs = len(state.step)
@@ -373,6 +385,33 @@ class _Report:
           f"{self._run_names[run]} diverged at step {int(state.diverged_at[run])}: non-finite "
           f"loss or parameters; it keeps its last finite parameters and stops, {others}"
         )
+
+  def resumed(self, step: int) -> None:
+    self.log(f"resumed after step {step}")
+    if self._summaries is not None:
+      self._summaries.resume_from(step)
+
+  def summarize(self, state: TrainState, metrics: dict[str, np.ndarray], call: Call,
+                batch_size: int) -> None:  # fmt: skip
+    """Writes the call's training scalars (:attr:`Reporter.summaries`)."""
+    if self._summaries is None:
+      return
+    first = int(state.step[0]) - call.steps  # the step the call started from
+    every = self._summary_every
+    # Intervals of `every` steps counted from the run's start, cut at the call's ends.
+    edges = sorted({0, call.steps, *range(-first % every or every, call.steps, every)})
+    for start, stop in zip(edges[:-1], edges[1:]):
+      with warnings.catch_warnings():  # a diverged run's NaNs: left out of its summaries
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = {f"train/{name}": np.nanmean(values[start:stop], axis=0)
+                 for name, values in metrics.items()}  # fmt: skip
+      self._summaries.scalars(first + stop, means)
+    hyperparams = getattr(state.opt_state, "hyperparams", {})
+    numeric = {f"hyperparams/{name}": np.asarray(value) for name, value in hyperparams.items()
+               if not jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key)}  # fmt: skip
+    throughput = batch_size * call.steps * self._num_runs / call.seconds
+    self._summaries.scalars(first + call.steps,
+                            {**numeric, "train/images_per_second": throughput})  # fmt: skip
 
   def on_steps(self, count: int, metrics: dict[str, jax.Array]) -> None:
     """Advances the bar after ``count`` steps, showing the latest mean of each metric."""
@@ -434,7 +473,7 @@ def fit(
     state, carry, calls, resumed_at = checkpoints.restore(state, carry or HookCarry())
     with _Report(reporter or Reporter(), state, allowance.total) as report:
       if resumed_at is not None:
-        report.log(f"resumed after step {resumed_at}")
+        report.resumed(resumed_at)
       done = int(state.step[0])
       limit = allowance.steps_for_next_call(done)
       while not report.every_run_diverged and limit:
@@ -448,6 +487,7 @@ def fit(
         allowance.took(calls[-1])
         done = int(state.step[0])
         report.divergences(state)
+        report.summarize(state, metrics, calls[-1], trainer.batch_size)
         if on_epoch_end is not None:
           complete = done % steps_per_epoch == 0
           end = EpochEnd(epoch, complete, state, metrics, calls[-1].seconds, carry)
