@@ -34,7 +34,9 @@ nitpick_ignore_regex = [
    r"|pathlib|os|concurrent|types|PIL|tensorboard)(\..*)?"),
   (r"py:.*", r"(Any|Callable|Sequence|Mapping|Iterable|Iterator|NamedTuple|TypedDict|NoReturn"
    r"|Path|Collection|ClassVar|Optional|Union|Literal)"),
-  (r"py:class", r"(int|float|str|bool|dict|list|tuple|type|object|None|bytes|slice)"),
+  (r"py:class", r"(int|float|str|bool|dict|list|tuple|type|object|None|bytes|slice|string)"),
+  # Type aliases of the libraries above, as annotations spell them.
+  (r"py:class", r"(ArrayTree|Params|jaxlib\..*|dataclasses\..*)"),
 ]
 # The README is the getting-started page; its links into the repository are not pages here.
 myst_heading_anchors = 3

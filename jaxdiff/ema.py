@@ -1,6 +1,6 @@
 """The training engine's exponential moving average (EMA) of the parameters.
 
-:class:`jaxdiff.train.Trainer` keeps the average as explicit state, ``TrainState.ema_params``
+:class:`jaxdiff.engine.Trainer` keeps the average as explicit state, ``TrainState.ema_params``
 (as vdm does), and with ``ema_decay = d`` applies :func:`update_average` after every step:
 
 .. math::

@@ -23,8 +23,8 @@ from typing import Any
 
 import jax
 
-# The packages whose versions every description lists.
 LIBRARY_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
+"""The packages whose versions every description lists."""
 MISSING = "missing"
 
 
@@ -86,7 +86,7 @@ def describe(packages: Sequence[str] = ()) -> dict[str, Any]:
       :data:`LIBRARY_PACKAGES` (a benchmark adds ``"torch"``); missing ones read ``"missing"``.
 
   Returns:
-    A JSON-serialisable dict: ``platform`` (``cpu``, ``gpu`` or ``tpu``), ``device_kind``,
+    A JSON-serialisable dict of ``platform`` (``cpu``, ``gpu`` or ``tpu``), ``device_kind``,
     ``device_count`` (every process's), ``process_count``, ``cpu_model``, ``cpu_cores`` (the
     machine's), ``usable_cores`` (this process's affinity mask, what a job can actually use)
     and ``versions`` (name to version).

@@ -44,7 +44,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
     mode: ``"w"`` for text or ``"wb"`` for bytes, as for ``open``.
 
   Raises:
-    Whatever ``write`` raises; the destination is then untouched and the temporary file gone.
+    Exception: whatever ``write`` raises; the destination is then untouched and the temporary file gone.
   """
   if not is_main_process():
     return

@@ -118,7 +118,7 @@ class EpochEnd(NamedTuple):
 
 
 Hook = Callable[[EpochEnd], HookCarry]
-"""An epoch-end hook: ``hook(end) -> the new carry`` (``end.carry`` if it keeps nothing)."""
+"""An epoch-end hook, ``hook(end) -> the new carry`` (``end.carry`` if it keeps nothing)."""
 
 
 def chain_hooks(*hooks: Hook) -> Hook:
@@ -210,7 +210,7 @@ class Budget:
     """The steps to train, counted from the run's first; None: until the time limit."""
     return self.steps if self.epochs is None else self.epochs * steps_per_epoch
 
-  def start(self, steps_per_epoch: int) -> _Allowance:
+  def _start(self, steps_per_epoch: int) -> _Allowance:
     """The budget of a run with ``steps_per_epoch``, its time limit counted from now."""
     return _Allowance(self.total_steps(steps_per_epoch), self.time_limit_s, self.steps_per_call)
 
@@ -446,8 +446,8 @@ def fit(
 
   Args:
     trainer: the engine.
-    state: the initial state, from :meth:`Trainer.init` (donated).
-    data: arrays from :meth:`Trainer.put_data`.
+    state: the initial state, from :meth:`jaxdiff.engine.Trainer.init` (donated).
+    data: arrays from :meth:`jaxdiff.engine.Trainer.put_data`.
     budget: how long to train.
     on_epoch_end: called after every call of the engine; returns the new carry
       (:func:`chain_hooks` composes several hooks).
@@ -468,7 +468,7 @@ def fit(
   """
   clock = clock or PhaseClock()
   steps_per_epoch = trainer.steps_per_epoch(data)
-  allowance = budget.start(steps_per_epoch)
+  allowance = budget._start(steps_per_epoch)
   with _RunCheckpoints(checkpointing, clock) as checkpoints:
     state, carry, calls, resumed_at = checkpoints.restore(state, carry or HookCarry())
     with _Report(reporter or Reporter(), state, allowance.total) as report:

@@ -193,7 +193,7 @@ def averaging_hook(
     snapshots: also keep the snapshots' parameters there (None: only the average).
 
   Returns:
-    The hook: it returns the carry with ``arrays[name]`` updated; compose it with an
+    The hook, which returns the carry with ``arrays[name]`` updated; compose it with an
     experiment's own hook by :func:`jaxdiff.loop.chain_hooks`.
   """
 

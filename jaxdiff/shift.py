@@ -97,7 +97,7 @@ def scores_by_angle(
     angles: the angles the stack was made with.
 
   Returns:
-    One dict per angle: ``angle`` and the scores (accuracy, error, nll, ece, brier).
+    A dict per angle, with ``angle`` and the scores (accuracy, error, nll, ece, brier).
 
   Raises:
     ValueError: the predictions do not split into ``len(angles)`` equal parts.

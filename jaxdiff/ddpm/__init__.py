@@ -13,23 +13,23 @@ Conventions used throughout:
   paper's step ``t + 1``: ``q_sample(schedule, x0, t, noise)`` is the paper's ``x_{t+1}``, and the
   sampler's last step (``t = 0``) maps the paper's ``x_1`` to ``x_0``.
 * Data are NHWC float32 images in ``[-1, 1]``, from uint8 pixels as ``x = pixel / 127.5 − 1``
-  (:func:`to_unit_range`; :func:`to_uint8` inverts it).
+  (:func:`~jaxdiff.ddpm.images.to_unit_range`; :func:`~jaxdiff.ddpm.images.to_uint8` inverts it).
 * The network enters as ``denoise_fn(x_t, t) -> eps``: ``x_t`` of shape ``(batch, ...)``, ``t`` an
   int32 array of shape ``(batch,)``, and the predicted noise with the shape of ``x_t``. It closes
   over the parameters, e.g. ``lambda x, t: model.apply({"params": params}, x, t)``. A network
-  trained to predict ``v`` or ``x_0`` enters through :func:`denoiser`, which converts its output.
+  trained to predict ``v`` or ``x_0`` enters through :func:`~jaxdiff.ddpm.losses.denoiser`, which converts its output.
 * Every random function takes an explicit ``jax.random`` key.
 
 The package is split by stage, as in score_sde's ``losses.py`` / ``sampling.py``:
 
-* :mod:`jaxdiff.ddpm.schedules`: the noise schedules, :class:`NoiseSchedule`.
-* :mod:`jaxdiff.ddpm.images`: the data range, :func:`to_unit_range` and :func:`to_uint8`.
+* :mod:`jaxdiff.ddpm.schedules`: the noise schedules, :class:`~jaxdiff.ddpm.schedules.NoiseSchedule`.
+* :mod:`jaxdiff.ddpm.images`: the data range, :func:`~jaxdiff.ddpm.images.to_unit_range` and :func:`~jaxdiff.ddpm.images.to_uint8`.
 * :mod:`jaxdiff.ddpm.losses`: the forward process, the training losses (ε, v or ``x_0``
-  prediction; uniform or min-SNR weights), :func:`denoiser` and the reverse step.
+  prediction; uniform or min-SNR weights), :func:`~jaxdiff.ddpm.losses.denoiser` and the reverse step.
 * :mod:`jaxdiff.ddpm.sampling`: the DDPM, predictor–corrector and DDIM samplers and DPM-Solver++.
-* :mod:`jaxdiff.ddpm.guidance`: classifier-free guidance, :func:`guided_denoiser`.
+* :mod:`jaxdiff.ddpm.guidance`: classifier-free guidance, :func:`~jaxdiff.ddpm.guidance.guided_denoiser`.
 * :mod:`jaxdiff.ddpm.likelihood`: the variational bound in bits per dimension.
-* :mod:`jaxdiff.ddpm.task`: :func:`ddpm_task`, the training-engine task.
+* :mod:`jaxdiff.ddpm.task`: :func:`~jaxdiff.ddpm.task.ddpm_task`, the training-engine task.
 
 Every public name is importable from :mod:`jaxdiff.ddpm` itself. The parameter EMA that the
 experiments sample from is the training engine's (``Trainer(ema_decay=...)``, :mod:`jaxdiff.ema`).

@@ -29,9 +29,9 @@ from jaxdiff.ddpm.schedules import NoiseSchedule
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
 VARIANCES = ("beta", "beta_tilde")
-#: What the network predicts: the noise, the velocity or the clean image.
+#: What the network predicts, the noise, the velocity or the clean image.
 PREDICTIONS = ("eps", "v", "x0")
-#: Per-timestep loss weights: none, or min-SNR-γ.
+#: The per-timestep loss weights, none or min-SNR-γ.
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
 
 

@@ -20,7 +20,7 @@ from jaxdiff.ddpm.losses import DenoiseFn, _check_variance, p_mean_variance, pre
 from jaxdiff.ddpm.schedules import NoiseSchedule
 from jaxdiff.langevin import LangevinNoiseState, add_langevin_noise
 
-#: The predictor–corrector sampler's predictors: the ancestral step or the DDIM step.
+#: The predictor–corrector sampler's predictors, the ancestral step or the DDIM step.
 PREDICTORS = ("ddpm", "ddim")
 
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 SCHEDULES = ("linear", "cosine")
+"""The noise schedules :func:`make_schedule` makes: Ho et al.'s linear, Nichol & Dhariwal's cosine."""
 
 
 class NoiseSchedule(NamedTuple):

@@ -53,7 +53,7 @@ def ddpm_task(
     label_dropout: that probability, in ``[0, 1]``.
 
   Returns:
-    The task: ``init(key)`` is ``model.init(key, zeros, zeros_t)["params"]``, and ``loss`` takes
+    The task, whose ``init(key)`` is ``model.init(key, zeros, zeros_t)["params"]``, and ``loss`` takes
     ``{"image": uint8 NHWC}`` batches, maps them to ``[-1, 1]``
     (:func:`~jaxdiff.ddpm.images.to_unit_range`) and returns ``(loss, {})``. Its ``key``
     draws the timesteps and noise as in :func:`~jaxdiff.ddpm.losses.diffusion_loss` and, apart

@@ -29,11 +29,11 @@ import jax.numpy as jnp
 from jax import lax
 
 FEATURE_MULTIPLE = 16
-"""Output features are padded to a multiple of this: one AVX-512 register of float32."""
+"""Output features are padded to a multiple of this, one AVX-512 register of float32."""
 
 
 FORMULATIONS = ("lax", "banded", "banded_rows")
-"""How a model computes its convolutions and pools: ``"lax"``, the plain ops; ``"banded"``,
+"""How a model computes its convolutions and pools, ``"lax"``, the plain ops; ``"banded"``,
 :func:`conv_toeplitz` in narrow column blocks and :func:`max_pool_2x2` (XLA:CPU);
 ``"banded_rows"``, the same with whole output rows per matmul row (XLA:GPU)."""
 
@@ -111,7 +111,10 @@ def conv_toeplitz(
   :func:`conv_padded_features`.
 
   Args:
-    lhs, rhs, *args, **kwargs: the arguments of ``lax.conv_general_dilated``.
+    lhs: the input, as for ``lax.conv_general_dilated``.
+    rhs: the kernel.
+    *args: the rest of ``lax.conv_general_dilated``'s arguments, by position.
+    **kwargs: and by name.
     block: output columns per row of the matmul, a divisor of the output width; ``None``
       takes :func:`toeplitz_block`'s choice.
     whole_rows: with ``block=None``, whole output rows per matmul row (see

@@ -38,6 +38,7 @@ UNET_SIZES: dict[str, dict[str, Any]] = {
   "small": {"base_channels": 32, "channel_multipliers": (1, 2, 2), "num_res_blocks": 2},
   "base": {"base_channels": 64, "channel_multipliers": (1, 2, 2), "num_res_blocks": 2},
 }
+"""The U-Net's preset sizes, for :func:`make_unet`."""
 
 
 def make_unet(size: str, **overrides: Any) -> UNet:
@@ -203,7 +204,7 @@ class UNet(nn.Module):
 
   @property
   def null_label(self) -> int:
-    """The label that stands for "no label" in a class-conditional model: ``num_classes``."""
+    """The label that stands for "no label" in a class-conditional model, ``num_classes``."""
     if self.num_classes is None:
       raise ValueError("an unconditional UNet has no labels: give it num_classes")
     return self.num_classes
