@@ -295,6 +295,7 @@ def train_and_score(
       )
       for run in range(num_runs)
     ]
+    _write_scores(reporter, int(end.state.step[0]), evaluation.name, records)
     return end.carry.extend("epochs", [records]).with_record(
       "last_epoch_losses", np.asarray(end.metrics["loss"]).T.tolist()
     )
@@ -333,6 +334,19 @@ def train_and_score(
       )
     )
   return ScoredGroup(result.state, runs)
+
+
+def _write_scores(reporter: Reporter | None, step: int, name: str,
+                  records: list[EpochScores]) -> None:  # fmt: skip
+  """Each run's epoch scores as ``<evaluation>/<metric>`` and ``<evaluation>_averaged/<metric>``
+  in the reporter's summaries, if it has any."""
+  if reporter is None or reporter.summaries is None:
+    return
+  for predictive, suffix in (("current", ""), ("averaged", "_averaged")):
+    for metric in ("error", "nll", "ece", "brier"):
+      values = [np.nan if (r[predictive] or {}).get(metric) is None else r[predictive][metric]
+                for r in records]  # fmt: skip
+      reporter.summaries.scalars(step, {f"{name}{suffix}/{metric}": values})
 
 
 def _taken(average: posterior.PredictiveAverage | None) -> bool:

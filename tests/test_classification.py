@@ -43,12 +43,12 @@ def _state(trainer, learning_rates=(0.05, 0.1)):
                       key=jax.random.split(jax.random.key(1), runs))  # fmt: skip
 
 
-def _score(setup, evaluation=None, learning_rates=(0.05, 0.1), **kwargs):
+def _score(setup, evaluation=None, learning_rates=(0.05, 0.1), reporter=QUIET, **kwargs):
   trainer, data, predict, held_out = setup
   return classification.train_and_score(
     trainer, _state(trainer, learning_rates), data, train.Budget(epochs=4), predict=predict,
     evaluation=evaluation or held_out, num_classes=3,
-    snapshots=posterior.SnapshotSchedule(burn_in=2), reporter=QUIET, **kwargs,
+    snapshots=posterior.SnapshotSchedule(burn_in=2), reporter=reporter, **kwargs,
   )  # fmt: skip
 
 
@@ -106,3 +106,17 @@ def test_a_resumed_group_scores_as_an_uninterrupted_one(setup, tmp_path):
     for key in ("final", "averaged", "snapshots", "status", "last_epoch_loss_std"):
       assert a[key] == b[key], key
     assert [e["current"] for e in a["epochs"]] == [e["current"] for e in b["epochs"]]
+
+
+def test_the_epoch_scores_go_to_the_reporters_summaries(setup, tmp_path):
+  from jaxdiff import summaries
+
+  writer = summaries.Summaries(tmp_path, ["lr 0.05", "lr 0.1"])
+  reporter = train.Reporter(quiet=True, log=lambda line: None, summaries=writer)
+  group = _score(setup, reporter=reporter)
+  writer.close()
+  series = summaries.read_scalars(writer.directories[1])
+  assert [step for step, _ in series["held out/error"]] == [4, 8, 12, 16]
+  assert [step for step, _ in series["held out_averaged/error"]] == [12, 16]  # after snapshots
+  assert series["held out/error"][-1][1] == pytest.approx(group.runs[1]["final"]["error"])
+  assert "train/loss" in series
