@@ -33,6 +33,7 @@ class RunOptions(NamedTuple):
     out: the output folder.
     resume: continue from the last checkpoints in ``out``.
     quiet: no progress bars.
+    summaries: write TensorBoard summaries and JSON lines under ``out``/summaries.
     process_group: how this process joins a run of several, or None for a run of one.
   """
 
@@ -40,11 +41,13 @@ class RunOptions(NamedTuple):
   out: str
   resume: bool
   quiet: bool
+  summaries: bool = True
   process_group: ProcessGroup | None = None
 
 
 def add_run_flags(parser: argparse.ArgumentParser, default_out: str) -> None:
-  """``--platform``, ``--data``, ``--out``, ``--resume``, ``--quiet`` and the process flags."""
+  """``--platform``, ``--data``, ``--out``, ``--resume``, ``--quiet``, ``--no-summaries`` and
+  the process flags."""
   parser.add_argument(
     "--platform", choices=PLATFORMS, default=None, help="JAX backend (default: JAX's choice)"
   )
@@ -58,6 +61,8 @@ def add_run_flags(parser: argparse.ArgumentParser, default_out: str) -> None:
   )
   parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
+  parser.add_argument("--no-summaries", dest="summaries", action="store_false",
+                      help="write no TensorBoard summaries (nor their JSON lines) under --out")  # fmt: skip
   processes = parser.add_argument_group(
     "many processes", "one run over several hosts: jax.distributed.initialize's arguments"
   )
@@ -118,7 +123,7 @@ def parse(
     group = process_group(flags)
   except DistributedError as error:
     parser.error(str(error))
-  options = RunOptions(flags.data, flags.out, flags.resume, flags.quiet, group)
+  options = RunOptions(flags.data, flags.out, flags.resume, flags.quiet, flags.summaries, group)
   return config, options, flags.platform
 
 
@@ -145,7 +150,7 @@ def main(
 ) -> int:
   """An experiment's whole CLI: flags, platform, compilation cache, then the experiment.
 
-  ``run(config, data_source, out_dir, resume=, quiet=)`` is called with the parsed
+  ``run(config, data_source, out_dir, resume=, quiet=, summaries=)`` is called with the parsed
   configuration and the run flags.
 
   With the process flags, the process first joins the others (:mod:`jaxdiff.distributed`).
@@ -178,7 +183,8 @@ def main(
       initialize(options.process_group)  # before select_platform starts the backend
     select_platform(platform)
     use_compilation_cache()
-    run(config, options.data, options.out, resume=options.resume, quiet=options.quiet)
+    run(config, options.data, options.out, resume=options.resume, quiet=options.quiet,
+        summaries=options.summaries)
   except (
     DataError,
     PlatformError,

@@ -130,7 +130,7 @@ def test_a_switch_must_default_to_off():
     config.add_flags(argparse.ArgumentParser(), On)
 
 
-RUN_FLAGS = {"--help", "--platform", "--data", "--out", "--resume", "--quiet",
+RUN_FLAGS = {"--help", "--platform", "--data", "--out", "--resume", "--quiet", "--no-summaries",
              "--coordinator-address", "--num-processes", "--process-id", "--distributed",
              "--initialization-timeout"}  # fmt: skip
 
@@ -186,8 +186,14 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume_and_exit_130(tmp_path, capsy
 def test_resume_without_checkpoints_says_it_trains_from_scratch(tmp_path, capsys):
   calls = []
   assert _main(tmp_path, ["--resume"], run=lambda *args, **kwargs: calls.append(kwargs)) == 0
-  assert calls == [{"resume": True, "quiet": False}]
+  assert calls == [{"resume": True, "quiet": False, "summaries": True}]
   assert "holds no checkpoints yet; training from scratch" in capsys.readouterr().err
   (tmp_path / "out" / "checkpoints" / "1").mkdir(parents=True)
   _main(tmp_path, ["--resume"], run=lambda *args, **kwargs: None)
   assert capsys.readouterr().err == ""
+
+
+def test_no_summaries_reaches_the_experiment(tmp_path):
+  calls = []
+  assert _main(tmp_path, ["--no-summaries"], run=lambda *args, **kwargs: calls.append(kwargs)) == 0
+  assert calls == [{"resume": False, "quiet": False, "summaries": False}]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from behaviour_data import mnist_like, save_mnist_npz
 
-from jaxdiff import cli, config
+from jaxdiff import cli, config, summaries
 from jaxdiff.classification import classifier_task
 from jaxdiff.experiments.mnist_bnn.config import BnnConfig
 from jaxdiff.experiments.mnist_bnn.experiment import rerun_command, snapshot_schedule
@@ -189,6 +189,18 @@ def test_cli_tunes_every_method_and_reports_averaged_and_final_scores(tmp_path, 
   assert "## Rotated test images" in markdown and "ECE % by angle" in markdown
   for name in ("scores.png", "tuning.png", "curves.png", "cold_posterior.png", "shift.png"):
     assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"[`{name}`]({name})" in markdown
+  # Live series, one TensorBoard run per phase, method and run: 2 epochs of 8 steps.
+  assert "tensorboard --logdir summaries" in markdown
+  runs = sorted(path.name for path in (out / "summaries" / "seeds" / "sgld").iterdir())
+  assert runs == [f"lr_{report['tuning']['picked']['sgld']:g}_seed_{seed}_T_1" for seed in (0, 1)]
+  series = summaries.read_scalars(out / "summaries" / "seeds" / "sgld" / runs[1])
+  assert [step for step, _ in series["test/error"]] == [8, 16]
+  assert [step for step, _ in series["test_averaged/error"]] == [16]  # after the burn-in epoch
+  assert [step for step, _ in series["train/loss"]] == [8, 16]
+  lines = (out / "summaries" / "seeds" / "sgld" / runs[1] / "scalars.jsonl").read_text()
+  assert [json.loads(line)["step"] for line in lines.splitlines()].count(16) >= 2
+  assert len(list((out / "summaries" / "temperatures" / "sghmc").iterdir())) == 2  # T 0.1 × 2
 
 
 def test_a_method_whose_every_tuning_run_diverges_is_a_row_of_the_report(tmp_path, tiny_mnist):
@@ -208,8 +220,9 @@ def test_the_korattikara_preset_thins_by_steps_without_tuning(tmp_path, tiny_mni
   out = tmp_path / "out"
   result = _cli(tmp_path, "--data", tiny_mnist, "--out", out, "--protocol", "korattikara2015",
                 "--epochs", 4, "--batch-size", 8, "--seeds", 2, "--validation-size", 16,
-                "--burn-in", "0.5", "--thin-steps", 4, "--quiet")  # fmt: skip
+                "--burn-in", "0.5", "--thin-steps", 4, "--quiet", "--no-summaries")  # fmt: skip
   assert result.returncode == 0, result.stderr[-3000:]
+  assert not (out / "summaries").exists()
   report = json.loads((out / "report.json").read_text())
   assert report["protocol"]["name"] == "korattikara2015" and not report["tuning"]["tuned"]
   assert [run["phase"] for run in report["runs"]] == ["seeds", "seeds"]

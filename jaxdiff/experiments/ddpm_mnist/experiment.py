@@ -166,6 +166,7 @@ def run_experiment(
   *,
   resume: bool = False,
   quiet: bool = False,
+  summaries: bool = True,
 ) -> dict[str, Any]:
   """Trains, samples, scores and writes every output to ``out_dir``.
 
@@ -173,6 +174,7 @@ def run_experiment(
   ``report.md`` (atomically) beside the checkpoints, and with ``sampler_table``
   ``samplers.png``.
   """
+  del summaries  # not written yet by this experiment (issue 35)
   started = time.perf_counter()
   data = load_dataset(data_source, name="mnist" if data_source == "tfds" else None)
   check_image_shape(data.image_shape, config.model_size)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff import classification, config as config_lib, environment, files, langevin, parallel
-from jaxdiff import posterior, tasks, train
+from jaxdiff import posterior, summaries as summaries_lib, tasks, train
 from jaxdiff.checkpoint import check_no_checkpoints
 from jaxdiff.classification import Evaluation, RunRecord
 from jaxdiff.data import Dataset, load_dataset
@@ -47,6 +47,8 @@ from jaxdiff.models import MLP, normalize_images
 from jaxdiff.policy import ExecutionPolicy
 
 NUM_CLASSES = 10
+# The live series' folder under --out: `tensorboard --logdir <out>/summaries`.
+SUMMARIES_DIR = "summaries"
 
 
 # Stream 0 of the root (jaxdiff.keys has the seeds' streams); fixed, as it fixes a result.
@@ -143,8 +145,13 @@ def train_group(
   quiet: bool,
   log: Callable[[str], None],
   clock: train.PhaseClock,
+  summaries_dir: Path | None = None,
 ) -> list[RunRecord]:
-  """Trains one vmapped group on :func:`jaxdiff.classification.train_and_score`; its records."""
+  """Trains one vmapped group on :func:`jaxdiff.classification.train_and_score`; its records.
+
+  With ``summaries_dir``, each run's training and test series go to its own TensorBoard run
+  under ``summaries_dir/<phase>/<method>``.
+  """
   spec = METHODS[group.name]
   steps_per_epoch = len(setup.train_data["label"]) // config.batch_size
   plan = run_plan(config, group.epochs, steps_per_epoch)
@@ -160,17 +167,17 @@ def train_group(
     f"lr {lr:g}" + ("" if seed is None else f", seed {seed}") + (f", T {t:g}" if spec.langevin else "")
     for lr, seed, t in zip(group.learning_rates, group.seeds, group.temperatures)
   ]  # fmt: skip
-  scored = classification.train_and_score(
-    trainer, state, setup.train_data,
-    train.Budget(epochs=group.epochs, steps_per_call=config.thin_steps),
-    predict=setup.predict, evaluation=group.evaluation, num_classes=NUM_CLASSES,
-    snapshots=snapshot_schedule(config, group.name, group.epochs, steps_per_epoch),
-    # About a hundred checkpoints a run: a save per epoch of a 2 000-epoch chain would write
-    # more than it trains.
-    checkpointing=train.Checkpointing(checkpoint_dir, resume=resume,
-                                      every_epochs=max(1, group.epochs // 100)),
-    reporter=train.Reporter(f"{group.name} ({group.phase})", run_names, quiet, log), clock=clock,
-  )  # fmt: skip
+  summaries = None
+  if summaries_dir is not None:
+    summaries = summaries_lib.Summaries(summaries_dir / group.phase / group.name, run_names)
+  reporter = train.Reporter(f"{group.name} ({group.phase})", run_names, quiet, log,
+                            summaries=summaries)  # fmt: skip
+  try:
+    scored = _train_and_score(config, setup, group, trainer, state, steps_per_epoch,
+                              checkpoint_dir, resume, reporter, clock)  # fmt: skip
+  finally:
+    if summaries is not None:
+      summaries.close()
   return [
     classification.run_record(
       run, method=group.name, phase=group.phase, seed=seed, learning_rate=lr,
@@ -179,6 +186,21 @@ def train_group(
     for run, lr, seed, t, d in zip(scored.runs, group.learning_rates, group.seeds,
                                    group.temperatures, diffusions)  # fmt: skip
   ]
+
+
+def _train_and_score(config, setup, group, trainer, state, steps_per_epoch, checkpoint_dir,
+                     resume, reporter, clock) -> classification.ScoredGroup:  # fmt: skip
+  return classification.train_and_score(
+    trainer, state, setup.train_data,
+    train.Budget(epochs=group.epochs, steps_per_call=config.thin_steps),
+    predict=setup.predict, evaluation=group.evaluation, num_classes=NUM_CLASSES,
+    snapshots=snapshot_schedule(config, group.name, group.epochs, steps_per_epoch),
+    # About a hundred checkpoints a run: a save per epoch of a 2 000-epoch chain would write
+    # more than it trains.
+    checkpointing=train.Checkpointing(checkpoint_dir, resume=resume,
+                                      every_epochs=max(1, group.epochs // 100)),
+    reporter=reporter, clock=clock,
+  )  # fmt: skip
 
 
 def pick_learning_rate(tuning_runs: list[RunRecord]) -> float | None:
@@ -227,11 +249,14 @@ def run_benchmark(
   quiet: bool = False,
   log: Callable[[str], None] = print,
   clock: train.PhaseClock | None = None,
+  summaries: bool = True,
 ) -> Benchmark:
   """Tunes every method's learning rate, trains its seeds, then the cold-posterior curve.
 
   Checkpoints go to ``out_dir/checkpoints/<phase>/<method>`` after every call of the engine;
-  with ``resume`` each group continues from its latest checkpoint.
+  with ``resume`` each group continues from its latest checkpoint. With ``summaries``, every
+  run's series go to ``out_dir/summaries/<phase>/<method>/<run>`` (TensorBoard event files and
+  ``scalars.jsonl``), resumed runs appending to theirs.
 
   Raises:
     jaxdiff.checkpoint.CheckpointsExistError: not ``resume``, and ``out_dir`` holds
@@ -250,8 +275,10 @@ def run_benchmark(
   seeds = list(range(config.seeds))
   seed_keys = jnp.stack([seed_key(root, seed) for seed in seeds])
   grid = list(config.learning_rates)
-  train_one = functools.partial(train_group, config, setup, resume=resume, quiet=quiet, log=log,
-                                clock=clock)  # fmt: skip
+  train_one = functools.partial(
+    train_group, config, setup, resume=resume, quiet=quiet, log=log, clock=clock,
+    summaries_dir=Path(out_dir) / SUMMARIES_DIR if summaries else None,
+  )  # fmt: skip
   records: list[RunRecord] = []
   picked: dict[str, float | None] = {}
   for name in config.methods:
@@ -298,11 +325,12 @@ def run_experiment(
   *,
   resume: bool = False,
   quiet: bool = False,
+  summaries: bool = True,
 ) -> dict[str, Any]:
   """Loads the data, runs the benchmark and writes the reports to ``out_dir``.
 
   Writes ``report.json``, ``report.md`` and the figures of :func:`write_reports`, each
-  atomically.
+  atomically, and with ``summaries`` the live series of :func:`run_benchmark`.
 
   Returns:
     The contents of ``report.json``.
@@ -313,13 +341,15 @@ def run_experiment(
     data = load_dataset(data_source, name="mnist" if data_source == "tfds" else None)
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  benchmark = run_benchmark(config, data, out, resume=resume, quiet=quiet, clock=clock)
+  benchmark = run_benchmark(config, data, out, resume=resume, quiet=quiet, clock=clock,
+                            summaries=summaries)  # fmt: skip
   env = environment.describe_run(started, clock.seconds)
   by_phase = {phase: [r for r in benchmark.records if r["phase"] == phase]
               for phase in ("tuning", "seeds", "temperatures")}  # fmt: skip
   result = {
     "config": dataclasses.asdict(config),
     "command": rerun_command(config, data_source, out_dir),
+    "summaries": SUMMARIES_DIR if summaries else None,
     "data": {"source": data.source, "label": data.label, "train_images": benchmark.num_train,
              "validation_images": config.validation_size, "test_images": len(data.y_test)},
     "protocol": report.describe_protocol(config, benchmark.num_train),

@@ -354,14 +354,20 @@ def render_markdown(result: dict) -> str:
     for metric, name, scale_, digits in (("error", "error %", 100, 1), ("nll", "NLL", 1, 3),
                                          ("ece", "ECE %", 100, 1), ("brier", "Brier", 1, 3)):  # fmt: skip
       lines += [f"{name} by angle:", "", *_shift_rows(result["shift"], metric, scale_, digits), ""]
-  figures = ["`scores.png` (the test table)", "`curves.png` (training loss, the current "
-             "parameters' test NLL and the averaged predictive's test error per epoch)"]  # fmt: skip
+  figures = [("scores.png", "the test table"), ("curves.png", "training loss, the current "
+             "parameters' test NLL and the averaged predictive's test error per epoch")]  # fmt: skip
   if tuning["tuned"]:
-    figures.append("`tuning.png` (validation NLL over the grid)")
+    figures.append(("tuning.png", "validation NLL over the grid"))
   if result["cold_posterior"]:
-    figures.append("`cold_posterior.png` (error and NLL against T)")
+    figures.append(("cold_posterior.png", "error and NLL against T"))
   if result["shift"]:
-    figures.append("`shift.png` (error and ECE against the rotation)")
-  lines += ["Figures: " + ", ".join(figures) + ".", ""]
+    figures.append(("shift.png", "error and ECE against the rotation"))
+  lines += ["Figures: " + ", ".join(f"[`{name}`]({name}) ({what})" for name, what in figures)
+            + ".", ""]  # fmt: skip
+  if result.get("summaries"):
+    folder = result["summaries"]
+    lines += [f"Live metrics of every run, per step and per epoch: [`{folder}/`]({folder}/), "
+              f"`tensorboard --logdir {folder}` from this folder (one TensorBoard run per "
+              "phase, method and run), or each run's `scalars.jsonl`.", ""]  # fmt: skip
   return "\n".join(lines)
 
