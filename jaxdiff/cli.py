@@ -29,7 +29,7 @@ class RunOptions(NamedTuple):
   """How to run an experiment, beside its configuration (the flags every CLI has).
 
   Attributes:
-    data: ``"tfds"`` or a local file or folder for :func:`jaxdiff.load_dataset`.
+    data: ``"tfds"`` or a local file or folder for :func:`jaxdiff.data.load_dataset`.
     out: the output folder.
     resume: continue from the last checkpoints in ``out``.
     quiet: no progress bars.
@@ -79,7 +79,7 @@ def add_run_flags(parser: argparse.ArgumentParser, default_out: str) -> None:
 
 
 def process_group(flags: argparse.Namespace) -> ProcessGroup | None:
-  """The :class:`ProcessGroup` the process flags describe, or None without any of them.
+  """The :class:`~jaxdiff.distributed.ProcessGroup` the process flags describe, or None without any of them.
 
   Raises:
     DistributedError: the flags conflict or are out of range.

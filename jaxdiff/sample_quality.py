@@ -55,7 +55,8 @@ def normalize_mnist(images: jax.Array) -> jax.Array:
 
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
-# Part of the cache key: change it whenever MnistFeatureNet or its training changes.
+#: The feature classifier's name in its cache key, changed whenever MnistFeatureNet or its
+#: training changes so that a cached classifier of another recipe is never loaded.
 ARCHITECTURE = "MnistFeatureNet-conv32-conv64-dense128-v2"
 CONFIDENCE = 0.9
 NOTE = (
@@ -166,10 +167,10 @@ def evaluate_samples(
     chunk_size: images per forward pass (bounds memory).
 
   Returns:
-    ``{"classifier_fd": float, "confident_share": float (samples with max
-    probability >= 0.9), "reference_confident_share": float, "class_histogram":
-    [10 ints] (the samples' predicted classes), "num_samples": N,
-    "num_reference": M, "note": str}``.
+    A dict of ``classifier_fd`` (float), ``confident_share`` (the share of samples whose top
+    probability is at least 0.9), ``reference_confident_share``, ``class_histogram`` (10 ints:
+    the samples' predicted classes), ``num_samples`` (N), ``num_reference`` (M) and ``note``
+    (a str).
 
   Raises:
     ValueError: an image array is not uint8 ``(n, 28, 28, 1)`` with n >= 2.
