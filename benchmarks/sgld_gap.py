@@ -55,16 +55,19 @@ def main():
   parser.add_argument("--epochs", type=int, default=100)
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--rows", default=",".join(name for name, _, _ in ROWS),
-                      help="comma-separated names of the rows to run")  # fmt: skip
+                      help="comma-separated names of the rows to run, in this order")  # fmt: skip
   parser.add_argument("--resume", action="store_true")
   flags = parser.parse_args()
   common.positive(parser, flags, "epochs", "seeds")
   print(common.header())
+  rows = {name: (change, fields) for name, change, fields in ROWS}
   wanted = flags.rows.split(",")
+  unknown = [name for name in wanted if name not in rows]
+  if unknown:
+    parser.error(f"--rows: unknown rows {unknown}; the rows are {list(rows)}")
   results = {}
-  for name, change, fields in ROWS:
-    if name not in wanted:
-      continue
+  for name in wanted:
+    change, fields = rows[name]
     out = Path(flags.out) / name.replace(" ", "_").replace("/", "-")
     report_file = out / "report.json"
     if flags.resume and report_file.exists():
