@@ -59,12 +59,12 @@ def main():
   parser.add_argument("--resume", action="store_true")
   flags = parser.parse_args()
   common.positive(parser, flags, "epochs", "seeds")
-  print(common.header())
   rows = {name: (change, fields) for name, change, fields in ROWS}
   wanted = flags.rows.split(",")
   unknown = [name for name in wanted if name not in rows]
   if unknown:
     parser.error(f"--rows: unknown rows {unknown}; the rows are {list(rows)}")
+  print(common.header())
   results = {}
   for name in wanted:
     change, fields = rows[name]
