@@ -29,7 +29,7 @@ ROWS = (
    {"learning_rates": (0.3,), "lr_schedule": "halving"}),
   ("one sample an epoch", "li2016's thinning", {"thin_steps": 500}),
   ("burn-in half", "li2016's burn-in", {"burn_in": 0.5}),
-  ("pixels in [0, 1]", "li2016's input scale", {"input_scale": 1.0}),
+  ("pixels ÷ 255", "li2016's input scale, pixels in [0, 1]", {"input_scale": 1.0}),
   ("prior σ² 0.1", "a tighter prior", {"prior_variance": 0.1}),
   ("prior σ² 10", "a wider prior", {"prior_variance": 10.0}),
   ("T 0.1", "a colder posterior", {"temperature": 0.1}),
