@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -73,7 +74,9 @@ def plot_curves(seed_runs: Sequence[dict], path: str | os.PathLike) -> None:
   def series(runs, value):
     length = min(len(run["epochs"]) for run in runs)
     matrix = np.array([[value(e) for e in run["epochs"][:length]] for run in runs], np.float64)
-    return np.arange(1, length + 1), np.nanmean(matrix, axis=0) if length else matrix
+    with warnings.catch_warnings():  # the burn-in's epochs have no average: NaN, not plotted
+      warnings.simplefilter("ignore", RuntimeWarning)
+      return np.arange(1, length + 1), np.nanmean(matrix, axis=0) if length else matrix
 
   for name, runs in groups.items():
     if not min(len(run["epochs"]) for run in runs):
