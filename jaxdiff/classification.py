@@ -9,11 +9,25 @@ copies of the images too (:mod:`jaxdiff.shift`). The metrics themselves (accurac
 Brier score) are in :mod:`jaxdiff.metrics`.
 
 Example:
-  >>> predict = make_predictor(model, mesh)
-  >>> group = train_and_score(trainer, state, data, Budget(epochs=10), predict=predict,
-  ...                         evaluation=Evaluation("test", x_test, y_test), num_classes=10,
-  ...                         snapshots=SnapshotSchedule(burn_in=5))
-  >>> [run["averaged"]["error"] for run in group.runs]
+  >>> import jaxdiff
+  >>> from jaxdiff.models import MLP
+  >>> from jaxdiff.posterior import SnapshotSchedule
+  >>> model, mesh = MLP(hidden=(), num_classes=3), parallel.make_mesh()
+  >>> trainer = Trainer(classifier_task(model, (4, 4, 1)), jaxdiff.langevin_sgd, mesh=mesh,
+  ...                   batch_size=8)
+  >>> state = trainer.init(jax.random.split(jax.random.key(0), 2), learning_rate=0.1,
+  ...                      diffusion=1e-3, key=jax.random.split(jax.random.key(1), 2))
+  >>> x, y = np.zeros((16, 4, 4, 1), np.uint8), np.arange(16, dtype=np.int32) % 3
+  >>> predict = make_predictor(model, mesh, chunk_size=8)
+  >>> group = train_and_score(trainer, state, trainer.put_data({"image": x, "label": y}),
+  ...                         Budget(epochs=3), predict=predict,
+  ...                         evaluation=Evaluation("test", x[:8], y[:8]), num_classes=3,
+  ...                         snapshots=SnapshotSchedule(burn_in=1),
+  ...                         reporter=Reporter(quiet=True))
+  >>> [(run["status"], run["snapshots"]) for run in group.runs]
+  [('ok', 2), ('ok', 2)]
+  >>> sorted(group.runs[0]["averaged"])  # the posterior average's scores
+  ['accuracy', 'brier', 'ece', 'error', 'nll']
 """
 
 from __future__ import annotations

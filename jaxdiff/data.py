@@ -198,9 +198,12 @@ def load_dataset(
     DataError: one of its subclasses, with a message saying what to do.
 
   Example:
-    >>> data = load_dataset("../shared/data/mnist.npz", name="mnist")
-    >>> data.x_train.shape
-    (60000, 28, 28, 1)
+    >>> from jaxdiff.files import write_npz
+    >>> images, labels = np.zeros((4, 28, 28, 1), np.uint8), np.arange(4, dtype=np.int32)
+    >>> write_npz("mnist.npz", x_train=images, y_train=labels, x_test=images, y_test=labels)
+    >>> data = load_dataset("mnist.npz", name="mnist")
+    >>> data.x_train.shape, data.num_classes, data.label
+    ((4, 28, 28, 1), 10, 'mnist (local copy)')
   """
   if str(source) == "tfds":
     if name is None:

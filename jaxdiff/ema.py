@@ -34,7 +34,10 @@ def update_average(average: optax.Params, params: optax.Params, decay: float) ->
     The new average, with ``average``'s structure and dtypes.
 
   Example:
-    >>> ema_params = update_average(ema_params, params, 0.999)
+    >>> ema_params = {"w": jnp.zeros(2)}
+    >>> ema_params = update_average(ema_params, {"w": jnp.ones(2)}, decay=0.75)
+    >>> ema_params["w"]
+    Array([0.25, 0.25], dtype=float32)
   """
   return jax.tree.map(
     lambda old, new: (decay * old + (1.0 - decay) * new).astype(old.dtype), average, params

@@ -103,12 +103,19 @@ class Trainer:
       every step, starting at the initial parameters (None: no average).
 
   Example:
-    >>> trainer = Trainer(task, jaxdiff.langevin_sgd, mesh=mesh, batch_size=100)
-    >>> state = trainer.init(jax.random.split(jax.random.key(0), 3),
-    ...                      learning_rate=jnp.full(3, 1e-3), diffusion=jnp.full(3, 1e-4),
+    >>> import jaxdiff
+    >>> from jaxdiff import classification
+    >>> from jaxdiff.models import MLP
+    >>> task = classification.classifier_task(MLP(hidden=(), num_classes=3), (4, 4, 1))
+    >>> trainer = Trainer(task, jaxdiff.langevin_sgd, mesh=parallel.make_mesh(), batch_size=8)
+    >>> state = trainer.init(jax.random.split(jax.random.key(0), 3),  # three runs
+    ...                      learning_rate=1e-3, diffusion=jnp.array([0.0, 1e-4, 1e-3]),
     ...                      key=jax.random.split(jax.random.key(1), 3))
+    >>> x, y = np.zeros((16, 4, 4, 1), np.uint8), np.arange(16, dtype=np.int32) % 3
     >>> data = trainer.put_data({"image": x, "label": y})
     >>> state, metrics = trainer.train_epoch(state, data, epoch=0)
+    >>> metrics["loss"].shape, state.step.tolist()  # (steps, runs)
+    ((2, 3), [2, 2, 2])
   """
 
   task: Task

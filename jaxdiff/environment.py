@@ -6,10 +6,10 @@ metadata, never by importing a package: a benchmark can ask for ``torch``'s vers
 the library importing torch.
 
 Example:
-  >>> describe()["device_kind"]
+  >>> describe()["platform"]
   'cpu'
-  >>> describe(packages=("torch",))["versions"]["torch"]
-  '2.13.0'
+  >>> sorted(describe(packages=("torch",))["versions"])  # "missing" where torch is not installed
+  ['flax', 'jax', 'jaxlib', 'numpy', 'optax', 'python', 'torch']
 """
 
 from __future__ import annotations

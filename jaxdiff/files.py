@@ -14,8 +14,15 @@ Matplotlib is imported lazily, with the Agg backend, by :func:`pyplot`, so impor
 module does not pull it in.
 
 Example:
-  >>> write_json("out/report.json", {"accuracy": 0.91})
-  >>> write_npz("cache/tree.npz", x_train=images, y_train=labels)
+  >>> write_json("out/report.json", {"accuracy": np.float32(0.5)})  # folders made as needed
+  >>> from pathlib import Path
+  >>> print(Path("out/report.json").read_text(), end="")
+  {
+    "accuracy": 0.5
+  }
+  >>> write_npz("cache/tree.npz", x_train=np.zeros((4, 2, 2, 1), np.uint8), y_train=np.arange(4))
+  >>> sorted(np.load("cache/tree.npz"))
+  ['x_train', 'y_train']
 """
 
 from __future__ import annotations

@@ -17,11 +17,26 @@ bookkeeping, one :class:`Call` per call of the engine, is kept apart from the ca
 checkpoint and training on reproduces an uninterrupted run bit for bit on CPU.
 
 Example:
+  >>> from jaxdiff import classification, parallel
+  >>> from jaxdiff.engine import Trainer
+  >>> from jaxdiff.models import MLP
+  >>> task = classification.classifier_task(MLP(hidden=(), num_classes=3), (4, 4, 1))
+  >>> trainer = Trainer(task, optax.sgd, mesh=parallel.make_mesh(), batch_size=8)
+  >>> x, y = np.zeros((16, 4, 4, 1), np.uint8), np.arange(16, dtype=np.int32) % 3
+  >>> data = trainer.put_data({"image": x, "label": y})
   >>> def record_losses(end: EpochEnd) -> HookCarry:
   ...   return end.carry.extend("loss", end.metrics["loss"][:, 0].tolist())
-  >>> result = fit(trainer, state, data, Budget(epochs=10), on_epoch_end=record_losses,
-  ...              checkpointing=Checkpointing("out/checkpoints", resume=True))
-  >>> result.carry.records["loss"], result.calls[-1].seconds
+  >>> def train_for(epochs):
+  ...   state = trainer.init(jax.random.split(jax.random.key(0), 2), learning_rate=0.1)
+  ...   return fit(trainer, state, data, Budget(epochs=epochs), on_epoch_end=record_losses,
+  ...              checkpointing=Checkpointing("out/checkpoints", resume=True),
+  ...              reporter=Reporter(quiet=True))
+  >>> len(train_for(epochs=2).carry.records["loss"])  # 2 steps an epoch
+  4
+  >>> result = train_for(epochs=3)  # goes on from the checkpoint after step 4
+  train: resumed after step 4
+  >>> len(result.carry.records["loss"]), [call.steps for call in result.calls]
+  (6, [2, 2, 2])
 """
 
 from __future__ import annotations
@@ -49,9 +64,11 @@ class PhaseClock:
 
   Example:
     >>> clock = PhaseClock()
-    >>> with clock("train"):
-    ...   state = train(state)
-    >>> clock.seconds  # {"train": 12.3}
+    >>> for _ in range(2):
+    ...   with clock("train"):
+    ...     total = sum(range(1000))
+    >>> list(clock.seconds), clock.seconds["train"] > 0  # both times' seconds, summed
+    (['train'], True)
   """
 
   def __init__(self):
@@ -125,9 +142,19 @@ def chain_hooks(*hooks: Hook) -> Hook:
   """One epoch-end hook that runs ``hooks`` in order, each given the carry the previous returned.
 
   Example:
-    >>> average = posterior.averaging_hook(predict, x_test, SnapshotSchedule(burn_in=5))
-    >>> fit(trainer, state, data, Budget(epochs=10), on_epoch_end=chain_hooks(average, score),
-    ...     carry=HookCarry(arrays={"posterior": init_average(3, len(x_test), 10)}))
+    >>> from jaxdiff import classification, parallel
+    >>> from jaxdiff.engine import Trainer
+    >>> from jaxdiff.models import MLP
+    >>> task = classification.classifier_task(MLP(hidden=(), num_classes=3), (4, 4, 1))
+    >>> trainer = Trainer(task, optax.sgd, mesh=parallel.make_mesh(), batch_size=8)
+    >>> x, y = np.zeros((16, 4, 4, 1), np.uint8), np.arange(16, dtype=np.int32) % 3
+    >>> state = trainer.init(jax.random.split(jax.random.key(0), 2), learning_rate=0.1)
+    >>> epochs = lambda end: end.carry.extend("epochs", [end.epoch])
+    >>> losses = lambda end: end.carry.extend("mean_loss", [float(end.metrics["loss"].mean())])
+    >>> result = fit(trainer, state, trainer.put_data({"image": x, "label": y}), Budget(epochs=2),
+    ...              on_epoch_end=chain_hooks(epochs, losses), reporter=Reporter(quiet=True))
+    >>> result.carry.records["epochs"], len(result.carry.records["mean_loss"])
+    ([0, 1], 2)
   """
 
   def chained(end: EpochEnd) -> HookCarry:

@@ -8,9 +8,16 @@ seeds of an experiment; runs that share their seeds' initial parameters and data
 compared seed by seed.
 
 Example:
-  >>> accuracy(probs, labels), expected_calibration_error(probs, labels)
-  >>> frechet_distance(*gaussian_fit(real_features), *gaussian_fit(sample_features))
-  >>> seed_statistic([1.68, 1.61, 1.75])["se"]
+  >>> probs, labels = np.array([[0.9, 0.1], [0.4, 0.6], [0.8, 0.2]]), np.array([0, 1, 1])
+  >>> round(accuracy(probs, labels), 3), round(expected_calibration_error(probs, labels), 3)
+  (0.667, 0.433)
+  >>> rng = np.random.default_rng(0)
+  >>> real, generated = rng.normal(0.0, 1.0, (1000, 2)), rng.normal(3.0, 1.0, (1000, 2))
+  >>> round(frechet_distance(*gaussian_fit(real), *gaussian_fit(generated)))  # ≈ |μ₁ − μ₂|²
+  18
+  >>> errors = seed_statistic([1.68, 1.61, 1.75])  # one score per seed
+  >>> round(errors["mean"], 2), round(errors["se"], 3)
+  (1.68, 0.04)
 """
 
 from __future__ import annotations

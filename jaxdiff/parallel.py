@@ -7,8 +7,12 @@ mesh, because ``jax.pmap`` is in maintenance mode since JAX 0.8.
 
 Example:
   >>> mesh = make_mesh()
-  >>> batch = shard_batch(np.zeros((8, 3)), mesh)   # 8 / n rows per device
-  >>> state = replicate(state, mesh)                 # whole copy per device
+  >>> batch = shard_batch(np.zeros((8, 3)), mesh)  # 8 / n rows on each of n devices
+  >>> batch.sharding.spec
+  P('data',)
+  >>> params = replicate({"w": jnp.ones(3)}, mesh)  # a whole copy on each device
+  >>> params["w"].sharding.is_fully_replicated
+  True
 """
 
 from __future__ import annotations

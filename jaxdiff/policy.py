@@ -11,10 +11,16 @@ reads ``jax.default_backend()`` or ``/proc/cpuinfo`` while it traces, and
 in one line; the figures are in ``benchmarks/RESULTS.md``.
 
 Example:
+  >>> from jaxdiff import classification, parallel
+  >>> from jaxdiff.engine import Trainer
+  >>> from jaxdiff.models import SimpleCNN
   >>> mesh = parallel.make_mesh()
   >>> policy = ExecutionPolicy.for_mesh(mesh, convolution="auto")  # the policy picks
+  >>> policy.convolution, policy.loop  # on the CPU
+  ('banded', 'scan')
   >>> model = SimpleCNN(convolution=policy.convolution)
-  >>> trainer = Trainer(task, optax.adam, mesh=mesh, batch_size=100, policy=policy)
+  >>> task = classification.classifier_task(model, (32, 32, 3))
+  >>> trainer = Trainer(task, optax.adam, mesh=mesh, batch_size=8, policy=policy)
 """
 
 from __future__ import annotations

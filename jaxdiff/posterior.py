@@ -12,11 +12,28 @@ resumed run averages the same snapshots as an uninterrupted one). Optionally,
 for later use (new data, other metrics).
 
 Example:
-  >>> average = init_average(num_runs=3, num_examples=len(x_test), num_classes=10)
-  >>> hook = averaging_hook(predict, x_test, SnapshotSchedule(burn_in=5))
-  >>> result = fit(trainer, state, data, Budget(epochs=10), on_epoch_end=hook,
-  ...              carry=HookCarry(arrays={"posterior": average}))
-  >>> probs = averaged_probs(result.carry.arrays["posterior"])  # (3, len(x_test), 10)
+  >>> import jaxdiff
+  >>> from jaxdiff import classification, parallel
+  >>> from jaxdiff.engine import Trainer
+  >>> from jaxdiff.loop import Budget, Reporter, fit
+  >>> from jaxdiff.models import MLP
+  >>> model, mesh = MLP(hidden=(), num_classes=3), parallel.make_mesh()
+  >>> trainer = Trainer(classification.classifier_task(model, (4, 4, 1)), jaxdiff.langevin_sgd,
+  ...                   mesh=mesh, batch_size=8)
+  >>> state = trainer.init(jax.random.split(jax.random.key(0), 2), learning_rate=0.1,
+  ...                      diffusion=1e-3, key=jax.random.split(jax.random.key(1), 2))
+  >>> x, y = np.zeros((16, 4, 4, 1), np.uint8), np.arange(16, dtype=np.int32) % 3
+  >>> x_test = np.zeros((8, 4, 4, 1), np.uint8)
+  >>> predict = classification.make_predictor(model, mesh, chunk_size=8)
+  >>> average = init_average(num_runs=2, num_examples=len(x_test), num_classes=3)
+  >>> hook = averaging_hook(predict, x_test, SnapshotSchedule(burn_in=1))
+  >>> result = fit(trainer, state, trainer.put_data({"image": x, "label": y}), Budget(epochs=3),
+  ...              on_epoch_end=hook, carry=HookCarry(arrays={"posterior": average}),
+  ...              reporter=Reporter(quiet=True))
+  >>> int(result.carry.arrays["posterior"].count)  # after epochs 1 and 2 (0-based)
+  2
+  >>> averaged_probs(result.carry.arrays["posterior"]).shape  # (runs, len(x_test), classes)
+  (2, 8, 3)
 """
 
 from __future__ import annotations
@@ -143,11 +160,14 @@ class ParameterSnapshots:
     keep: how many of the latest snapshots to keep (older ones are deleted).
 
   Example:
-    >>> snapshots = ParameterSnapshots("out/snapshots", keep=5)
-    >>> hook = averaging_hook(predict, x_test, SnapshotSchedule(burn_in=5), snapshots=snapshots)
-    >>> result = fit(trainer, state, data, Budget(epochs=10), on_epoch_end=hook, carry=carry)
+    >>> snapshots = ParameterSnapshots("out/snapshots", keep=2)
+    >>> for step in (10, 20, 30):  # as averaging_hook(..., snapshots=snapshots) saves them
+    ...   snapshots.save(step, {"w": jnp.full((3, 2), step / 10)})  # leaves (runs, ...)
     >>> snapshots.close()
-    >>> params = snapshots.restore(snapshots.steps()[-1], like=result.state.params)
+    >>> snapshots.steps()
+    [20, 30]
+    >>> snapshots.restore(30, like={"w": jnp.zeros((3, 2))})["w"][0]
+    Array([3., 3.], dtype=float32)
   """
 
   def __init__(self, directory: str | Path, keep: int):

@@ -16,9 +16,17 @@ then reports, for a set of generated images,
 * ``class_histogram``: predicted classes, which shows mode dropping.
 
 Example:
-  >>> data = jaxdiff.load_dataset("../shared/data/mnist.npz", name="mnist")
-  >>> params = train_feature_classifier(data, jax.random.key(0))
-  >>> evaluate_samples(params, samples_uint8, data.x_test[5000:])["classifier_fd"]
+  >>> import jaxdiff
+  >>> from jaxdiff.files import write_npz
+  >>> rng = np.random.default_rng(0)
+  >>> images, labels = rng.integers(0, 256, (8, 28, 28, 1), np.uint8), np.arange(8, dtype=np.int32)
+  >>> write_npz("mnist.npz", x_train=images, y_train=labels, x_test=images, y_test=labels)
+  >>> data = jaxdiff.load_dataset("mnist.npz", name="mnist")
+  >>> params = train_feature_classifier(data, jax.random.key(0), epochs=1, cache_dir="cache")
+  >>> samples = rng.integers(0, 256, (4, 28, 28, 1), np.uint8)  # a sampler's images
+  >>> scores = evaluate_samples(params, samples, data.x_test)
+  >>> scores["num_samples"], sum(scores["class_histogram"]), scores["classifier_fd"] > 0
+  (4, 4, True)
 """
 
 from __future__ import annotations

@@ -10,9 +10,17 @@ posterior average (:func:`jaxdiff.posterior.averaging_hook`) collects all of the
 :func:`scores_by_angle` splits the predictions back.
 
 Example:
-  >>> images, labels = stack_rotations(data.x_test, data.y_test, ROTATION_ANGLES)
-  >>> probs = predict(params, images)[0]  # (angles · n, classes) of the first run
-  >>> [row["ece"] for row in scores_by_angle(probs, labels, ROTATION_ANGLES)]
+  >>> images, labels = np.zeros((2, 3, 3, 1), np.uint8), np.array([0, 1])
+  >>> images[:, 0, 2] = 255  # a white top-right pixel
+  >>> stacked, stacked_labels = stack_rotations(images, labels, angles=(0, 90))
+  >>> stacked[2, :, :, 0]  # the first image turned by 90°, counter-clockwise
+  array([[255,   0,   0],
+         [  0,   0,   0],
+         [  0,   0,   0]], dtype=uint8)
+  >>> # A model's probabilities for the stack, e.g. make_predictor(...)(params, stacked)[0]:
+  >>> probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.6, 0.4]])
+  >>> [(row["angle"], row["accuracy"]) for row in scores_by_angle(probs, stacked_labels, (0, 90))]
+  [(0, 1.0), (90, 0.5)]
 
 References:
   Ovadia et al., `Can You Trust Your Model's Uncertainty? Evaluating Predictive Uncertainty

@@ -15,6 +15,9 @@ Example:
   >>> summaries = Summaries("out/summaries", ["sgd seed 0", "sgd seed 1"])
   >>> summaries.scalars(100, {"test/error": [0.031, 0.029]})
   >>> summaries.close()
+  >>> series = read_scalars(summaries.directories[1])  # the second run's, as TensorBoard reads it
+  >>> [(step, round(value, 3)) for step, value in series["test/error"]]
+  [(100, 0.029)]
 """
 
 from __future__ import annotations

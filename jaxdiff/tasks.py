@@ -54,7 +54,15 @@ def with_gaussian_prior(task: Task, num_examples: int, prior_variance: float = 1
       positive.
 
   Example:
-    >>> task = with_gaussian_prior(classifier_task(model, (28, 28, 1)), num_examples=50_000)
+    >>> from jaxdiff.classification import classifier_task
+    >>> from jaxdiff.models import MLP
+    >>> likelihood = classifier_task(MLP(hidden=(), num_classes=2), (4, 4, 1))
+    >>> task = with_gaussian_prior(likelihood, num_examples=16)
+    >>> params = jax.jit(task.init)(jax.random.key(0))
+    >>> batch = {"image": np.zeros((2, 4, 4, 1), np.uint8), "label": np.array([0, 1])}
+    >>> loss, metrics = jax.jit(task.loss)(params, batch, jax.random.key(1))
+    >>> sorted(metrics), bool(loss > metrics["data_loss"])  # the prior's term is added
+    (['accuracy', 'data_loss'], True)
   """
   if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples <= 0:
     raise ValueError(f"num_examples must be a positive integer, got {num_examples!r}")

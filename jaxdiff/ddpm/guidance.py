@@ -65,10 +65,16 @@ def guided_denoiser(
     ValueError: a negative ``guidance``.
 
   Example:
-    >>> labels = jnp.repeat(jnp.arange(10), 8)  # eight of each digit
-    >>> denoise_fn = guided_denoiser(lambda x, t, y: unet.apply({"params": p}, x, t, y),
-    ...                              schedule, labels, unet.null_label, guidance=2.0)
-    >>> digits = sample_dpm_solver(denoise_fn, schedule, key, (80, 28, 28, 1))
+    >>> from jaxdiff.ddpm import make_schedule, sample_dpm_solver
+    >>> schedule = make_schedule("linear", 10)
+    >>> model_fn = lambda x, t, y: jnp.zeros_like(x) + y[:, None]  # a toy ε(x, t, y): the label
+    >>> labels = jnp.array([1, 2])  # the class of each sample
+    >>> denoise_fn = guided_denoiser(model_fn, schedule, labels, null_label=10, guidance=0.5)
+    >>> denoise_fn(jnp.zeros((2, 1)), jnp.array([9, 9]))  # 1.5·ε(x, t, y) − 0.5·ε(x, t, ∅)
+    Array([[-3.5],
+           [-2. ]], dtype=float32)
+    >>> sample_dpm_solver(denoise_fn, schedule, jax.random.key(0), (2, 1), num_steps=5).shape
+    (2, 1)
   """
   if not guidance >= 0:
     raise ValueError(f"guidance must be >= 0, got {guidance!r}")

@@ -255,8 +255,16 @@ def denoiser(model_fn: DenoiseFn, schedule: NoiseSchedule, prediction: str = "ep
     A function the samplers and :func:`~jaxdiff.ddpm.likelihood.bits_per_dim` take.
 
   Example:
-    >>> denoise_fn = denoiser(lambda x, t: model.apply({"params": p}, x, t), schedule, "v")
-    >>> images = sample_ddim(denoise_fn, schedule, key, (16, 28, 28, 1))
+    >>> from jaxdiff.ddpm import make_schedule, sample_ddim
+    >>> schedule = make_schedule("linear", 10)
+    >>> predict_v = lambda x_t, t: jnp.zeros_like(x_t)  # a v-network: model.apply(..., x_t, t)
+    >>> denoise_fn = denoiser(predict_v, schedule, "v")
+    >>> x_t, t = jnp.ones((2, 3)), jnp.array([0, 9])
+    >>> eps = denoise_fn(x_t, t)  # from v̂ = 0: ε̂ = √(1 − ᾱ_t)·x_t
+    >>> bool(jnp.allclose(eps, schedule.sqrt_one_minus_alpha_bars[t][:, None]))
+    True
+    >>> sample_ddim(denoise_fn, schedule, jax.random.key(0), (4, 3), num_steps=5).shape
+    (4, 3)
   """
   _check_choice(prediction, PREDICTIONS, "prediction target")
   if prediction == "eps":

@@ -68,12 +68,20 @@ def sample_ddpm(
     the order given.
 
   Example:
+    >>> from jaxdiff.ddpm import make_schedule, to_uint8
+    >>> from jaxdiff.models import make_unet
+    >>> model = make_unet("tiny", channel_multipliers=(1,))  # "tiny" at one resolution
+    >>> schedule = make_schedule("linear", 10)
+    >>> x, t = jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,), jnp.int32)
+    >>> params = model.init(jax.random.key(0), x, t)["params"]
     >>> sample = jax.jit(
     ...   lambda params, key: sample_ddpm(
-    ...     lambda x, t: model.apply({"params": params}, x, t), schedule, key, (16, 32, 32, 3)
+    ...     lambda x, t: model.apply({"params": params}, x, t), schedule, key, (4, 8, 8, 1)
     ...   )
     ... )
-    >>> images = to_uint8(sample(params, jax.random.key(0)))
+    >>> images = to_uint8(sample(params, jax.random.key(1)))
+    >>> images.shape, images.dtype
+    ((4, 8, 8, 1), dtype('uint8'))
   """
   return _ancestral(denoise_fn, schedule, key, shape, variance, clip, return_trajectory_at,
                     initial_noise, corrector_steps=0, snr=0.0)  # fmt: skip
@@ -274,11 +282,14 @@ def sample_ddim(
     The samples ``x_0``, float32 of ``shape``.
 
   Example:
-    >>> sample = jax.jit(
-    ...   lambda params, key: sample_ddim(
-    ...     lambda x, t: model.apply({"params": params}, x, t), schedule, key, (16, 32, 32, 3)
-    ...   )
-    ... )
+    >>> from jaxdiff.ddpm import make_schedule
+    >>> schedule = make_schedule("linear", 10)
+    >>> denoise_fn = lambda x, t: 0.5 * x  # a toy network's ε̂(x_t, t)
+    >>> x_T = jax.random.normal(jax.random.key(0), (4, 2))
+    >>> a, b = [sample_ddim(denoise_fn, schedule, jax.random.key(seed), (4, 2), num_steps=5,
+    ...                     initial_noise=x_T) for seed in (1, 2)]
+    >>> bool(jnp.array_equal(a, b))  # η = 0: deterministic given x_T
+    True
   """
   return _ddim(denoise_fn, schedule, key, shape, num_steps, eta, clip, initial_noise,
                corrector_steps=0, snr=0.0)  # fmt: skip
@@ -366,11 +377,16 @@ def sample_dpm_solver(
     The samples ``x_0``, float32 of ``shape``.
 
   Example:
-    >>> sample = jax.jit(
-    ...   lambda params, key: sample_dpm_solver(
-    ...     lambda x, t: model.apply({"params": params}, x, t), schedule, key, (16, 28, 28, 1)
-    ...   )
-    ... )
+    >>> from jaxdiff.ddpm import make_schedule
+    >>> schedule = make_schedule("linear", 10)
+    >>> denoise_fn = lambda x, t: 0.5 * x  # a toy network's ε̂(x_t, t)
+    >>> sample_dpm_solver(denoise_fn, schedule, jax.random.key(0), (4, 2), num_steps=5).shape
+    (4, 2)
+    >>> first = sample_dpm_solver(denoise_fn, schedule, jax.random.key(0), (4, 2), num_steps=10,
+    ...                           order=1)
+    >>> ddim = sample_ddim(denoise_fn, schedule, jax.random.key(0), (4, 2), num_steps=10)
+    >>> bool(jnp.allclose(first, ddim, atol=1e-6))  # first order on every timestep: DDIM
+    True
 
   References:
     Lu et al., `DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic

@@ -63,7 +63,15 @@ def ddpm_task(
     ValueError: ``label_dropout`` outside ``[0, 1]``, or ``num_classes`` not positive.
 
   Example:
-    >>> task = ddpm_task(make_unet("small", dropout=0.1), linear_schedule(1000), (32, 32, 3))
+    >>> from jaxdiff.ddpm import make_schedule
+    >>> from jaxdiff.models import make_unet
+    >>> model = make_unet("tiny", channel_multipliers=(1,))  # "tiny" at one resolution
+    >>> task = ddpm_task(model, make_schedule("linear", 10), image_shape=(8, 8, 1))
+    >>> params = task.init(jax.random.key(0))
+    >>> batch = {"image": np.zeros((4, 8, 8, 1), np.uint8)}
+    >>> loss, metrics = jax.jit(task.loss)(params, batch, jax.random.key(1))
+    >>> abs(float(loss) - 1) < 0.3, metrics  # a fresh U-Net predicts ε̂ = 0: L = mean ε² ≈ 1
+    (True, {})
   """
 
   if num_classes is not None and not num_classes > 0:

@@ -12,9 +12,13 @@ is class-conditional, as for classifier-free guidance (Ho & Salimans 2022): a le
 of the label, one more entry standing for "no label", is added to the time embedding.
 
 Example:
-  >>> model = make_unet("small")
-  >>> params = model.init(key, jnp.zeros((1, 28, 28, 1)), jnp.zeros((1,), jnp.int32))["params"]
+  >>> model = make_unet("tiny", channel_multipliers=(1,))  # "tiny" at one resolution
+  >>> x, t = jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,), jnp.int32)  # shapes to initialise with
+  >>> params = model.init(jax.random.key(0), x, t)["params"]
+  >>> noisy_images, timesteps = jnp.ones((4, 8, 8, 1)), jnp.array([0, 3, 6, 9])
   >>> noise = model.apply({"params": params}, noisy_images, timesteps)
+  >>> noise.shape, float(jnp.abs(noise).max())  # a fresh model predicts zero noise
+  ((4, 8, 8, 1), 0.0)
 """
 
 from __future__ import annotations
