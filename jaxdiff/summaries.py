@@ -7,7 +7,8 @@ readers without TensorBoard. :func:`jaxdiff.loop.fit` writes the training metric
 (``Reporter(summaries=...)``); experiments add their scores and images. Only process 0 writes.
 
 The event files are written with TensorBoard's own writer (``tensorboard.summary.writer``),
-which needs neither TensorFlow nor its import time. A resumed run appends to the same series:
+which works without TensorFlow (and goes through TensorFlow's file API where TensorFlow is
+installed, as it is beside TFDS). A resumed run appends to the same series:
 it first marks, in every run's events, that the steps after the checkpoint it resumed from are
 written again (TensorBoard's session-start purge), and drops them from ``scalars.jsonl``.
 
