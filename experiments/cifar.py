@@ -9,8 +9,8 @@ per-epoch checkpoints to --out. Every field of ComparisonConfig is a flag (--hel
 import sys
 
 from jaxdiff import cli
-from jaxdiff.experiments.cifar.comparison import run_experiment
 from jaxdiff.experiments.cifar.config import ComparisonConfig
+from jaxdiff.experiments.cifar.experiment import run_experiment
 
 if __name__ == "__main__":
   sys.exit(cli.main(ComparisonConfig, run_experiment, description=__doc__.split("\n")[1],

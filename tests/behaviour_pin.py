@@ -11,8 +11,8 @@ import jax
 import numpy as np
 from behaviour_data import cifar_like, mnist_like, save_mnist_npz
 
-from jaxdiff.experiments.cifar.comparison import run_comparison
 from jaxdiff.experiments.cifar.config import ComparisonConfig
+from jaxdiff.experiments.cifar.experiment import run_comparison
 from jaxdiff.experiments.ddpm_mnist import experiment
 from jaxdiff.experiments.ddpm_mnist.config import DDPMConfig
 

@@ -6,8 +6,8 @@ from behaviour_data import cifar_like
 
 from jaxdiff.config import ConfigError
 from jaxdiff.experiments.cifar import plots, report
-from jaxdiff.experiments.cifar.comparison import main_results, run_comparison
 from jaxdiff.experiments.cifar.config import ComparisonConfig
+from jaxdiff.experiments.cifar.experiment import main_results, run_comparison
 from jaxdiff.experiments.cifar.registry import OPTIMIZERS
 
 

@@ -1,8 +1,8 @@
 """The comparison's report: statistics over seeds, the article's claims judged, report.md.
 
 Everything here works on the JSON-serialisable run records of
-:func:`jaxdiff.experiments.cifar.comparison.run_comparison` (one
-:class:`~jaxdiff.experiments.cifar.comparison.RunRecord` per optimizer × setting × seed),
+:func:`jaxdiff.experiments.cifar.experiment.run_comparison` (one
+:class:`~jaxdiff.experiments.cifar.experiment.RunRecord` per optimizer × setting × seed),
 so a report can be rebuilt from a saved report.json without JAX.
 
 Statistics over seeds treat NaN, ±inf and None as missing (a diverged run) and say how many
