@@ -60,7 +60,7 @@ def test_smoke_run_writes_every_output(tmp_path, tiny_cifar):
   report = json.loads((out / "report.json").read_text())
   assert set(report["summary"]["optimizers"]) == {"sgd", "langevin"}
   assert len(report["runs"]) == 4
-  langevin = [run for run in report["runs"] if run["optimizer"] == "langevin"]
+  langevin = [run for run in report["runs"] if run["method"] == "langevin"]
   assert langevin[0]["temperature"] == pytest.approx(0.01 * 200)
   assert report["config"]["train_size"] == 200
   env = report["environment"]

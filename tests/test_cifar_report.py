@@ -16,6 +16,13 @@ from jaxdiff.experiments.cifar import plots, report
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def _scores(accuracy, nll, ece):
+  """A :class:`jaxdiff.classification.Scores`; NaN accuracy (a diverged run) as None."""
+  finite = accuracy == accuracy
+  return {"accuracy": accuracy if finite else None, "error": 1 - accuracy if finite else None,
+          "nll": nll, "ece": ece, "brier": 0.5}  # fmt: skip
+
+
 def make_run(
   optimizer,
   seed,
@@ -28,37 +35,39 @@ def make_run(
   step_time=0.01,
   status="ok",
   posterior=None,
+  snapshots=5,
 ):
-  """One run record as the engine writes it; the last accuracy is the final test accuracy."""
+  """One run record as the comparison writes it; the last accuracy is the final test accuracy.
+
+  ``posterior``: the averaged predictive's ``(accuracy, nll, ece)``, or None (no average).
+  """
   epochs = [
     {
       "epoch": i + 1,
-      "train_loss": 2.0 / (i + 1),
-      "train_accuracy": acc + gap,
-      "test_accuracy": acc,
-      "test_nll": 1.5,
-      "test_ece": 0.05,
+      "step": 10 * (i + 1),
+      "train": {"loss": 2.0 / (i + 1), "accuracy": acc + gap},
+      "current": _scores(acc, 1.5, 0.05),
+      "averaged": None,
     }
     for i, acc in enumerate(accuracies)
   ]
   return {
-    "optimizer": optimizer,
+    "method": optimizer,
+    "phase": "main",
     "seed": seed,
     "learning_rate": lr,
     "diffusion": diffusion,
     "temperature": None if diffusion is None else 50_000 * diffusion,
     "status": status,
     "diverged_at_step": 7 if status == "diverged" else None,
+    "snapshots": snapshots if posterior else 0,
+    "final": _scores(accuracies[-1], 1.4, 0.04),
+    "averaged": None if posterior is None else _scores(*posterior),
     "epochs": epochs,
     "last_epoch_loss_std": loss_std,
-    "final": {
-      "test_accuracy": accuracies[-1],
-      "test_nll": 1.4,
-      "test_ece": 0.04,
-      "train_accuracy": accuracies[-1] + gap,
-    },
-    "posterior_average": posterior,
     "step_time_s": step_time,
+    "shift": None,
+    "final_train": _scores(accuracies[-1] + gap, 1.0, 0.03),
   }
 
 
@@ -70,7 +79,7 @@ def runs():
     make_run("sgd", 1, [0.3, 0.38, 0.48], loss_std=0.12, step_time=0.0101),
     make_run("sgd", 2, [0.25, 0.41, 0.51], loss_std=0.14, step_time=0.0102),
   ]
-  posterior = {"test_accuracy": 0.6, "test_nll": 1.1, "test_ece": 0.02, "snapshots": 5}
+  posterior = (0.6, 1.1, 0.02)
   langevin = [
     make_run("langevin", s, accs, diffusion=1e-4, gap=0.01, step_time=0.0105, posterior=posterior)
     for s, accs in enumerate([[0.32, 0.45, 0.5], [0.31, 0.46, 0.52], [0.2, 0.28, 0.29]])
@@ -143,7 +152,7 @@ def test_summarize_treats_nan_of_diverged_runs_as_missing(runs):
 
 
 def test_summarize_without_sgd_has_no_ratio_and_rejects_mixed_settings(runs):
-  langevin_only = [run for run in runs if run["optimizer"] == "langevin"]
+  langevin_only = [run for run in runs if run["method"] == "langevin"]
   assert report.summarize(langevin_only)["optimizers"]["langevin"]["step_time_vs_sgd"] is None
   langevin_only[0] = {**langevin_only[0], "learning_rate": 0.1}
   with pytest.raises(ValueError, match="learning_rate"):

@@ -1,11 +1,11 @@
-"""The seed article's optimizer comparison on CIFAR-10, trained on the fit loop.
+"""The seed article's optimizer comparison on CIFAR-10, on the shared classifier layer.
 
-For each optimizer, every seed (and, with a sweep, every learning rate and
-diffusion on the grid) is one run of a single vmapped program. All optimizers
-share the seeds' initial parameters and data orders, so differences between
-them are paired. After each epoch the test set is scored; Langevin runs also
-average their predictive probabilities over the epochs of the last half of
-training (the posterior average, how SGLD is meant to be used).
+For each optimizer, every seed (and, with a sweep, every learning rate and diffusion on the
+grid) is one run of a single vmapped program, one :func:`jaxdiff.classification.train_and_score`.
+All optimizers share the seeds' initial parameters and data orders, so differences between them
+are paired. After each epoch the test set is scored; Langevin runs also average their predictive
+probabilities over the epochs of the last half of training (cyclical samplers: each cycle's last
+epoch), the posterior average, how SGLD is meant to be used.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff import classification, environment, files, metrics, parallel, posterior, train
+from jaxdiff import classification, environment, files, parallel, posterior, train
 from jaxdiff.checkpoint import check_no_checkpoints
+from jaxdiff.classification import Evaluation, RunRecord, Scores
 from jaxdiff.data import Dataset, load_dataset
 from jaxdiff.experiments.cifar import plots, report
 from jaxdiff.experiments.cifar.config import ComparisonConfig
@@ -51,27 +52,28 @@ class RunSetting(NamedTuple):
     return f"seed {self.seed}, lr {self.learning_rate:g}{noise}"
 
 
-class Scores(TypedDict):
-  test_accuracy: float
-  test_nll: float | None
-  test_ece: float | None
+class ComparisonRecord(RunRecord):
+  """One run as report.json stores it and :mod:`.report` reads it: the classifier experiments'
+  :class:`~jaxdiff.classification.RunRecord` (scored on the test set), plus the final
+  parameters' scores on the training images, whose gap to the test scores is the overfitting
+  claim."""
+
+  final_train: Scores
 
 
-class RunRecord(TypedDict):
-  """One run's results, as report.json stores them and :mod:`.report` reads them."""
+# The phase of the runs at the main setting: the sweep's centre cell, the main temperature, or
+# every run where neither is trained.
+MAIN_PHASE = "main"
 
-  optimizer: str
-  seed: int
-  learning_rate: float
-  diffusion: float | None
-  temperature: float | None
-  status: str  # "ok" or "diverged"
-  diverged_at_step: int | None
-  epochs: list[dict[str, Any]]  # per epoch: epoch, train_loss, train_accuracy and Scores
-  last_epoch_loss_std: float | None
-  final: dict[str, Any]  # Scores and train_accuracy of the final parameters
-  posterior_average: dict[str, Any] | None  # Scores of the averaged predictions, snapshots
-  step_time_s: float  # per step of one run, the first epoch (compilation) left out
+
+def run_phase(config: ComparisonConfig, setting: RunSetting, num_examples: int) -> str:
+  """``"main"`` for a run at the main setting, else ``"sweep"`` or ``"temperatures"``."""
+  main_lr = math.isclose(setting.learning_rate, config.learning_rate)
+  diffusion = config.main_diffusion(num_examples)
+  main_d = setting.diffusion is None or math.isclose(setting.diffusion, diffusion)
+  if main_lr and main_d:
+    return MAIN_PHASE
+  return "sweep" if config.sweep else "temperatures"
 
 
 def run_settings(config: ComparisonConfig, name: str, num_examples: int) -> list[RunSetting]:
@@ -89,6 +91,17 @@ def training_subset(data: Dataset, train_size: int | None, key: jax.Array) -> Da
   return data.take_train(order[:train_size])
 
 
+def snapshot_schedule(config: ComparisonConfig, name: str) -> posterior.SnapshotSchedule | None:
+  """When a Langevin run adds its test predictions to its posterior average: every epoch of the
+  last half, or, cyclical, each cycle's last epoch (the end of its sampling phase). None for a
+  noiseless optimizer, which is scored at its final parameters only."""
+  if not is_langevin(name):
+    return None
+  if OPTIMIZERS[name].cyclical:
+    return posterior.SnapshotSchedule(cycle_length=config.epochs // config.cycles)
+  return posterior.SnapshotSchedule(burn_in=config.epochs // 2)
+
+
 def run_comparison(
   config: ComparisonConfig,
   data: Dataset,
@@ -98,13 +111,13 @@ def run_comparison(
   quiet: bool = False,
   log: Callable[[str], None] = print,
   clock: train.PhaseClock | None = None,
-) -> list[RunRecord]:
+) -> list[ComparisonRecord]:
   """Trains every optimizer of ``config`` and returns one record per run.
 
-  Checkpoints go to ``out_dir/checkpoints/<optimizer>`` after every epoch;
-  with ``resume`` each optimizer continues from its latest checkpoint.
-  ``clock``, if given, sums the wall seconds spent compiling, training,
-  scoring and checkpointing.
+  Each optimizer's runs are one :func:`jaxdiff.classification.train_and_score`, scored on the
+  test set. Checkpoints go to ``out_dir/checkpoints/<optimizer>`` after every epoch; with
+  ``resume`` each optimizer continues from its latest checkpoint. ``clock``, if given, sums the
+  wall seconds spent compiling, training, scoring and checkpointing.
 
   Raises:
     jaxdiff.checkpoint.CheckpointsExistError: not ``resume``, and ``out_dir`` holds
@@ -116,17 +129,18 @@ def run_comparison(
   clock = clock or train.PhaseClock()
   root = jax.random.key(config.seed)
   data = training_subset(data, config.train_size, subset_key(root))
-  mesh = parallel.make_data_mesh(config.batch_size, len(data.x_train))
+  num_examples = len(data.x_train)
+  mesh = parallel.make_data_mesh(config.batch_size, num_examples)
   policy = ExecutionPolicy.for_mesh(mesh, convolution="auto", loop=config.loop)
   model = SimpleCNN(num_classes=data.num_classes, convolution=policy.convolution)
   task = classification.classifier_task(model, data.image_shape)
   predict = classification.make_predictor(model, mesh, policy=policy)
-  settings = {name: run_settings(config, name, len(data.x_train)) for name in config.optimizers}
-  total_steps = config.epochs * (len(data.x_train) // config.batch_size)
+  settings = {name: run_settings(config, name, num_examples) for name in config.optimizers}
+  total_steps = config.epochs * (num_examples // config.batch_size)
   trainers = {
     name: train.Trainer(
       task, OPTIMIZERS[name].for_budget(total_steps, config.cycles), mesh, config.batch_size, policy
-    )  # fmt: skip
+    )
     for name in config.optimizers
   }
   device_data = next(iter(trainers.values())).put_data(
@@ -142,12 +156,28 @@ def run_comparison(
     # Compiling is most of a short comparison's time; the optimizers' programs compile at once.
     with ThreadPoolExecutor(len(trainers)) as pool:
       list(pool.map(lambda n: trainers[n].compile(states[n], device_data), config.optimizers))
+  test = Evaluation("test", data.x_test, data.y_test)
   records = []
   for name in config.optimizers:
-    records += _train_optimizer(
-      config, name, settings[name], trainers[name], states[name], predict, data, device_data,
-      checkpoint_root / name, resume=resume, quiet=quiet, log=log, clock=clock,
+    scored = classification.train_and_score(
+      trainers[name], states[name], device_data, train.Budget(epochs=config.epochs),
+      predict=predict, evaluation=test, num_classes=data.num_classes,
+      snapshots=snapshot_schedule(config, name),
+      checkpointing=train.Checkpointing(checkpoint_root / name, resume=resume),
+      reporter=train.Reporter(name, [setting.describe() for setting in settings[name]], quiet,
+                              log),
+      clock=clock,
     )  # fmt: skip
+    with clock("score"):
+      train_probs = predict(scored.state.params, data.x_train)
+    for run, (setting, scores) in enumerate(zip(settings[name], scored.runs)):
+      temperature = None if setting.diffusion is None else setting.diffusion * num_examples
+      record = classification.run_record(
+        scores, method=name, phase=run_phase(config, setting, num_examples), seed=setting.seed,
+        learning_rate=setting.learning_rate, diffusion=setting.diffusion, temperature=temperature,
+      )  # fmt: skip
+      final_train = classification.scores(train_probs[run], data.y_train)
+      records.append(ComparisonRecord(**record, final_train=final_train))
   return records
 
 
@@ -163,124 +193,9 @@ def _initial_state(
   return trainer.init(seed_keys, **hyperparams)
 
 
-def _train_optimizer(config, name, settings, trainer, state, predict, data, device_data,
-                     checkpoint_dir, *, resume, quiet, log, clock) -> list[RunRecord]:  # fmt: skip
-  langevin = is_langevin(name)
-  num_runs = len(settings)
-  # The test-set predictions of the last half's epochs, averaged: the posterior average.
-  average = posterior.init_average(num_runs, len(data.x_test), data.num_classes)
-  # Cyclical samplers: the last epoch of each cycle, in its sampling phase.
-  snapshots = (
-    posterior.SnapshotSchedule(cycle_length=config.epochs // config.cycles)
-    if OPTIMIZERS[name].cyclical
-    else posterior.SnapshotSchedule(burn_in=config.epochs // 2)
-  )
-  latest_probs = []  # the last epoch's test-set predictions
-
-  def score_epoch(end: train.EpochEnd) -> train.HookCarry:
-    with clock("score"):
-      probs = predict(end.state.params, data.x_test)
-    latest_probs[:] = [probs]
-    carry = end.carry
-    if langevin and snapshots.takes(end.epoch):
-      with_snapshot = posterior.add_snapshot(carry.arrays["posterior"], probs)
-      carry = carry.with_array("posterior", with_snapshot)
-    epoch_records = [
-      {
-        "epoch": end.epoch + 1,
-        "train_loss": metrics.finite_or_none(np.nanmean(end.metrics["loss"][:, run])),
-        "train_accuracy": metrics.finite_or_none(np.nanmean(end.metrics["accuracy"][:, run])),
-        **_scores(probs[run], data.y_test),
-      }
-      for run in range(num_runs)
-    ]
-    carry = carry.extend("epochs", [epoch_records])
-    return carry.with_record("last_epoch_losses", end.metrics["loss"].T.tolist())
-
-  state, carry, calls = train.fit(
-    trainer, state, device_data, train.Budget(epochs=config.epochs), on_epoch_end=score_epoch,
-    carry=train.HookCarry(arrays={"posterior": average}),
-    checkpointing=train.Checkpointing(checkpoint_dir, resume=resume),
-    reporter=train.Reporter(name, [setting.describe() for setting in settings], quiet, log),
-    clock=clock,
-  )  # fmt: skip
-  # A run resumed after its last epoch has no fresh predictions of its own.
-  with clock("score"):
-    test_probs = latest_probs[0] if latest_probs else predict(state.params, data.x_test)
-    train_probs = predict(state.params, data.x_train)
-  epoch_seconds = [call.seconds / call.steps for call in calls]
-  # Per step of one run: programs carrying different numbers of runs (a sweep's grid) compare
-  # fairly. The first epoch includes compilation: leave it out when there are others.
-  step_time = float(np.median(epoch_seconds[1:] or epoch_seconds)) / num_runs
-  average = carry.arrays["posterior"]
-  snapshots = int(average.count) if langevin else 0
-  averaged = posterior.averaged_probs(average) if snapshots else None
-  return [
-    _record(
-      name,
-      setting,
-      run,
-      state,
-      carry.records,
-      test_probs[run],
-      train_probs[run],
-      None if averaged is None else averaged[run],
-      snapshots,
-      data,
-      step_time,
-    )  # fmt: skip
-    for run, setting in enumerate(settings)
-  ]
-
-
-def _record(name, setting, run, state, records, test_probs, train_probs, averaged_probs,
-            snapshots, data, step_time) -> RunRecord:  # fmt: skip
-  diverged_at = int(state.diverged_at[run])
-  losses = np.asarray(records["last_epoch_losses"][run], np.float64)
-  posterior_scores = None
-  if averaged_probs is not None:
-    posterior_scores = {**_scores(averaged_probs, data.y_test), "snapshots": snapshots}
-  finite_losses = losses[np.isfinite(losses)]
-  return RunRecord(
-    optimizer=name,
-    seed=setting.seed,
-    learning_rate=setting.learning_rate,
-    diffusion=setting.diffusion,
-    temperature=None if setting.diffusion is None else setting.diffusion * len(data.x_train),
-    status="diverged" if diverged_at >= 0 else "ok",
-    diverged_at_step=diverged_at if diverged_at >= 0 else None,
-    epochs=[epoch[run] for epoch in records["epochs"]],
-    last_epoch_loss_std=metrics.finite_or_none(np.std(finite_losses))
-    if finite_losses.size
-    else None,
-    final={
-      **_scores(test_probs, data.y_test),
-      "train_accuracy": metrics.accuracy(train_probs, data.y_train),
-    },
-    posterior_average=posterior_scores,
-    step_time_s=step_time,
-  )
-
-
-def _scores(probs: np.ndarray, labels: np.ndarray) -> Scores:
-  return Scores(
-    test_accuracy=metrics.accuracy(probs, labels),
-    test_nll=metrics.finite_or_none(metrics.negative_log_likelihood(probs, labels)),
-    test_ece=metrics.finite_or_none(metrics.expected_calibration_error(probs, labels)),
-  )
-
-
-def main_results(
-  records: Sequence[RunRecord], config: ComparisonConfig, num_examples: int
-) -> list[RunRecord]:
-  """The runs at the main setting: the sweep's centre cell, the main temperature, or all."""
-  diffusion = config.main_diffusion(num_examples)
-  return [
-    r
-    for r in records
-    if math.isclose(r["learning_rate"], config.learning_rate)
-    and (r["diffusion"] is None or math.isclose(r["diffusion"], diffusion))
-  ]
+def main_results(records: Sequence[ComparisonRecord]) -> list[ComparisonRecord]:
+  """The runs at the main setting (:func:`run_phase`)."""
+  return [record for record in records if record["phase"] == MAIN_PHASE]
 
 
 def run_experiment(
@@ -324,7 +239,7 @@ def run_experiment(
       *config.notes,
     ],
   }
-  main_runs = main_results(records, config, settings["train_size"])
+  main_runs = main_results(records)
   summary = report.summarize(main_runs)
   sweep = report.summarize_sweep(records) if config.sweep else None
   cold_posterior = report.summarize_temperatures(records) if config.temperatures else None

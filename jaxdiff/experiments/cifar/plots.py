@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from jaxdiff.experiments.cifar.report import group_by_optimizer, number
+from jaxdiff.experiments.cifar.report import group_by_optimizer, number, score
 from jaxdiff.files import pyplot, save_figure
 
 
@@ -32,11 +32,14 @@ def plot_curves(runs: list[dict], path: str | os.PathLike) -> None:
     length = max((len(run.get("epochs") or []) for run in group), default=0)
     if length == 0:
       continue
-    for ax, key, scale in ((loss_ax, "train_loss", 1.0), (acc_ax, "test_accuracy", 100.0)):
+    for ax, value, scale in (
+      (loss_ax, lambda epoch: score(epoch["train"], "loss"), 1.0),
+      (acc_ax, lambda epoch: score(epoch["current"], "accuracy"), 100.0),
+    ):
       # Runs that stopped early (diverged) are padded with NaN: missing, not zero.
       matrix = np.full((len(group), length), np.nan)
       for i, run in enumerate(group):
-        values = [number(epoch.get(key)) for epoch in run.get("epochs") or []]
+        values = [value(epoch) for epoch in run.get("epochs") or []]
         matrix[i, : len(values)] = values
       mean, std = _mean_std(matrix * scale)
       epochs = np.arange(1, length + 1)

@@ -2,8 +2,10 @@
 
 Everything here works on the JSON-serialisable run records of
 :func:`jaxdiff.experiments.cifar.experiment.run_comparison` (one
-:class:`~jaxdiff.experiments.cifar.experiment.RunRecord` per optimizer × setting × seed),
-so a report can be rebuilt from a saved report.json without JAX.
+:class:`~jaxdiff.experiments.cifar.experiment.ComparisonRecord` per optimizer × setting × seed:
+the test set's :class:`~jaxdiff.classification.Scores` per epoch, final and averaged, and the
+final parameters' on the training images), so a report can be rebuilt from a saved report.json
+without JAX.
 
 Statistics over seeds treat NaN, ±inf and None as missing (a diverged run) and say how many
 runs count (``n``). Summaries hold None instead of NaN so they stay valid JSON.
@@ -56,6 +58,11 @@ def number(value: Any) -> float:
   return np.nan if value is None else float(value)
 
 
+def score(scores: dict | None, metric: str) -> float:
+  """One metric of a :class:`~jaxdiff.classification.Scores`, NaN without it (no average)."""
+  return number(None if scores is None else scores.get(metric))
+
+
 def _stat(values: Sequence[Any]) -> Stat:
   arr = np.array([number(v) for v in values], dtype=np.float64)
   finite = arr[np.isfinite(arr)]
@@ -70,7 +77,7 @@ def group_by_optimizer(runs: Sequence[dict]) -> dict[str, list[dict]]:
   """Runs by optimizer, in order of first appearance."""
   groups: dict[str, list[dict]] = {}
   for run in runs:
-    groups.setdefault(run["optimizer"], []).append(run)
+    groups.setdefault(run["method"], []).append(run)
   return groups
 
 
@@ -87,13 +94,13 @@ def _threshold_key(threshold: float) -> str:
 
 def _epochs_to(curve: list[dict], threshold: float) -> int | None:
   for record in curve:
-    if number(record.get("test_accuracy")) >= threshold:
+    if score(record["current"], "accuracy") >= threshold:
       return int(record["epoch"])
   return None
 
 
 def _best(curve: list[dict]) -> float:
-  accuracies = np.array([number(record.get("test_accuracy")) for record in curve])
+  accuracies = np.array([score(record["current"], "accuracy") for record in curve])
   finite = accuracies[np.isfinite(accuracies)]
   return float(finite.max()) if finite.size else np.nan
 
@@ -111,10 +118,10 @@ def summarize(runs: list[dict], thresholds: Sequence[float] = (0.3, 0.4, 0.5)) -
   """Aggregates runs over seeds, per optimizer in order of first appearance.
 
   Args:
-    runs: run records of the engine (keys ``optimizer``, ``seed``, ``learning_rate``,
-      ``diffusion``, ``temperature``, ``status``, ``epochs``, ``last_epoch_loss_std``,
-      ``final``, ``posterior_average``, ``step_time_s``), one hyper-parameter setting per
-      optimizer.
+    runs: run records (keys ``method``, ``seed``, ``learning_rate``, ``diffusion``,
+      ``temperature``, ``status``, ``epochs``, ``last_epoch_loss_std``, ``final``,
+      ``final_train``, ``averaged``, ``snapshots``, ``step_time_s``), one hyper-parameter
+      setting per optimizer.
     thresholds: test accuracies whose first-reaching epoch is reported.
 
   Returns:
@@ -132,7 +139,8 @@ def summarize(runs: list[dict], thresholds: Sequence[float] = (0.3, 0.4, 0.5)) -
   )
   optimizers = {}
   for name, group in groups.items():
-    finals = [run.get("final") or {} for run in group]
+    finals = [run["final"] for run in group]
+    trains = [run["final_train"] for run in group]
     curves = [run.get("epochs") or [] for run in group]
     entry: dict[str, Any] = {
       "runs": len(group),
@@ -140,16 +148,13 @@ def summarize(runs: list[dict], thresholds: Sequence[float] = (0.3, 0.4, 0.5)) -
       "diverged": sum(run.get("status") == "diverged" for run in group),
       **{key: _single(name, group, key) for key in ("learning_rate", "diffusion", "temperature")},
     }
-    for key, field in (
-      ("final_test_accuracy", "test_accuracy"),
-      ("final_train_accuracy", "train_accuracy"),
-      ("test_nll", "test_nll"),
-      ("test_ece", "test_ece"),
-    ):
-      entry[key] = _stat([final.get(field) for final in finals])
+    entry["final_test_accuracy"] = _stat([score(final, "accuracy") for final in finals])
+    entry["final_train_accuracy"] = _stat([score(train, "accuracy") for train in trains])
+    entry["test_nll"] = _stat([score(final, "nll") for final in finals])
+    entry["test_ece"] = _stat([score(final, "ece") for final in finals])
     entry["best_test_accuracy"] = _stat([_best(curve) for curve in curves])
     entry["generalization_gap"] = _stat(
-      [number(f.get("train_accuracy")) - number(f.get("test_accuracy")) for f in finals]
+      [score(t, "accuracy") - score(f, "accuracy") for t, f in zip(trains, finals)]
     )
     entry["last_epoch_loss_std"] = _stat([run.get("last_epoch_loss_std") for run in group])
     entry["step_time_s"] = _stat([run.get("step_time_s") for run in group])
@@ -162,15 +167,14 @@ def summarize(runs: list[dict], thresholds: Sequence[float] = (0.3, 0.4, 0.5)) -
         **_stat([epoch for epoch in reached if epoch is not None]),
         "not_reached": sum(epoch is None for epoch in reached),
       }
-    averages = [run["posterior_average"] for run in group if run.get("posterior_average")]
-    entry["posterior_average"] = (
-      {
-        key: _stat([average.get(key) for average in averages])
-        for key in ("test_accuracy", "test_nll", "test_ece", "snapshots")
+    averaged = [run for run in group if run["averaged"]]
+    entry["posterior_average"] = None
+    if averaged:
+      entry["posterior_average"] = {
+        key: _stat([score(run["averaged"], metric) for run in averaged])
+        for key, metric in (("test_accuracy", "accuracy"), ("test_nll", "nll"), ("test_ece", "ece"))
       }
-      if averages
-      else None
-    )
+      entry["posterior_average"]["snapshots"] = _stat([run["snapshots"] for run in averaged])
     optimizers[name] = entry
   return {"thresholds": [float(t) for t in thresholds], "optimizers": optimizers}
 
@@ -202,7 +206,7 @@ def summarize_sweep(runs: list[dict]) -> dict:
     cells: dict[tuple, list[float]] = {}
     for run in group:
       key = (float(run["learning_rate"]), run.get("diffusion"))
-      cells.setdefault(key, []).append(number((run.get("final") or {}).get("test_accuracy")))
+      cells.setdefault(key, []).append(score(run["final"], "accuracy"))
     stats = [[_stat(cells.get((lr, d), [])) for d in diffusions] for lr in lrs]
     grid = [[stat["mean"] for stat in row] for row in stats]
     seed_stds = [stat["std"] for row in stats for stat in row if stat["n"] >= 2]
@@ -268,16 +272,16 @@ def summarize_temperatures(runs: list[dict]) -> dict:
     entries = []
     for temperature in sorted(by_temperature):
       cell = by_temperature[temperature]
-      averages = [run.get("posterior_average") or {} for run in cell]
-      finals = [run.get("final") or {} for run in cell]
+      averages = [run["averaged"] for run in cell]
+      finals = [run["final"] for run in cell]
       entries.append({
         "temperature": temperature,
         "diffusion": cell[0]["diffusion"],
         "runs": len(cell),
-        "posterior_error": _stat([1 - number(a.get("test_accuracy")) for a in averages]),
-        "posterior_nll": _stat([a.get("test_nll") for a in averages]),
-        "final_error": _stat([1 - number(f.get("test_accuracy")) for f in finals]),
-        "final_nll": _stat([f.get("test_nll") for f in finals]),
+        "posterior_error": _stat([score(a, "error") for a in averages]),
+        "posterior_nll": _stat([score(a, "nll") for a in averages]),
+        "final_error": _stat([score(f, "error") for f in finals]),
+        "final_nll": _stat([score(f, "nll") for f in finals]),
       })  # fmt: skip
     optimizers[name] = entries
   return {"optimizers": optimizers}
