@@ -81,8 +81,10 @@ def runs():
   ]
   posterior = (0.6, 1.1, 0.02)
   langevin = [
-    make_run("langevin", s, accs, diffusion=1e-4, gap=0.01, step_time=0.0105, posterior=posterior)
-    for s, accs in enumerate([[0.32, 0.45, 0.5], [0.31, 0.46, 0.52], [0.2, 0.28, 0.29]])
+    make_run("langevin", s, accs, diffusion=1e-4, gap=gap, step_time=0.0105, posterior=posterior)
+    for s, (accs, gap) in enumerate(
+      [([0.32, 0.45, 0.5], 0.01), ([0.31, 0.46, 0.52], 0.012), ([0.2, 0.28, 0.29], 0.008)]
+    )
   ]
   return sgd + langevin
 
@@ -112,7 +114,9 @@ def test_summarize_means_stds_and_step_time_ratio(runs):
   sgd, langevin = summary["optimizers"]["sgd"], summary["optimizers"]["langevin"]
   finals = np.array([0.45, 0.48, 0.51])
   assert sgd["final_test_accuracy"]["mean"] == pytest.approx(finals.mean())
-  assert sgd["final_test_accuracy"]["std"] == pytest.approx(finals.std())
+  # The sample std (ddof = 1): 0.03 here, where the population one is 0.0245.
+  assert sgd["final_test_accuracy"]["std"] == pytest.approx(0.03)
+  assert sgd["final_test_accuracy"]["se"] == pytest.approx(0.03 / np.sqrt(3))
   assert sgd["final_test_accuracy"]["n"] == 3
   assert sgd["final_train_accuracy"]["mean"] == pytest.approx(finals.mean() + 0.05)
   assert sgd["generalization_gap"]["mean"] == pytest.approx(0.05)
@@ -130,11 +134,16 @@ def test_summarize_means_stds_and_step_time_ratio(runs):
 
 def test_summarize_epochs_to_threshold(runs):
   sgd = report.summarize(runs, thresholds=(0.3, 0.5, 0.9))["optimizers"]["sgd"]
-  expected = {"mean": pytest.approx(5 / 3), "std": pytest.approx(np.std([2, 1, 2])), "n": 3}
+  std = np.std([2, 1, 2], ddof=1)
+  expected = {"mean": pytest.approx(5 / 3), "std": pytest.approx(std),
+              "se": pytest.approx(std / np.sqrt(3)), "n": 3}  # fmt: skip
   assert sgd["epochs_to"]["0.3"] == {**expected, "not_reached": 0}
   # Only seed 2 reaches 50 %, at epoch 3.
   assert sgd["epochs_to"]["0.5"]["mean"] == 3.0 and sgd["epochs_to"]["0.5"]["not_reached"] == 2
-  assert sgd["epochs_to"]["0.9"] == {"mean": None, "std": None, "n": 0, "not_reached": 3}
+  assert sgd["epochs_to"]["0.9"] == {"mean": None, "std": None, "se": None, "n": 0,
+                                     "not_reached": 3}  # fmt: skip
+  # Per seed, for the paired claims; None where a seed never reached the threshold.
+  assert sgd["per_seed"]["epochs_to"]["0.5"] == [None, None, 3]
 
 
 def test_summarize_treats_nan_of_diverged_runs_as_missing(runs):
@@ -183,7 +192,11 @@ def test_summarize_sweep_grid_and_spread(sweep_runs):
   assert sgd["sensitivity"]["spread"] == pytest.approx(0.2)
   assert sgd["sensitivity"]["lr_spread"] == pytest.approx(0.2)
   assert sgd["sensitivity"]["std"] == pytest.approx(np.std([0.3, 0.5, 0.4]))
-  assert sgd["sensitivity"]["seed_std"] == pytest.approx(0.01)
+  # Two seeds at ±0.01 about each cell's mean: sample std 0.01·√2.
+  assert sgd["sensitivity"]["seed_std"] == pytest.approx(0.01 * np.sqrt(2))
+  # Each seed's own spread over the learning rates (the seeds' shift cancels out of it).
+  assert sgd["sensitivity"]["seeds"] == [0, 1]
+  assert sgd["sensitivity"]["lr_spread_by_seed"] == pytest.approx([0.2, 0.2])
   assert sgd["best"] == {"learning_rate": 0.03, "diffusion": None, "accuracy": pytest.approx(0.5)}
   assert sgd["noise_effect"] is None
 
@@ -194,6 +207,7 @@ def test_summarize_sweep_grid_and_spread(sweep_runs):
   assert langevin["sensitivity"]["spread"] == pytest.approx(0.5 - 0.4)
   assert langevin["sensitivity"]["lr_spread"] == pytest.approx(0.5 - 0.45)
   assert langevin["best"]["diffusion"] == 1e-4
+  assert langevin["sensitivity"]["lr_spread_by_seed"] == pytest.approx([0.05, 0.05])
   effect = langevin["noise_effect"]
   assert effect["best_at_zero"]["accuracy"] == pytest.approx(0.45)
   assert effect["best_positive"]["accuracy"] == pytest.approx(0.5)
@@ -203,22 +217,42 @@ def test_summarize_sweep_grid_and_spread(sweep_runs):
 @pytest.mark.parametrize(
   ("better_is", "langevin", "baseline", "verdict"),
   [
-    ("lower", (1.0, 0.1), (2.0, 0.2), "supported"),
-    ("lower", (2.0, 0.1), (1.0, 0.2), "not supported"),
-    ("lower", (1.0, 0.5), (1.4, 0.1), "inconclusive"),
-    ("higher", (0.6, 0.01), (0.5, 0.02), "supported"),
-    ("higher", (0.5, 0.01), (0.6, 0.02), "not supported"),
-    ("higher", (0.5, 0.0), (0.5, 0.0), "inconclusive"),
-    ("higher", (None, None), (0.5, 0.0), "inconclusive"),
+    ("lower", [1.0, 1.1, 0.9], [2.0, 2.3, 1.8], "supported"),
+    ("lower", [2.0, 2.3, 1.8], [1.0, 1.1, 0.9], "not supported"),
+    ("higher", [0.6, 0.62, 0.59], [0.5, 0.51, 0.5], "supported"),
+    ("higher", [0.5, 0.51, 0.5], [0.6, 0.62, 0.59], "not supported"),
+    # Differences of both signs: no decision.
+    ("lower", [1.0, 1.5, 0.9], [1.1, 1.2, 1.0], "inconclusive"),
+    # One seed, or one seed measured on both sides, measures no spread.
+    ("lower", [1.0], [2.0], "inconclusive"),
+    ("lower", [1.0, None, 3.0], [2.0, 2.5, None], "inconclusive"),
+    ("higher", [float("nan"), 0.5], [0.5, 0.4], "inconclusive"),
   ],
 )
 def test_judge(better_is, langevin, baseline, verdict):
   assert report.judge(better_is, langevin, baseline) == verdict
 
 
+def test_judge_pairs_the_seeds_where_an_unpaired_comparison_cannot_decide():
+  # The seeds differ a lot (std 1.0 of either side) but Langevin is lower by 0.1 on every one:
+  # the paired differences' t is about 19, beyond t(0.975, 2) = 4.30.
+  langevin, baseline = [1.0, 2.0, 3.0], [1.1, 2.12, 3.11]
+  assert max(np.std(langevin, ddof=1), np.std(baseline, ddof=1)) > 0.5
+  assert report.judge("lower", langevin, baseline) == "supported"
+  # Reordered, the same values are no longer the same seeds: the differences spread out.
+  assert report.judge("lower", langevin, baseline[::-1]) == "inconclusive"
+
+
+def test_judge_does_not_decide_what_two_paired_seeds_cannot_show():
+  # Means 1.15 and 1.55, population stds 0.15 and 0.05: better by more than the larger std, the
+  # unpaired rule's "supported". Paired, the differences −0.5 and −0.3 have t = 4 on one degree
+  # of freedom, below t(0.975, 1) = 12.7.
+  assert report.judge("lower", [1.0, 1.3], [1.5, 1.6]) == "inconclusive"
+
+
 def test_judge_rejects_an_unknown_direction():
   with pytest.raises(ValueError):
-    report.judge("sideways", (1.0, 0.0), (2.0, 0.0))
+    report.judge("sideways", [1.0, 2.0], [2.0, 3.0])
 
 
 CONFIG = {
@@ -241,7 +275,7 @@ def test_render_markdown_states_data_temperature_and_claims(runs, sweep_runs):
   assert text.count(label) >= 3  # title, setup, Table 1 caption
   assert "lossy" in text and "Adam runs at lr 1e-3" in text and "jax 0.10.2" in text
   assert "T = N·D = 5" in text and "D = 1/N = 2e-05" in text
-  assert "| sgd | 0.01 | — | 48.0 ± 2.4 |" in text
+  assert "| sgd | 0.01 | — | 48.0 ± 3.0 |" in text  # the sample std
   assert "Table 2" in text and "60.0 ± 0.0 vs" in text
   assert "| lr | D = 0 | D = 0.0001 | D = 0.001 |" in text
   claims = [line for line in text.splitlines() if line[:3] in {f"{i}. " for i in range(1, 6)}]
@@ -253,7 +287,12 @@ def test_render_markdown_states_data_temperature_and_claims(runs, sweep_runs):
     assert claim.endswith(("— supported.", "— not supported.", "— inconclusive."))
   # langevin reaches 40 % sooner on average, but one of its runs never does and all of sgd's do.
   assert "langevin 2.0 ± 0.0 (1✗) vs sgd" in claims[0] and claims[0].endswith("— not supported.")
-  # Gap 1 pp ± 0 vs 5 pp ± 0: decisively smaller.
+  # Loss std 0.100 vs 0.120 ± 0.020: the unpaired rule (better by more than the larger
+  # population std, 0.016) said supported; the paired differences 0, −0.02, −0.04 have t = 1.7.
+  assert "paired difference -0.020 ± 0.012 (SE, 3 seeds)" in claims[1]
+  assert claims[1].endswith("— inconclusive.")
+  # Gap 1 pp vs 5 pp, smaller on every seed by about 4 pp.
+  assert "paired difference -4.0 ± 0.1 (SE, 3 seeds)" in claims[2]
   assert claims[2].endswith("— supported.")
   # Step time 1.04 × SGD is within the 1.1 × allowance by more than the seeds' spread.
   assert claims[4].endswith("— supported.")
@@ -275,8 +314,12 @@ def test_plots_write_png_files(runs, sweep_runs, tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["curves.png", "sweep.png"]
 
 
-def test_one_seed_has_no_std_and_decides_nothing():
-  stat = report._stat([0.4])
-  assert stat == {"mean": 0.4, "std": None, "n": 1}
-  assert report.judge("higher", (0.9, None), (0.1, 0.0)) == "inconclusive"
-  assert report.judge("lower", (0.1, 0.0), (0.9, None)) == "inconclusive"
+def test_one_seed_has_no_std_and_decides_nothing(runs):
+  one_seed = [run for run in runs if run["seed"] == 0]
+  summary = report.summarize(one_seed)
+  assert summary["optimizers"]["sgd"]["final_test_accuracy"] == {"mean": 0.45, "std": None,
+                                                                 "se": None, "n": 1}  # fmt: skip
+  assert report.judge("higher", [0.9], [0.1]) == "inconclusive"
+  text = report.render_markdown(summary, CONFIG, ENVIRONMENT)
+  claims = [line for line in text.splitlines() if line[:3] in {"1. ", "2. ", "3. "}]
+  assert len(claims) == 3 and all(claim.endswith("— inconclusive.") for claim in claims)

@@ -7,50 +7,65 @@ the test set's :class:`~jaxdiff.classification.Scores` per epoch, final and aver
 final parameters' on the training images), so a report can be rebuilt from a saved report.json
 without JAX.
 
-Statistics over seeds treat NaN, ±inf and None as missing (a diverged run) and say how many
-runs count (``n``). Summaries hold None instead of NaN so they stay valid JSON.
+Statistics over seeds are :func:`jaxdiff.metrics.seed_statistic`'s: the mean, the sample
+standard deviation (``ddof = 1``) and the standard error, over the runs where a value is finite
+(NaN, ±inf and None are a diverged or unmeasured run), with how many count (``n``). Every
+optimizer trains each seed from the same initial parameters and data order, so claims compare
+the Langevin optimizer with its baseline seed by seed (:func:`judge`). Summaries hold None
+instead of NaN so they stay valid JSON.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from jaxdiff.experiments.cifar.registry import OPTIMIZERS, is_langevin
+from jaxdiff.metrics import (
+  SeedStatistic,
+  finite_or_none,
+  paired_difference,
+  seed_statistic,
+  significant,
+)
 
 # "Little cost" is read as at most 10 % slower per step than SGD.
 COST_TOLERANCE = 1.10
-Stat = dict[str, Any]
 
 
-def judge(better_is: str, langevin: tuple, baseline: tuple) -> str:
-  """Decides one claim from two ``(mean, std)`` pairs over seeds.
+def judge(
+  better_is: str, langevin: Sequence[float | None], baseline: Sequence[float | None]
+) -> str:
+  """Decides one claim from the two optimizers' values on the same seeds, in the same order.
+
+  The seeds' differences ``langevin − baseline`` are tested by Student's paired two-sided t-test
+  at 95 % (:func:`jaxdiff.metrics.paired_difference`, :func:`jaxdiff.metrics.significant`):
+  paired, because both optimizers start each seed from the same parameters and see the same
+  data order, so what the seeds share cancels out of the differences.
 
   Args:
     better_is: ``"lower"`` or ``"higher"``: which direction of the metric is better.
-    langevin: ``(mean, std)`` of the Langevin optimizer; None entries mean unmeasured.
-    baseline: ``(mean, std)`` of the optimizer it is compared with.
+    langevin: the Langevin optimizer's value per seed; None or NaN where unmeasured.
+    baseline: the value of the optimizer it is compared with, on the same seeds.
 
   Returns:
-    ``"supported"`` if Langevin is better by more than the larger of the two stds,
-    ``"not supported"`` if worse by more than that, else ``"inconclusive"``
-    (always when a std is None: one seed gives no measure of the noise).
+    ``"supported"`` if the difference favours Langevin and is significant, ``"not supported"``
+    if it favours the baseline and is significant, else ``"inconclusive"`` (always with fewer
+    than two seeds measured on both sides, or differences that do not vary).
   """
   if better_is not in ("lower", "higher"):
     raise ValueError(f"better_is must be 'lower' or 'higher', got {better_is!r}")
-  (l_mean, l_std), (b_mean, b_std) = langevin, baseline
-  # Without a spread on both sides (a single seed) no difference can be judged.
-  if l_mean is None or b_mean is None or l_std is None or b_std is None:
+  difference = paired_difference(_finite(langevin), _finite(baseline))
+  if not significant(difference):
     return "inconclusive"
-  margin = max(l_std, b_std)
-  advantage = (b_mean - l_mean) if better_is == "lower" else (l_mean - b_mean)
-  if advantage > margin:
-    return "supported"
-  if advantage < -margin:
-    return "not supported"
-  return "inconclusive"
+  advantage = -difference["mean"] if better_is == "lower" else difference["mean"]
+  return "supported" if advantage > 0 else "not supported"
+
+
+def _finite(values: Sequence[float | None]) -> list[float | None]:
+  return [None if value is None else finite_or_none(value) for value in values]
 
 
 def number(value: Any) -> float:
@@ -61,16 +76,6 @@ def number(value: Any) -> float:
 def score(scores: dict | None, metric: str) -> float:
   """One metric of a :class:`~jaxdiff.classification.Scores`, NaN without it (no average)."""
   return number(None if scores is None else scores.get(metric))
-
-
-def _stat(values: Sequence[Any]) -> Stat:
-  arr = np.array([number(v) for v in values], dtype=np.float64)
-  finite = arr[np.isfinite(arr)]
-  if finite.size == 0:
-    return {"mean": None, "std": None, "n": 0}
-  # One value has no spread to measure: its std is unknown, not zero.
-  std = float(finite.std()) if finite.size >= 2 else None
-  return {"mean": float(finite.mean()), "std": std, "n": int(finite.size)}
 
 
 def group_by_optimizer(runs: Sequence[dict]) -> dict[str, list[dict]]:
@@ -126,17 +131,19 @@ def summarize(runs: list[dict], thresholds: Sequence[float] = (0.3, 0.4, 0.5)) -
 
   Returns:
     ``{"thresholds": [...], "optimizers": {name: entry}}``. Each metric in an entry is a
-    stat ``{"mean", "std", "n"}`` over the runs where it is finite; ``epochs_to`` maps
-    ``"0.4"`` to a stat plus ``not_reached`` (runs that never reached it, left out of the
-    mean); ``posterior_average`` is None or a stat per metric of the runs that have one.
+    :class:`~jaxdiff.metrics.SeedStatistic` over the runs where it is finite; ``epochs_to``
+    maps ``"0.4"`` to one plus ``not_reached`` (runs that never reached it, left out of the
+    mean); ``posterior_average`` is None or one per metric of the runs that have one;
+    ``per_seed`` holds the claims' metrics per run, in the order of ``seeds`` (None where
+    not finite), for the paired comparisons of :func:`judge`.
 
   Raises:
     ValueError: if one optimizer's runs mix learning rates, diffusions or temperatures.
   """
   groups = group_by_optimizer(runs)
-  sgd_time = (
-    _stat([r.get("step_time_s") for r in groups["sgd"]])["mean"] if "sgd" in groups else None
-  )
+  sgd_time = None
+  if "sgd" in groups:
+    sgd_time = seed_statistic([run.get("step_time_s") for run in groups["sgd"]])["mean"]
   optimizers = {}
   for name, group in groups.items():
     finals = [run["final"] for run in group]
@@ -148,39 +155,66 @@ def summarize(runs: list[dict], thresholds: Sequence[float] = (0.3, 0.4, 0.5)) -
       "diverged": sum(run.get("status") == "diverged" for run in group),
       **{key: _single(name, group, key) for key in ("learning_rate", "diffusion", "temperature")},
     }
-    entry["final_test_accuracy"] = _stat([score(final, "accuracy") for final in finals])
-    entry["final_train_accuracy"] = _stat([score(train, "accuracy") for train in trains])
-    entry["test_nll"] = _stat([score(final, "nll") for final in finals])
-    entry["test_ece"] = _stat([score(final, "ece") for final in finals])
-    entry["best_test_accuracy"] = _stat([_best(curve) for curve in curves])
-    entry["generalization_gap"] = _stat(
-      [score(t, "accuracy") - score(f, "accuracy") for t, f in zip(trains, finals)]
-    )
-    entry["last_epoch_loss_std"] = _stat([run.get("last_epoch_loss_std") for run in group])
-    entry["step_time_s"] = _stat([run.get("step_time_s") for run in group])
+    per_seed = {
+      "generalization_gap": [score(t, "accuracy") - score(f, "accuracy")
+                             for t, f in zip(trains, finals)],
+      "last_epoch_loss_std": [number(run.get("last_epoch_loss_std")) for run in group],
+      "epochs_to": {},
+    }  # fmt: skip
+    for key, values in (
+      ("final_test_accuracy", [score(final, "accuracy") for final in finals]),
+      ("final_train_accuracy", [score(train, "accuracy") for train in trains]),
+      ("test_nll", [score(final, "nll") for final in finals]),
+      ("test_ece", [score(final, "ece") for final in finals]),
+      ("best_test_accuracy", [_best(curve) for curve in curves]),
+      ("generalization_gap", per_seed["generalization_gap"]),
+      ("last_epoch_loss_std", per_seed["last_epoch_loss_std"]),
+      ("step_time_s", [run.get("step_time_s") for run in group]),
+    ):
+      entry[key] = seed_statistic(values)
     step_time = entry["step_time_s"]["mean"]
     entry["step_time_vs_sgd"] = step_time / sgd_time if sgd_time and step_time else None
     entry["epochs_to"] = {}
     for threshold in thresholds:
       reached = [_epochs_to(curve, threshold) for curve in curves]
       entry["epochs_to"][_threshold_key(threshold)] = {
-        **_stat([epoch for epoch in reached if epoch is not None]),
+        **seed_statistic(reached),
         "not_reached": sum(epoch is None for epoch in reached),
       }
+      per_seed["epochs_to"][_threshold_key(threshold)] = reached
     averaged = [run for run in group if run["averaged"]]
     entry["posterior_average"] = None
     if averaged:
       entry["posterior_average"] = {
-        key: _stat([score(run["averaged"], metric) for run in averaged])
+        key: seed_statistic([score(run["averaged"], metric) for run in averaged])
         for key, metric in (("test_accuracy", "accuracy"), ("test_nll", "nll"), ("test_ece", "ece"))
       }
-      entry["posterior_average"]["snapshots"] = _stat([run["snapshots"] for run in averaged])
+      entry["posterior_average"]["snapshots"] = seed_statistic([r["snapshots"] for r in averaged])
+    per_seed["generalization_gap"] = _finite(per_seed["generalization_gap"])
+    per_seed["last_epoch_loss_std"] = _finite(per_seed["last_epoch_loss_std"])
+    entry["per_seed"] = per_seed
     optimizers[name] = entry
   return {"thresholds": [float(t) for t in thresholds], "optimizers": optimizers}
 
 
 def _cell(accuracy: float | None, lr: float, diffusion: float | None) -> dict:
   return {"learning_rate": lr, "diffusion": diffusion, "accuracy": accuracy}
+
+
+def _lr_spread_by_seed(runs: list[dict], diffusion: float | None, lrs: list[float]) -> dict:
+  """Each seed's max − min final test accuracy over ``lrs`` at ``diffusion``; None where one of
+  those runs has no accuracy (it diverged)."""
+  by_seed: dict[int, dict[float, float]] = {}
+  for run in runs:
+    if run.get("diffusion") == diffusion:
+      accuracy = score(run["final"], "accuracy")
+      by_seed.setdefault(run["seed"], {})[float(run["learning_rate"])] = accuracy
+  seeds = sorted(by_seed)
+  spreads = []
+  for seed in seeds:
+    values = np.array([by_seed[seed].get(lr, np.nan) for lr in lrs])
+    spreads.append(float(values.max() - values.min()) if np.isfinite(values).all() else None)
+  return {"seeds": seeds, "lr_spread_by_seed": spreads}
 
 
 def summarize_sweep(runs: list[dict]) -> dict:
@@ -194,10 +228,12 @@ def summarize_sweep(runs: list[dict]) -> dict:
     rows), ``diffusions`` (sorted, the columns; ``[None]`` without noise), ``accuracy``
     (mean final test accuracy per cell, None where no run finished), ``n`` (finite runs per
     cell), ``diverged`` (runs), ``sensitivity`` (``max``, ``min``, ``spread``, ``std`` over
-    the cells; ``lr_spread``: max − min over lr in the best cell's D column; ``seed_std``:
-    mean std over seeds within a cell, the noise level to compare spreads against;
-    ``cells``, ``missing_cells``), ``best`` (a cell) and ``noise_effect`` (Langevin only:
-    best cell at D = 0 and at D > 0, either None if not swept).
+    the cells; ``lr_spread``: max − min over lr in the best cell's D column; ``seeds`` and
+    ``lr_spread_by_seed``: that spread of each seed's own runs, None where one of them did
+    not finish; ``seed_std``: mean sample std over seeds within a cell, the noise level to
+    compare spreads against; ``cells``, ``missing_cells``), ``best`` (a cell) and
+    ``noise_effect`` (Langevin only: best cell at D = 0 and at D > 0, either None if not
+    swept).
   """
   optimizers = {}
   for name, group in group_by_optimizer(runs).items():
@@ -207,7 +243,7 @@ def summarize_sweep(runs: list[dict]) -> dict:
     for run in group:
       key = (float(run["learning_rate"]), run.get("diffusion"))
       cells.setdefault(key, []).append(score(run["final"], "accuracy"))
-    stats = [[_stat(cells.get((lr, d), [])) for d in diffusions] for lr in lrs]
+    stats = [[seed_statistic(cells.get((lr, d), [])) for d in diffusions] for lr in lrs]
     grid = [[stat["mean"] for stat in row] for row in stats]
     seed_stds = [stat["std"] for row in stats for stat in row if stat["n"] >= 2]
     filled = [
@@ -217,18 +253,20 @@ def summarize_sweep(runs: list[dict]) -> dict:
       if acc is not None
     ]
     sensitivity: dict[str, Any] = dict.fromkeys(("max", "min", "spread", "std", "lr_spread"))
+    sensitivity.update(seeds=[], lr_spread_by_seed=[])
     best = None
     if filled:
       accs = np.array([acc for acc, _, _ in filled])
       best = _cell(*max(filled, key=lambda cell: cell[0]))
-      column = [row[diffusions.index(best["diffusion"])] for row in grid]
-      column = [acc for acc in column if acc is not None]
+      column = {lr: row[diffusions.index(best["diffusion"])] for lr, row in zip(lrs, grid)}
+      column = {lr: acc for lr, acc in column.items() if acc is not None}
       sensitivity.update(
         max=float(accs.max()),
         min=float(accs.min()),
         spread=float(accs.max() - accs.min()),
         std=float(accs.std()),
-        lr_spread=max(column) - min(column),
+        lr_spread=max(column.values()) - min(column.values()),
+        **_lr_spread_by_seed(group, best["diffusion"], list(column)),
       )
     sensitivity.update(
       seed_std=float(np.mean(seed_stds)) if seed_stds else None,
@@ -278,10 +316,10 @@ def summarize_temperatures(runs: list[dict]) -> dict:
         "temperature": temperature,
         "diffusion": cell[0]["diffusion"],
         "runs": len(cell),
-        "posterior_error": _stat([score(a, "error") for a in averages]),
-        "posterior_nll": _stat([score(a, "nll") for a in averages]),
-        "final_error": _stat([score(f, "error") for f in finals]),
-        "final_nll": _stat([score(f, "nll") for f in finals]),
+        "posterior_error": seed_statistic([score(a, "error") for a in averages]),
+        "posterior_nll": seed_statistic([score(a, "nll") for a in averages]),
+        "final_error": seed_statistic([score(f, "error") for f in finals]),
+        "final_nll": seed_statistic([score(f, "nll") for f in finals]),
       })  # fmt: skip
     optimizers[name] = entries
   return {"optimizers": optimizers}
@@ -290,7 +328,7 @@ def summarize_temperatures(runs: list[dict]) -> dict:
 def _cold_posterior_lines(cold_posterior: dict) -> list[str]:
   lines = [
     "Test error and NLL against the posterior temperature T = N·D (T = 1: the Bayesian "
-    "posterior; T < 1: colder), mean ± std over seeds; the posterior average of the last "
+    "posterior; T < 1: colder), mean ± sample std over seeds; the posterior average of the last "
     "half's epochs (cyclical samplers: the cycles' last epochs) and the final iterate.",
     "",
   ]
@@ -311,7 +349,7 @@ def _cold_posterior_lines(cold_posterior: dict) -> list[str]:
   return [*lines, *_table(header, rows), "", "![cold posterior](cold_posterior.png)", ""]
 
 
-def _fmt(stat: Stat | None, scale: float = 1.0, spec: str = ".1f") -> str:
+def _fmt(stat: SeedStatistic | None, scale: float = 1.0, spec: str = ".1f") -> str:
   if not stat:
     return "—"
   text = "—" if stat["mean"] is None else f"{stat['mean'] * scale:{spec}}"
@@ -320,12 +358,40 @@ def _fmt(stat: Stat | None, scale: float = 1.0, spec: str = ".1f") -> str:
   return text + (f" ({stat['not_reached']}✗)" if stat.get("not_reached") else "")
 
 
+def _paired(
+  langevin: tuple[Sequence, Sequence], baseline: tuple[Sequence, Sequence]
+) -> tuple[list, list]:
+  """Two optimizers' values on the seeds both ran, in seed order, from ``(seeds, values)``."""
+  l_by_seed, b_by_seed = dict(zip(*langevin)), dict(zip(*baseline))
+  seeds = sorted(set(l_by_seed) & set(b_by_seed))
+  return [l_by_seed[seed] for seed in seeds], [b_by_seed[seed] for seed in seeds]
+
+
+def _paired_metric(
+  opts: dict, lang: str, base: str, pick: Callable[[dict], Sequence]
+) -> tuple[list, list]:
+  """One metric of two summary entries (``pick`` of their ``per_seed``), paired by seed."""
+  return _paired(*((opts[name]["seeds"], pick(opts[name]["per_seed"])) for name in (lang, base)))
+
+
 def _versus(
-  lang: str, base: str, l_stat: Stat, b_stat: Stat, scale: float = 1.0, spec: str = ".1f"
+  lang: str,
+  base: str,
+  stats: tuple[SeedStatistic, SeedStatistic],
+  values: tuple[Sequence, Sequence],
+  scale: float = 1.0,
+  spec: str = ".1f",
 ) -> tuple[str, str]:
+  """One comparison's text and :func:`judge`'s verdict; ``values`` are paired by seed."""
+  l_stat, b_stat = stats
   text = f"{lang} {_fmt(l_stat, scale, spec)} vs {base} {_fmt(b_stat, scale, spec)}"
-  l_pair, b_pair = (l_stat["mean"], l_stat["std"]), (b_stat["mean"], b_stat["std"])
-  return text, judge("lower", l_pair, b_pair)
+  difference = paired_difference(*(_finite(side) for side in values))
+  if difference["se"] is not None:
+    text += (
+      f", paired difference {difference['mean'] * scale:+{spec}} ± "
+      f"{difference['se'] * scale:{spec}} (SE, {difference['n']} seeds)"
+    )
+  return text, judge("lower", *values)
 
 
 def _claim(title: str, items: list[tuple[str, str]], why_empty: str) -> str:
@@ -334,6 +400,10 @@ def _claim(title: str, items: list[tuple[str, str]], why_empty: str) -> str:
   verdicts = {verdict for _, verdict in items}
   overall = verdicts.pop() if len(verdicts) == 1 else "inconclusive"
   return f"{title}: " + "; ".join(f"{text} ({v})" for text, v in items) + f" — {overall}."
+
+
+# A claim needs at least this many seeds on each side: one seed measures no spread.
+MIN_SEEDS = 2
 
 
 def _speed_claim(summary: dict) -> str:
@@ -359,10 +429,56 @@ def _speed_claim(summary: dict) -> str:
   title = f"Convergence speed (epochs to {threshold:.0%} test accuracy, fastest of each kind)"
   if lang is None or base is None:
     return _claim(title, [], "needs a Langevin optimizer and one of sgd/momentum/adam")
-  text, verdict = _versus(lang, base, opts[lang]["epochs_to"][key], opts[base]["epochs_to"][key])
-  if rank(lang)[0] != rank(base)[0]:
+  stats = (opts[lang]["epochs_to"][key], opts[base]["epochs_to"][key])
+  values = _paired_metric(opts, lang, base, lambda per_seed: per_seed["epochs_to"][key])
+  text, verdict = _versus(lang, base, stats, values)
+  enough_seeds = min(opts[lang]["runs"], opts[base]["runs"]) >= MIN_SEEDS
+  if enough_seeds and rank(lang)[0] != rank(base)[0]:
     verdict = "supported" if rank(lang)[0] < rank(base)[0] else "not supported"
+    missed = [
+      f"{opts[n]['epochs_to'][key]['not_reached']} of {opts[n]['runs']}" for n in (lang, base)
+    ]
+    text += f"; decided by the runs that never reach it, {missed[0]} against {missed[1]}"
   return _claim(title, [(text, verdict)], "")
+
+
+def _sensitivity_claim(sweep: dict | None) -> str:
+  title = (
+    "Sensitivity (test-accuracy spread over learning rates at the best D, each seed's own, pp)"
+  )
+  if sweep is None:
+    return _claim(title, [], "not measured in this run (use --sweep)")
+  spreads = {
+    name: (e["sensitivity"]["seeds"], e["sensitivity"]["lr_spread_by_seed"])
+    for name, e in sweep["optimizers"].items()
+    if e["sensitivity"]["lr_spread"] is not None
+  }
+  stats = {name: seed_statistic(values) for name, (_, values) in spreads.items()}
+  bases = [name for name in spreads if _is_baseline(name) and stats[name]["mean"] is not None]
+  items = []
+  for lang in (n for n in sweep["optimizers"] if n in spreads and is_langevin(n)):
+    # Without its noiseless twin, the least sensitive baseline is the fair opponent.
+    base = OPTIMIZERS[lang].baseline
+    if base not in spreads:
+      base = min(bases, key=lambda n: stats[n]["mean"], default=None)
+    if base is not None:
+      values = _paired(spreads[lang], spreads[base])
+      items.append(_versus(lang, base, (stats[lang], stats[base]), values, 100))
+  return _claim(title, items, "the sweep lacks a Langevin optimizer or a baseline")
+
+
+def _cost_claim(summary: dict) -> str:
+  opts = summary["optimizers"]
+  items = []
+  for lang in (n for n in opts if is_langevin(n)):
+    ratio = opts[lang]["step_time_vs_sgd"]
+    if ratio is not None:
+      # One timing per optimizer (its seeds share the program), so this is a threshold test
+      # of the ratio.
+      verdict = "supported" if ratio <= COST_TOLERANCE else "not supported"
+      items.append((f"{lang} {ratio:.2f}×", verdict))
+  title = f"Cost (step time × SGD; little cost read as ≤ {COST_TOLERANCE:g}×)"
+  return _claim(title, items, "needs sgd and a Langevin optimizer")
 
 
 def _claims(summary: dict, sweep: dict | None) -> list[str]:
@@ -374,38 +490,13 @@ def _claims(summary: dict, sweep: dict | None) -> list[str]:
     ("Stability (last-epoch minibatch-loss std)", "last_epoch_loss_std", 1, ".3f"),
     ("Overfitting (train − test accuracy gap, pp)", "generalization_gap", 100, ".1f"),
   ):
-    items = [_versus(l, b, opts[l][key], opts[b][key], scale, spec) for l, b in pairs]
-    claims.append(_claim(title, items, no_pair))
-  title = "Sensitivity (test-accuracy spread over learning rates at the best D, pp)"
-  if sweep is None:
-    claims.append(_claim(title, [], "not measured in this run (use --sweep)"))
-  else:
-    spreads = {
-      name: {"mean": e["sensitivity"]["lr_spread"], "std": e["sensitivity"]["seed_std"]}
-      for name, e in sweep["optimizers"].items()
-      if e["sensitivity"]["lr_spread"] is not None
-    }
-    bases = [name for name in spreads if _is_baseline(name)]
     items = []
-    for lang in (n for n in sweep["optimizers"] if n in spreads and is_langevin(n)):
-      # Without its noiseless twin, the least sensitive baseline is the fair opponent.
-      base = OPTIMIZERS[lang].baseline
-      if base not in spreads:
-        base = min(bases, key=lambda n: spreads[n]["mean"], default=None)
-      if base is not None:
-        items.append(_versus(lang, base, spreads[lang], spreads[base], 100))
-    claims.append(_claim(title, items, "the sweep lacks a Langevin optimizer or a baseline"))
-  items = []
-  for lang in (n for n in opts if is_langevin(n)):
-    if opts[lang]["step_time_vs_sgd"] is not None:
-      # One timing per optimizer (its seeds share the measurement), so this is a
-      # threshold test of the ratio, with no spread to compare against.
-      relative = {"mean": opts[lang]["step_time_vs_sgd"], "std": 0.0}
-      allowed = {"mean": COST_TOLERANCE, "std": 0.0}
-      items.append(_versus(lang, "allowed", relative, allowed, 1, ".2f"))
-  title = f"Cost (step time × SGD; little cost read as ≤ {COST_TOLERANCE:g}×)"
-  claims.append(_claim(title, items, "needs sgd and a Langevin optimizer"))
-  return claims
+    for lang, base in pairs:
+      stats = (opts[lang][key], opts[base][key])
+      values = _paired_metric(opts, lang, base, lambda per_seed, key=key: per_seed[key])
+      items.append(_versus(lang, base, stats, values, scale, spec))
+    claims.append(_claim(title, items, no_pair))
+  return [*claims, _sensitivity_claim(sweep), _cost_claim(summary)]
 
 
 def _value(value: Any) -> str:
@@ -475,8 +566,8 @@ def _results_lines(summary: dict, data_label: str) -> list[str]:
     )
   lines = [
     (
-      f"Table 1: {data_label}, final parameters, mean ± std over seeds (n = runs counted when "
-      "fewer than all). Epochs to a threshold average the runs that reached it; (k✗) counts "
+      f"Table 1: {data_label}, final parameters, mean ± sample std over seeds (n = runs counted "
+      "when fewer than all). Epochs to a threshold average the runs that reached it; (k✗) counts "
       "runs that never did, — means none did."
     ),
     "",
@@ -564,9 +655,12 @@ def render_markdown(
     "## Claims",
     "",
     (
-      "Each claim is supported if the Langevin optimizer is better by more than the larger "
-      "seed std of the two compared, not supported if worse by more than that, else "
-      "inconclusive; a claim tested on several pairs is decided only when all of them agree."
+      "Every optimizer trains each seed from the same initial parameters and data order, so "
+      "each claim compares the Langevin optimizer with its baseline seed by seed: supported if "
+      "the seeds' paired difference favours the Langevin optimizer and is significant by a "
+      "two-sided paired t-test at 95 %, not supported if it favours the baseline and is "
+      f"significant, else inconclusive (always with fewer than {MIN_SEEDS} seeds). A claim "
+      "tested on several pairs is decided only when all of them agree."
     ),
     "",
   ]
