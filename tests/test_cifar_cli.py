@@ -71,6 +71,9 @@ def test_smoke_run_writes_every_output(tmp_path, tiny_cifar):
   assert sum(phases.values()) <= env["wall_time_s"] + 0.05 * len(phases)
   markdown = (out / "report.md").read_text()
   assert "T = N·D" in markdown and "## Claims" in markdown
+  # The command that made it, to rerun or (with --resume) continue it.
+  assert f"```bash\npython experiments/cifar.py --data {tiny_cifar} --out {out} " in markdown
+  assert "--train-size 200" in markdown and "`--resume`" in markdown
   assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
   # A fresh run into a folder with checkpoints stops before training, and says what to do.

@@ -52,9 +52,12 @@ def test_a_temperature_sweep_gives_the_cold_posterior_curve(tmp_path):
   main = main_results(records)
   assert {r["method"] for r in main} == {"sgd", "langevin"}
   assert all(r["temperature"] in (None, pytest.approx(1.0)) for r in main)
-  markdown = report.render_markdown(report.summarize(main), {"train_size": 200}, {}, None,
-                                    "synthetic", curve)  # fmt: skip
+  result = {"config": {"train_size": 200}, "command": "python experiments/cifar.py",
+            "environment": {}, "data_label": "synthetic", "summary": report.summarize(main),
+            "sweep": None, "cold_posterior": curve}  # fmt: skip
+  markdown = report.render_markdown(result)
   assert "## Cold posterior" in markdown and "| langevin | 0.01 |" in markdown
+  assert "[cold_posterior.png](cold_posterior.png)" in markdown
   plots.plot_cold_posterior(curve, tmp_path / "cold.png")
   assert (tmp_path / "cold.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

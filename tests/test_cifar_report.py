@@ -33,19 +33,25 @@ def make_run(
   gap=0.05,
   loss_std=0.1,
   step_time=0.01,
+  step_times=None,
   status="ok",
   posterior=None,
   snapshots=5,
+  train_loss=None,
+  nll=1.4,
 ):
   """One run record as the comparison writes it; the last accuracy is the final test accuracy.
 
   ``posterior``: the averaged predictive's ``(accuracy, nll, ece)``, or None (no average).
+  ``step_times``: per call of the engine (default: a slow first call, then ±1 % about
+  ``step_time``). ``train_loss``: the last epoch's mean training loss (default 2/epochs).
   """
   epochs = [
     {
       "epoch": i + 1,
       "step": 10 * (i + 1),
-      "train": {"loss": 2.0 / (i + 1), "accuracy": acc + gap},
+      "train": {"loss": 2.0 / (i + 1) if train_loss is None or i + 1 < len(accuracies)
+                else train_loss, "accuracy": acc + gap},  # fmt: skip
       "current": _scores(acc, 1.5, 0.05),
       "averaged": None,
     }
@@ -61,11 +67,14 @@ def make_run(
     "status": status,
     "diverged_at_step": 7 if status == "diverged" else None,
     "snapshots": snapshots if posterior else 0,
-    "final": _scores(accuracies[-1], 1.4, 0.04),
+    "final": _scores(accuracies[-1], nll, 0.04),
     "averaged": None if posterior is None else _scores(*posterior),
     "epochs": epochs,
     "last_epoch_loss_std": loss_std,
     "step_time_s": step_time,
+    "step_times_s": [2 * step_time, 0.99 * step_time, step_time, 1.01 * step_time]
+    if step_times is None
+    else step_times,
     "shift": None,
     "final_train": _scores(accuracies[-1] + gap, 1.0, 0.03),
   }
@@ -264,21 +273,37 @@ CONFIG = {
   "notes": ["Adam runs at lr 1e-3: it diverges at the SGD rate."],
 }
 ENVIRONMENT = {"device_kind": "cpu", "device_count": 4, "versions": {"jax": "0.10.2"}}
+COMMAND = "python experiments/cifar.py --data 'my data/cifar.tar.gz' --out runs/c --seeds 3"
+
+
+def make_result(runs, sweep_runs=None, data_label="CIFAR-10", command=COMMAND):
+  """What report.json holds for ``runs`` (and a sweep of ``sweep_runs``)."""
+  return {
+    "config": CONFIG,
+    "command": command,
+    "environment": ENVIRONMENT,
+    "data_label": data_label,
+    "summary": report.summarize(runs),
+    "sweep": None if sweep_runs is None else report.summarize_sweep(sweep_runs),
+    "cold_posterior": None,
+    "runs": runs,
+  }
+
+
+def _claims(text):
+  return [line for line in text.splitlines() if line[:3] in {f"{i}. " for i in range(1, 6)}]
 
 
 def test_render_markdown_states_data_temperature_and_claims(runs, sweep_runs):
-  summary = report.summarize(runs)
   label = "CIFAR-10 (JPEG copy)"
-  text = report.render_markdown(
-    summary, CONFIG, ENVIRONMENT, report.summarize_sweep(sweep_runs), data_label=label
-  )
+  text = report.render_markdown(make_result(runs, sweep_runs, data_label=label))
   assert text.count(label) >= 3  # title, setup, Table 1 caption
   assert "lossy" in text and "Adam runs at lr 1e-3" in text and "jax 0.10.2" in text
   assert "T = N·D = 5" in text and "D = 1/N = 2e-05" in text
   assert "| sgd | 0.01 | — | 48.0 ± 3.0 |" in text  # the sample std
   assert "Table 2" in text and "60.0 ± 0.0 vs" in text
   assert "| lr | D = 0 | D = 0.0001 | D = 0.001 |" in text
-  claims = [line for line in text.splitlines() if line[:3] in {f"{i}. " for i in range(1, 6)}]
+  claims = _claims(text)
   assert len(claims) == 5
   for claim, topic in zip(
     claims, ("Convergence", "Stability", "Overfitting", "Sensitivity", "Cost")
@@ -294,14 +319,83 @@ def test_render_markdown_states_data_temperature_and_claims(runs, sweep_runs):
   # Gap 1 pp vs 5 pp, smaller on every seed by about 4 pp.
   assert "paired difference -4.0 ± 0.1 (SE, 3 seeds)" in claims[2]
   assert claims[2].endswith("— supported.")
-  # Step time 1.04 × SGD is within the 1.1 × allowance by more than the seeds' spread.
-  assert claims[4].endswith("— supported.")
+  # Step time 1.04 × SGD; at the ends of the calls' middle halves 1.04 to 1.06 ×, within 1.1 ×.
+  assert "langevin 1.04×, 1.04× to 1.06×" in claims[4] and claims[4].endswith("— supported.")
+
+
+def test_the_report_states_its_command_how_to_resume_and_its_figures(runs, sweep_runs):
+  text = report.render_markdown(make_result(runs, sweep_runs))
+  assert f"```bash\n{COMMAND}\n```" in text and "with `--resume` to continue" in text
+  assert "[curves.png](curves.png)" in text and "[sweep.png](sweep.png)" in text
+  assert "cold_posterior.png" not in text  # no temperatures: no such figure
+  assert "![curves](curves.png)" in text and "![sweep](sweep.png)" in text
 
 
 def test_render_markdown_without_sweep_says_sensitivity_was_not_measured(runs):
-  text = report.render_markdown(report.summarize(runs), CONFIG, ENVIRONMENT)
+  text = report.render_markdown(make_result(runs))
   assert "Data: CIFAR-10." in text and "lossy" not in text
   assert "not measured in this run (use --sweep) — inconclusive." in text
+
+
+def _cost_claim(runs):
+  return _claims(report.render_markdown(make_result(runs)))[4]
+
+
+def test_the_cost_claim_needs_two_seeds(runs):
+  # The quick run's case: one seed, and SGD's step slower than the Langevin one's.
+  one_seed = [run for run in runs if run["seed"] == 0]
+  one_seed[0] = {**one_seed[0], "step_time_s": 0.0167, "step_times_s": [0.03, 0.0167]}
+  claim = _cost_claim(one_seed)
+  assert "fewer than 2 seeds" in claim and claim.endswith("— inconclusive.")
+
+
+def test_the_cost_claim_needs_two_timed_epochs(runs):
+  # One epoch: its only call includes the warm-up, so there is no spread to trust the ratio by.
+  runs = [{**run, "step_times_s": run["step_times_s"][:2]} for run in runs]
+  claim = _cost_claim(runs)
+  assert "fewer than 2 timed epochs" in claim and claim.endswith("— inconclusive.")
+
+
+@pytest.mark.parametrize(
+  ("langevin_times", "verdict"),
+  [
+    ([0.02, 0.0100, 0.0102, 0.0104], "supported"),  # 1.00× to 1.04×
+    ([0.02, 0.0120, 0.0125, 0.0130], "not supported"),  # 1.22× to 1.28×
+    # The same median 1.02× as the first, but spread so widely (0.90× to 1.21×) that 1.1× lies
+    # inside.
+    ([0.02, 0.0080, 0.0090, 0.0102, 0.0120, 0.0140], "inconclusive"),
+  ],
+)
+def test_the_cost_claim_trusts_a_ratio_only_beyond_the_timings_spread(runs, langevin_times,
+                                                                     verdict):  # fmt: skip
+  sgd_times = [0.02, 0.0099, 0.0100, 0.0101]
+  runs = [
+    {**run, "step_times_s": sgd_times if run["method"] == "sgd" else langevin_times,
+     "step_time_s": float(np.median((sgd_times if run["method"] == "sgd" else langevin_times)[1:]))}
+    for run in runs
+  ]  # fmt: skip
+  assert _cost_claim(runs).endswith(f"— {verdict}.")
+
+
+def test_a_run_whose_loss_blows_up_is_reported_exploded(runs):
+  # The quick run's psgld: finite, so not diverged, but a loss of 236.5 and an NLL of 24.2 where
+  # a uniform guess over 10 classes costs log 10 = 2.30.
+  exploded = make_run("langevin", 3, [0.1, 0.1], diffusion=1e-4, train_loss=236.5, nll=24.2)
+  nll_only = make_run("langevin", 4, [0.1, 0.1], diffusion=1e-4, nll=24.2)
+  assert report.outcome(exploded, 10) == report.outcome(nll_only, 10) == "exploded"
+  assert all(report.outcome(run, 10) == "ok" for run in runs)
+  assert report.outcome(make_run("sgd", 0, [0.1], status="diverged"), 10) == "diverged"
+  # 5 · log 10 = 11.5: a loss of 11 is not exploded.
+  assert report.outcome(make_run("sgd", 0, [0.1], train_loss=11.0, nll=11.0), 10) == "ok"
+  result = make_result(runs + [exploded])
+  entry = result["summary"]["optimizers"]["langevin"]
+  assert (entry["diverged"], entry["exploded"]) == (0, 1)
+  assert entry["exploded_runs"] == [{"seed": 3, "train_loss": 236.5, "test_nll": 24.2}]
+  text = report.render_markdown(result)
+  assert "| 0 / 1 of 4 |" in text and "| 0 / 0 of 3 |" in text
+  assert "Exploded: langevin seed 3 (last-epoch training loss 236.5, test NLL 24.2)." in text
+  assert "5 × log C = 11.5" in text  # the rule, stated
+  json.dumps(result["summary"], allow_nan=False)
 
 
 def test_plots_write_png_files(runs, sweep_runs, tmp_path):
@@ -320,6 +414,5 @@ def test_one_seed_has_no_std_and_decides_nothing(runs):
   assert summary["optimizers"]["sgd"]["final_test_accuracy"] == {"mean": 0.45, "std": None,
                                                                  "se": None, "n": 1}  # fmt: skip
   assert report.judge("higher", [0.9], [0.1]) == "inconclusive"
-  text = report.render_markdown(summary, CONFIG, ENVIRONMENT)
-  claims = [line for line in text.splitlines() if line[:3] in {"1. ", "2. ", "3. "}]
-  assert len(claims) == 3 and all(claim.endswith("— inconclusive.") for claim in claims)
+  claims = _claims(report.render_markdown(make_result(one_seed)))
+  assert len(claims) == 5 and all(claim.endswith("— inconclusive.") for claim in claims)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff import classification, environment, files, parallel, posterior, train
+from jaxdiff import config as config_lib
 from jaxdiff.checkpoint import check_no_checkpoints
 from jaxdiff.classification import Evaluation, RunRecord, Scores
 from jaxdiff.data import Dataset, load_dataset
@@ -198,6 +199,11 @@ def main_results(records: Sequence[ComparisonRecord]) -> list[ComparisonRecord]:
   return [record for record in records if record["phase"] == MAIN_PHASE]
 
 
+def rerun_command(config: ComparisonConfig, data_source: str, out_dir: str | Path) -> str:
+  """The command line that runs ``config`` again (with ``--resume``: continues it)."""
+  return config_lib.rerun_command("experiments/cifar.py", config, data_source, out_dir)
+
+
 def run_experiment(
   config: ComparisonConfig,
   data_source: str,
@@ -209,8 +215,8 @@ def run_experiment(
 ) -> dict[str, Any]:
   """Loads the data, trains every optimizer and writes the reports to ``out_dir``.
 
-  Writes ``report.json``, ``report.md``, ``curves.png``, with a sweep ``sweep.png`` and with
-  temperatures ``cold_posterior.png``, each atomically.
+  Writes ``report.json``, ``report.md`` and the figures of :func:`write_reports`, each
+  atomically.
 
   Returns:
     The contents of ``report.json``.
@@ -240,11 +246,12 @@ def run_experiment(
     ],
   }
   main_runs = main_results(records)
-  summary = report.summarize(main_runs)
+  summary = report.summarize(main_runs, num_classes=data.num_classes)
   sweep = report.summarize_sweep(records) if config.sweep else None
   cold_posterior = report.summarize_temperatures(records) if config.temperatures else None
   result = {
     "config": settings,
+    "command": rerun_command(config, data_source, out_dir),
     "environment": env,
     "data_label": data.label,
     "summary": summary,
@@ -252,12 +259,20 @@ def run_experiment(
     "cold_posterior": cold_posterior,
     "runs": records,
   }
-  files.write_json(out / "report.json", result)
-  markdown = report.render_markdown(summary, settings, env, sweep, data.label, cold_posterior)
-  files.write_text(out / "report.md", markdown)
-  plots.plot_curves(main_runs, out / "curves.png")
-  if sweep is not None:
-    plots.plot_sweep(sweep, out / "sweep.png")
-  if cold_posterior is not None:
-    plots.plot_cold_posterior(cold_posterior, out / "cold_posterior.png")
+  write_reports(result, out)
   return result
+
+
+def write_reports(result: dict[str, Any], out_dir: str | Path) -> None:
+  """report.json, report.md and :func:`report.figures` of ``result`` (run_experiment's),
+  atomically: ``curves.png``, with a sweep ``sweep.png``, with temperatures
+  ``cold_posterior.png``."""
+  out = Path(out_dir)
+  files.write_json(out / "report.json", result)
+  files.write_text(out / "report.md", report.render_markdown(result))
+  drawn = report.figures(result)
+  plots.plot_curves(main_results(result["runs"]), out / "curves.png")
+  if "sweep.png" in drawn:
+    plots.plot_sweep(result["sweep"], out / "sweep.png")
+  if "cold_posterior.png" in drawn:
+    plots.plot_cold_posterior(result["cold_posterior"], out / "cold_posterior.png")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -314,8 +313,7 @@ def run_benchmark(
 
 def rerun_command(config: BnnConfig, data_source: str, out_dir: str | Path) -> str:
   """The command line that runs ``config`` again: the CLI with its preset and every other flag."""
-  words = ["python", "experiments/mnist_bnn.py", "--data", data_source, "--out", str(out_dir)]
-  return shlex.join(words + config_lib.flags_to_rerun(config))
+  return config_lib.rerun_command("experiments/mnist_bnn.py", config, data_source, out_dir)
 
 
 def run_experiment(
