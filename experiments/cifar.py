@@ -2,8 +2,9 @@
 
   python experiments/cifar.py --data ../shared/data/cifar10-jpeg.tar.gz --out runs/cifar
 
-Writes report.json, report.md, curves.png (and sweep.png with --sweep) and
-per-epoch checkpoints to --out. Every field of ComparisonConfig is a flag (--help).
+Writes report.json, report.md, curves.png (and sweep.png with --sweep), TensorBoard summaries
+(summaries/, unless --no-summaries) and per-epoch checkpoints to --out. Every field of
+ComparisonConfig is a flag (--help).
 """
 
 import sys

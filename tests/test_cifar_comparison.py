@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from behaviour_data import cifar_like
 
+from jaxdiff import summaries
 from jaxdiff.config import ConfigError
 from jaxdiff.experiments.cifar import plots, report
 from jaxdiff.experiments.cifar.config import ComparisonConfig
@@ -14,7 +15,9 @@ from jaxdiff.experiments.cifar.registry import OPTIMIZERS
 def test_sghmc_and_the_cyclical_samplers_train_and_average(tmp_path):
   config = ComparisonConfig(optimizers=("sghmc", "csgld", "csghmc"), seeds=1, epochs=2, cycles=2,
                             train_size=200, batch_size=20, diffusion=1e-5)  # fmt: skip
-  records = run_comparison(config, cifar_like(train=200, test=40), tmp_path, quiet=True)
+  records = run_comparison(config, cifar_like(train=200, test=40), tmp_path, quiet=True,
+                           summaries=False)  # fmt: skip
+  assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoints"]  # no summaries
   by_name = {record["method"]: record for record in records}
   assert set(by_name) == {"sghmc", "csgld", "csghmc"}
   assert all(record["status"] == "ok" for record in records)
@@ -40,6 +43,22 @@ def test_a_temperature_sweep_gives_the_cold_posterior_curve(tmp_path):
   assert sorted({record["diffusion"] for record in langevin}) == pytest.approx(
     [0.01 / 200, 1 / 200]
   )
+  # Every run's training series and epoch scores, in TensorBoard's event files and JSON lines.
+  runs_dir = tmp_path / "summaries" / "langevin"
+  assert len(list(runs_dir.iterdir())) == 4  # 2 temperatures × 2 seeds
+  for record in langevin:
+    name = f"seed {record['seed']}, lr {record['learning_rate']:g}, D {record['diffusion']:g}"
+    directory = runs_dir / summaries.run_directory_name(name)
+    series = summaries.read_scalars(directory)
+    # 200 images in batches of 20: 10 steps an epoch, the loss averaged over each 50 steps or
+    # less at a call's end.
+    assert [step for step, _ in series["train/loss"]] == [10, 20]
+    errors = [value for _, value in series["test/error"]]
+    assert errors == pytest.approx([epoch["current"]["error"] for epoch in record["epochs"]])
+    assert [step for step, _ in series["test_averaged/nll"]] == [20]  # the last half's snapshot
+    lines = (directory / summaries.SCALARS_FILE).read_text().splitlines()
+    assert sum("train/loss" in line for line in lines) == 2
+  assert len(list((tmp_path / "summaries" / "sgd").iterdir())) == 2
   curve = report.summarize_temperatures(records)
   assert list(curve["optimizers"]) == ["langevin"]  # sgd has no temperature
   cold, warm = curve["optimizers"]["langevin"]

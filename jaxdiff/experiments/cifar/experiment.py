@@ -33,6 +33,10 @@ from jaxdiff.experiments.cifar.registry import OPTIMIZERS, is_langevin
 from jaxdiff.keys import langevin_noise_key, seed_key
 from jaxdiff.models import SimpleCNN
 from jaxdiff.policy import ExecutionPolicy
+from jaxdiff.summaries import Summaries
+
+# Where the TensorBoard summaries go, under --out.
+SUMMARIES_DIR = "summaries"
 
 
 # Stream 0 of the root (jaxdiff.keys has the seeds' streams); fixed, as it fixes a result.
@@ -112,13 +116,17 @@ def run_comparison(
   quiet: bool = False,
   log: Callable[[str], None] = print,
   clock: train.PhaseClock | None = None,
+  summaries: bool = True,
 ) -> list[ComparisonRecord]:
   """Trains every optimizer of ``config`` and returns one record per run.
 
   Each optimizer's runs are one :func:`jaxdiff.classification.train_and_score`, scored on the
   test set. Checkpoints go to ``out_dir/checkpoints/<optimizer>`` after every epoch; with
-  ``resume`` each optimizer continues from its latest checkpoint. ``clock``, if given, sums the
-  wall seconds spent compiling, training, scoring and checkpointing.
+  ``resume`` each optimizer continues from its latest checkpoint. With ``summaries``, each
+  run's training series and epoch scores go to TensorBoard event files and ``scalars.jsonl``
+  in ``out_dir/summaries/<optimizer>/<run>`` (process 0 only; a resumed run continues its
+  series). ``clock``, if given, sums the wall seconds spent
+  compiling, training, scoring and checkpointing.
 
   Raises:
     jaxdiff.checkpoint.CheckpointsExistError: not ``resume``, and ``out_dir`` holds
@@ -160,15 +168,19 @@ def run_comparison(
   test = Evaluation("test", data.x_test, data.y_test)
   records = []
   for name in config.optimizers:
-    scored = classification.train_and_score(
-      trainers[name], states[name], device_data, train.Budget(epochs=config.epochs),
-      predict=predict, evaluation=test, num_classes=data.num_classes,
-      snapshots=snapshot_schedule(config, name),
-      checkpointing=train.Checkpointing(checkpoint_root / name, resume=resume),
-      reporter=train.Reporter(name, [setting.describe() for setting in settings[name]], quiet,
-                              log),
-      clock=clock,
-    )  # fmt: skip
+    run_names = [setting.describe() for setting in settings[name]]
+    writer = Summaries(Path(out_dir) / SUMMARIES_DIR / name, run_names) if summaries else None
+    try:
+      scored = classification.train_and_score(
+        trainers[name], states[name], device_data, train.Budget(epochs=config.epochs),
+        predict=predict, evaluation=test, num_classes=data.num_classes,
+        snapshots=snapshot_schedule(config, name),
+        checkpointing=train.Checkpointing(checkpoint_root / name, resume=resume),
+        reporter=train.Reporter(name, run_names, quiet, log, summaries=writer), clock=clock,
+      )  # fmt: skip
+    finally:
+      if writer is not None:
+        writer.close()
     with clock("score"):
       train_probs = predict(scored.state.params, data.x_train)
     for run, (setting, scores) in enumerate(zip(settings[name], scored.runs)):
@@ -199,9 +211,12 @@ def main_results(records: Sequence[ComparisonRecord]) -> list[ComparisonRecord]:
   return [record for record in records if record["phase"] == MAIN_PHASE]
 
 
-def rerun_command(config: ComparisonConfig, data_source: str, out_dir: str | Path) -> str:
+def rerun_command(
+  config: ComparisonConfig, data_source: str, out_dir: str | Path, *, summaries: bool = True
+) -> str:
   """The command line that runs ``config`` again (with ``--resume``: continues it)."""
-  return config_lib.rerun_command("experiments/cifar.py", config, data_source, out_dir)
+  return config_lib.rerun_command("experiments/cifar.py", config, data_source, out_dir,
+                                  summaries=summaries)  # fmt: skip
 
 
 def run_experiment(
@@ -221,14 +236,14 @@ def run_experiment(
   Returns:
     The contents of ``report.json``.
   """
-  del summaries  # not written yet by this experiment (issue 35)
   started = time.perf_counter()
   clock = train.PhaseClock()
   with clock("load"):
     data = load_dataset(data_source, name="cifar10" if data_source == "tfds" else None)
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  records = run_comparison(config, data, out, resume=resume, quiet=quiet, clock=clock)
+  records = run_comparison(config, data, out, resume=resume, quiet=quiet, clock=clock,
+                           summaries=summaries)  # fmt: skip
   train_size = config.train_size or len(data.x_train)
   # The rest of the wall time: the data's device copy, progress, this report's own writing.
   env = environment.describe_run(started, clock.seconds)
@@ -251,7 +266,8 @@ def run_experiment(
   cold_posterior = report.summarize_temperatures(records) if config.temperatures else None
   result = {
     "config": settings,
-    "command": rerun_command(config, data_source, out_dir),
+    "command": rerun_command(config, data_source, out_dir, summaries=summaries),
+    "summaries": SUMMARIES_DIR if summaries else None,
     "environment": env,
     "data_label": data.label,
     "summary": summary,

@@ -745,7 +745,8 @@ def render_markdown(result: dict) -> str:
       ``T = N·D``), ``command`` (the command line that made it), ``environment`` (device and
       software facts, listed), ``data_label`` (e.g. ``"CIFAR-10 (JPEG copy)"``),
       ``summary`` (:func:`summarize`), ``sweep`` (:func:`summarize_sweep`) and
-      ``cold_posterior`` (:func:`summarize_temperatures`), the last two None where not run.
+      ``cold_posterior`` (:func:`summarize_temperatures`), the last two None where not run,
+      and ``summaries`` (the TensorBoard summaries' directory under the report's, or None).
 
   Returns:
     The report as Markdown.
@@ -766,6 +767,15 @@ def render_markdown(result: dict) -> str:
     "Figures: " + ", ".join(f"[{name}]({name}) ({what})" for name, what in figures(result).items())
     + ".",
   ]  # fmt: skip
+  if result.get("summaries"):
+    directory = result["summaries"]
+    lines += [
+      "",
+      f"TensorBoard summaries: [{directory}/]({directory}/), one directory per optimizer and "
+      f"run (`tensorboard --logdir {directory}`): the training loss and accuracy, the learning "
+      "rate and D, and each epoch's test scores, current and averaged; the same series in each "
+      "run's `scalars.jsonl`.",
+    ]
   lines += ["", "## Results", "", *_results_lines(summary, data_label), "![curves](curves.png)", ""]
   if sweep is not None:
     lines += ["## Hyper-parameter sweep", "", *_sweep_lines(sweep), "![sweep](sweep.png)", ""]

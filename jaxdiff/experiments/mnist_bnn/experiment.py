@@ -311,9 +311,12 @@ def run_benchmark(
   return Benchmark(records, picked, setup.num_train)
 
 
-def rerun_command(config: BnnConfig, data_source: str, out_dir: str | Path) -> str:
+def rerun_command(
+  config: BnnConfig, data_source: str, out_dir: str | Path, *, summaries: bool = True
+) -> str:
   """The command line that runs ``config`` again: the CLI with its preset and every other flag."""
-  return config_lib.rerun_command("experiments/mnist_bnn.py", config, data_source, out_dir)
+  return config_lib.rerun_command("experiments/mnist_bnn.py", config, data_source, out_dir,
+                                  summaries=summaries)  # fmt: skip
 
 
 def run_experiment(
@@ -346,7 +349,7 @@ def run_experiment(
               for phase in ("tuning", "seeds", "temperatures")}  # fmt: skip
   result = {
     "config": dataclasses.asdict(config),
-    "command": rerun_command(config, data_source, out_dir),
+    "command": rerun_command(config, data_source, out_dir, summaries=summaries),
     "summaries": SUMMARIES_DIR if summaries else None,
     "data": {"source": data.source, "label": data.label, "train_images": benchmark.num_train,
              "validation_images": config.validation_size, "test_images": len(data.y_test)},
