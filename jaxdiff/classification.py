@@ -194,6 +194,9 @@ class RunScores(TypedDict):
   epochs: list[EpochScores]
   last_epoch_loss_std: float | None  # the spread of the last epoch's minibatch losses
   step_time_s: float | None  # per step of one run, the first call (compilation) left out
+  # Per step of one run, each call of the engine in order (the first included): how much the
+  # median step_time_s can be trusted.
+  step_times_s: list[float]
   shift: ShiftScores | None  # with Evaluation.angles
 
 
@@ -326,8 +329,8 @@ def train_and_score(
     final = predict(result.state.params, averaged_images)
     average = result.carry.arrays.get("posterior")
     averaged = posterior.averaged_probs(average) if _taken(average) else None
-  calls = [call.seconds / call.steps for call in result.calls if call.steps]
-  step_time = float(np.median(calls[1:] or calls)) / num_runs if calls else None
+  step_times = [call.seconds / call.steps / num_runs for call in result.calls if call.steps]
+  step_time = float(np.median(step_times[1:] or step_times)) if step_times else None
   epochs = result.carry.records.get("epochs", [])
   losses = result.carry.records.get("last_epoch_losses")
   runs = []
@@ -344,6 +347,7 @@ def train_and_score(
         epochs=[epoch[run] for epoch in epochs],
         last_epoch_loss_std=float(np.std(finite_losses)) if finite_losses else None,
         step_time_s=step_time,
+        step_times_s=step_times,
         shift=_shift_scores(evaluation, final[run], None if averaged is None else averaged[run]),
       )
     )

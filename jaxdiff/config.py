@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
+import shlex
 import types
 import typing
 from collections.abc import Sequence
@@ -213,6 +215,17 @@ def flags_to_rerun(config: Any) -> list[str]:
     else:
       words += [flag, str(value)]
   return words
+
+
+def rerun_command(
+  script: str, config: Any, data_source: str, out_dir: str | os.PathLike, *, summaries: bool = True
+) -> str:
+  """The shell command that runs ``config`` again: ``python <script> --data … --out …``,
+  ``--no-summaries`` without ``summaries``, and :func:`flags_to_rerun`'s flags; the same
+  command with ``--resume`` continues it."""
+  words = ["python", script, "--data", data_source, "--out", str(out_dir)]
+  words += [] if summaries else ["--no-summaries"]
+  return shlex.join(words + flags_to_rerun(config))
 
 
 def _kind(annotation: Any) -> tuple[type, bool]:

@@ -440,6 +440,12 @@ class _Report:
     self._summaries.scalars(first + call.steps,
                             {**numeric, "train/images_per_second": throughput})  # fmt: skip
 
+  def flush(self) -> None:
+    """Writes the summaries' queued events to their files: before a checkpoint, so that a run
+    killed after it and resumed from it loses none of its series up to it."""
+    if self._summaries is not None:
+      self._summaries.flush()
+
   def on_steps(self, count: int, metrics: dict[str, jax.Array]) -> None:
     """Advances the bar after ``count`` steps, showing the latest mean of each metric."""
     if self._bar.disable:
@@ -522,6 +528,7 @@ def fit(
         # Decided before the save, so that the save knows whether it is the last.
         limit = allowance.steps_for_next_call(done)
         last = report.every_run_diverged or not limit
+        report.flush()
         checkpoints.save(done, state, carry, calls, steps_per_epoch, last)
   return FitResult(state, carry, calls)
 

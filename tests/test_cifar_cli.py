@@ -12,6 +12,10 @@ import numpy as np
 import pytest
 from behaviour_data import checkpoint_leaves, save_tiny_cifar_npz
 
+from jaxdiff import summaries
+from jaxdiff.experiments.cifar.config import ComparisonConfig
+from jaxdiff.experiments.cifar.experiment import rerun_command
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / "experiments" / "cifar.py"
 
@@ -60,7 +64,7 @@ def test_smoke_run_writes_every_output(tmp_path, tiny_cifar):
   report = json.loads((out / "report.json").read_text())
   assert set(report["summary"]["optimizers"]) == {"sgd", "langevin"}
   assert len(report["runs"]) == 4
-  langevin = [run for run in report["runs"] if run["optimizer"] == "langevin"]
+  langevin = [run for run in report["runs"] if run["method"] == "langevin"]
   assert langevin[0]["temperature"] == pytest.approx(0.01 * 200)
   assert report["config"]["train_size"] == 200
   env = report["environment"]
@@ -71,7 +75,15 @@ def test_smoke_run_writes_every_output(tmp_path, tiny_cifar):
   assert sum(phases.values()) <= env["wall_time_s"] + 0.05 * len(phases)
   markdown = (out / "report.md").read_text()
   assert "T = N·D" in markdown and "## Claims" in markdown
+  # The command that made it, to rerun or (with --resume) continue it.
+  assert f"```bash\npython experiments/cifar.py --data {tiny_cifar} --out {out} " in markdown
+  assert "--train-size 200" in markdown and "`--resume`" in markdown
   assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # TensorBoard summaries by default, one directory per optimizer and run, linked from report.md.
+  assert report["summaries"] == "summaries" and "[summaries/](summaries/)" in markdown
+  for name in ("sgd", "langevin"):
+    runs = sorted((out / "summaries" / name).iterdir())
+    assert len(runs) == 2 and all(any(run.glob("events.out.tfevents.*")) for run in runs)
 
   # A fresh run into a folder with checkpoints stops before training, and says what to do.
   again = _cli("--data", tiny_cifar, "--out", out, "--train-size", 200, "--epochs", 1, "--quiet")
@@ -140,3 +152,17 @@ def test_resume_after_sigkill_is_bitwise_equal(tmp_path, tiny_cifar):
   resumed_report = json.loads((killed_out / "report.json").read_text())
   straight_report = json.loads((straight_out / "report.json").read_text())
   assert resumed_report["runs"][0]["final"] == straight_report["runs"][0]["final"]
+  # The resumed run's summaries continue its series: the same steps and values as the straight
+  # run's, what the killed process wrote after its checkpoint dropped.
+  run = "seed_0_lr_0.001_D_0.01"
+  resumed_series = summaries.read_scalars(killed_out / "summaries" / "langevin" / run)
+  straight_series = summaries.read_scalars(straight_out / "summaries" / "langevin" / run)
+  for tag in ("train/loss", "test/error", "test_averaged/nll"):
+    assert resumed_series[tag] == straight_series[tag], tag
+  assert [step for step, _ in straight_series["test/error"]] == [10, 20, 30, 40, 50, 60]
+
+
+def test_the_rerun_command_keeps_no_summaries():
+  made = ComparisonConfig(seeds=1)
+  assert "--no-summaries" in rerun_command(made, "d.npz", "out", summaries=False).split()
+  assert "--no-summaries" not in rerun_command(made, "d.npz", "out").split()

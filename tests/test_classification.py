@@ -68,6 +68,9 @@ def test_each_run_is_scored_each_epoch_at_the_end_and_through_its_average(setup)
     assert epochs[-1]["current"] == run_scores["final"]
     assert set(epochs[0]["train"]) == {"loss", "accuracy"}
     assert run_scores["step_time_s"] > 0 and run_scores["last_epoch_loss_std"] >= 0
+    # One timing per call of the engine; the median leaves the first (compilation) out.
+    assert len(run_scores["step_times_s"]) == len(group.runs[0]["epochs"])
+    assert run_scores["step_time_s"] == pytest.approx(np.median(run_scores["step_times_s"][1:]))
     assert run_scores["shift"] is None
   assert group.runs[0]["final"] != group.runs[1]["final"]  # the runs differ
 

@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +120,19 @@ def test_cli_parse_returns_config_run_options_and_platform():
   assert parsed == DDPMConfig(seed=3, num_timesteps=200)
   assert options == cli.RunOptions(data="tfds", out="x", resume=True, quiet=False)
   assert platform == "cpu"
+
+
+def test_the_rerun_command_parses_back_to_the_same_config():
+  made = ComparisonConfig(optimizers=("sgd", "langevin"), seeds=1, train_size=2000,
+                          notes=("a note", "another"))  # fmt: skip
+  command = config.rerun_command("experiments/cifar.py", made, "my data/c.tar.gz", "runs/q")
+  words = shlex.split(command)
+  assert words[:6] == ["python", "experiments/cifar.py", "--data", "my data/c.tar.gz", "--out",
+                       "runs/q"]  # fmt: skip
+  parsed, options, _ = cli.parse(ComparisonConfig, words[2:], description="d", default_out="x")
+  assert parsed == made and (options.data, options.out) == ("my data/c.tar.gz", "runs/q")
+  # Only what differs from the defaults is spelt out.
+  assert "--epochs" not in words and words.count("--note") == 2
 
 
 def test_a_switch_must_default_to_off():

@@ -10,33 +10,37 @@ import os
 
 import numpy as np
 
-from jaxdiff.experiments.cifar.report import group_by_optimizer, number
+from jaxdiff.experiments.cifar.report import group_by_optimizer, number, score
 from jaxdiff.files import pyplot, save_figure
 
 
 def _mean_std(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  # Column statistics over finite entries; a column with none gives NaN without a warning.
+  # Column mean and sample std (ddof = 1, as the report's) over finite entries, without a
+  # warning: NaN mean for a column with none, NaN std (no band) for one with fewer than two.
   finite = np.isfinite(matrix)
   count = finite.sum(axis=0)
   values = np.where(finite, matrix, 0.0)
   mean = values.sum(axis=0) / np.maximum(count, 1)
-  var = (np.where(finite, matrix - mean, 0.0) ** 2).sum(axis=0) / np.maximum(count, 1)
-  return np.where(count > 0, mean, np.nan), np.where(count > 0, np.sqrt(var), np.nan)
+  var = (np.where(finite, matrix - mean, 0.0) ** 2).sum(axis=0) / np.maximum(count - 1, 1)
+  return np.where(count > 0, mean, np.nan), np.where(count > 1, np.sqrt(var), np.nan)
 
 
 def plot_curves(runs: list[dict], path: str | os.PathLike) -> None:
-  """Saves a PNG of training loss and test accuracy per epoch, mean ± std over seeds."""
+  """Saves a PNG of training loss and test accuracy per epoch, mean ± sample std over seeds."""
   plt = pyplot()
   fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
   for name, group in group_by_optimizer(runs).items():
     length = max((len(run.get("epochs") or []) for run in group), default=0)
     if length == 0:
       continue
-    for ax, key, scale in ((loss_ax, "train_loss", 1.0), (acc_ax, "test_accuracy", 100.0)):
+    for ax, value, scale in (
+      (loss_ax, lambda epoch: score(epoch["train"], "loss"), 1.0),
+      (acc_ax, lambda epoch: score(epoch["current"], "accuracy"), 100.0),
+    ):
       # Runs that stopped early (diverged) are padded with NaN: missing, not zero.
       matrix = np.full((len(group), length), np.nan)
       for i, run in enumerate(group):
-        values = [number(epoch.get(key)) for epoch in run.get("epochs") or []]
+        values = [value(epoch) for epoch in run.get("epochs") or []]
         matrix[i, : len(values)] = values
       mean, std = _mean_std(matrix * scale)
       epochs = np.arange(1, length + 1)
@@ -49,7 +53,7 @@ def plot_curves(runs: list[dict], path: str | os.PathLike) -> None:
   # One legend below both panels, where it hides no curve.
   handles, labels = loss_ax.get_legend_handles_labels()
   fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), frameon=False)
-  fig.suptitle("Mean ± std over seeds")
+  fig.suptitle("Mean ± sample std over seeds")
   fig.tight_layout(rect=(0, 0.08, 1, 1))
   save_figure(fig, path)
 

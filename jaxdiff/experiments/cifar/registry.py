@@ -32,18 +32,12 @@ class OptimizerSpec:
   def for_budget(
     self, total_steps: int, num_cycles: int
   ) -> Callable[..., optax.GradientTransformation]:
-    """The factory the engine is given for a run of ``total_steps`` in ``num_cycles`` cycles."""
+    """The factory the engine is given for a run of ``total_steps`` in ``num_cycles`` cycles:
+    a cyclical one wrapped in :func:`jaxdiff.langevin.cyclical` (noiseless for the first 80 %
+    of each cycle, its default), any other as it is."""
     if not self.cyclical:
       return self.factory
-
-    def cyclical_factory(learning_rate, diffusion, key):
-      return self.factory(
-        langevin.cyclical_learning_rate(learning_rate, total_steps, num_cycles),
-        langevin.cyclical_diffusion(diffusion, total_steps, num_cycles),
-        key,
-      )
-
-    return cyclical_factory
+    return langevin.cyclical(self.factory, total_steps, num_cycles)
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -312,10 +311,12 @@ def run_benchmark(
   return Benchmark(records, picked, setup.num_train)
 
 
-def rerun_command(config: BnnConfig, data_source: str, out_dir: str | Path) -> str:
+def rerun_command(
+  config: BnnConfig, data_source: str, out_dir: str | Path, *, summaries: bool = True
+) -> str:
   """The command line that runs ``config`` again: the CLI with its preset and every other flag."""
-  words = ["python", "experiments/mnist_bnn.py", "--data", data_source, "--out", str(out_dir)]
-  return shlex.join(words + config_lib.flags_to_rerun(config))
+  return config_lib.rerun_command("experiments/mnist_bnn.py", config, data_source, out_dir,
+                                  summaries=summaries)  # fmt: skip
 
 
 def run_experiment(
@@ -348,7 +349,7 @@ def run_experiment(
               for phase in ("tuning", "seeds", "temperatures")}  # fmt: skip
   result = {
     "config": dataclasses.asdict(config),
-    "command": rerun_command(config, data_source, out_dir),
+    "command": rerun_command(config, data_source, out_dir, summaries=summaries),
     "summaries": SUMMARIES_DIR if summaries else None,
     "data": {"source": data.source, "label": data.label, "train_images": benchmark.num_train,
              "validation_images": config.validation_size, "test_images": len(data.y_test)},
