@@ -11,7 +11,7 @@ Brier score) are in :mod:`jaxdiff.metrics`.
 Example:
   >>> import jaxdiff
   >>> from jaxdiff.models import MLP
-  >>> from jaxdiff.posterior import SnapshotSchedule
+  >>> from jaxdiff.posterior import SnapshotEpochs
   >>> model, mesh = MLP(hidden=(), num_classes=3), parallel.make_mesh()
   >>> trainer = Trainer(classifier_task(model, (4, 4, 1)), jaxdiff.langevin_sgd, mesh=mesh,
   ...                   batch_size=8)
@@ -22,7 +22,7 @@ Example:
   >>> group = train_and_score(trainer, state, trainer.put_data({"image": x, "label": y}),
   ...                         Budget(epochs=3), predict=predict,
   ...                         evaluation=Evaluation("test", x[:8], y[:8]), num_classes=3,
-  ...                         snapshots=SnapshotSchedule(burn_in=1),
+  ...                         snapshots=SnapshotEpochs(burn_in=1),
   ...                         reporter=Reporter(quiet=True))
   >>> [(run["status"], run["snapshots"]) for run in group.runs]
   [('ok', 2), ('ok', 2)]
@@ -245,7 +245,7 @@ def train_and_score(
   predict: Callable[[Any, np.ndarray], np.ndarray],
   evaluation: Evaluation,
   num_classes: int,
-  snapshots: posterior.SnapshotSchedule | posterior.StepSnapshotSchedule | None = None,
+  snapshots: posterior.SnapshotEpochs | posterior.SnapshotSteps | None = None,
   checkpointing: Checkpointing | None = None,
   reporter: Reporter | None = None,
   clock: PhaseClock | None = None,

@@ -3,8 +3,8 @@
 An SG-MCMC chain's parameters after burn-in are samples of the posterior; its prediction is the
 average of their predictive probabilities, ``p(y | x) ≈ (1/S) Σ_s p(y | x, θ_s)``, the Bayesian
 model average. :class:`PredictiveAverage` keeps the running sum on the device (one slot per
-run of a vmapped group), so no parameter set need be stored; a :class:`SnapshotSchedule` says
-which epochs end with a snapshot (a :class:`StepSnapshotSchedule`, which steps), and
+run of a vmapped group), so no parameter set need be stored; a :class:`SnapshotEpochs` says
+which epochs end with a snapshot (a :class:`SnapshotSteps`, which steps), and
 :func:`averaging_hook` does both on
 :func:`jaxdiff.loop.fit`, the average in the hooks' carry, checkpointed with the run (so a
 resumed run averages the same snapshots as an uninterrupted one). Optionally,
@@ -26,7 +26,7 @@ Example:
   >>> x_test = np.zeros((8, 4, 4, 1), np.uint8)
   >>> predict = classification.make_predictor(model, mesh, chunk_size=8)
   >>> average = init_average(num_runs=2, num_examples=len(x_test), num_classes=3)
-  >>> hook = averaging_hook(predict, x_test, SnapshotSchedule(burn_in=1))
+  >>> hook = averaging_hook(predict, x_test, SnapshotEpochs(burn_in=1))
   >>> result = fit(trainer, state, trainer.put_data({"image": x, "label": y}), Budget(epochs=3),
   ...              on_epoch_end=hook, carry=HookCarry(arrays={"posterior": average}),
   ...              reporter=Reporter(quiet=True))
@@ -51,7 +51,7 @@ from jaxdiff.checkpoint import async_manager, restore_target
 from jaxdiff.loop import EpochEnd, Hook, HookCarry
 
 
-class SnapshotSchedule(NamedTuple):
+class SnapshotEpochs(NamedTuple):
   """Which completed epochs (0-based) end with a snapshot.
 
   Without ``cycle_length``: every ``thin``-th epoch from epoch ``burn_in`` on. With it
@@ -84,7 +84,7 @@ class SnapshotSchedule(NamedTuple):
     return (epoch - self.burn_in) % self.thin == 0
 
 
-class StepSnapshotSchedule(NamedTuple):
+class SnapshotSteps(NamedTuple):
   """A snapshot every ``thin`` steps from step ``burn_in`` on, as SG-MCMC papers thin a chain.
 
   Steps are counted from the run's first: the snapshot "after step s" is of the parameters
@@ -143,7 +143,7 @@ def averaged_probs(average: PredictiveAverage) -> np.ndarray:
   """
   count = int(average.count)
   if count == 0:
-    raise ValueError("no snapshot was taken: check the schedule's burn-in against the epochs")
+    raise ValueError("no snapshot was taken: check the snapshots' burn-in against the epochs")
   return np.asarray(average.probs_sum) / count
 
 
@@ -197,18 +197,18 @@ class ParameterSnapshots:
 def averaging_hook(
   predict: Callable[[Any, Any], Any],
   images: Any,
-  schedule: SnapshotSchedule | StepSnapshotSchedule,
+  when: SnapshotEpochs | SnapshotSteps,
   name: str = "posterior",
   snapshots: ParameterSnapshots | None = None,
 ) -> Hook:
-  """A :func:`jaxdiff.loop.fit` hook that adds a snapshot at the schedule's epochs.
+  """A :func:`jaxdiff.loop.fit` hook that adds a snapshot at the epochs or steps of ``when``.
 
   Args:
     predict: ``predict(params, images) -> probabilities (runs, n, classes)``, e.g. from
       :func:`jaxdiff.classification.make_predictor`.
     images: the evaluation inputs.
-    schedule: when to take snapshots: at the ends of epochs (:class:`SnapshotSchedule`; only
-      complete epochs count) or of steps (:class:`StepSnapshotSchedule`).
+    when: the snapshots' epochs (:class:`SnapshotEpochs`; only complete epochs count) or
+      steps (:class:`SnapshotSteps`).
     name: the name of the :class:`PredictiveAverage` in the carry's arrays.
     snapshots: also keep the snapshots' parameters there (None: only the average).
 
@@ -218,7 +218,7 @@ def averaging_hook(
   """
 
   def hook(end: EpochEnd) -> HookCarry:
-    if not schedule.after(end):
+    if not when.after(end):
       return end.carry
     average = add_snapshot(end.carry.arrays[name], jnp.asarray(predict(end.state.params, images)))
     if snapshots is not None:

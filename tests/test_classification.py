@@ -48,7 +48,7 @@ def _score(setup, evaluation=None, learning_rates=(0.05, 0.1), reporter=QUIET, *
   return classification.train_and_score(
     trainer, _state(trainer, learning_rates), data, train.Budget(epochs=4), predict=predict,
     evaluation=evaluation or held_out, num_classes=3,
-    snapshots=posterior.SnapshotSchedule(burn_in=2), reporter=reporter, **kwargs,
+    snapshots=posterior.SnapshotEpochs(burn_in=2), reporter=reporter, **kwargs,
   )  # fmt: skip
 
 
@@ -101,7 +101,7 @@ def test_a_resumed_group_scores_as_an_uninterrupted_one(setup, tmp_path):
   straight = _score(setup)
   classification.train_and_score(
     trainer, _state(trainer), data, train.Budget(epochs=3), predict=predict, evaluation=held_out,
-    num_classes=3, snapshots=posterior.SnapshotSchedule(burn_in=2), reporter=QUIET,
+    num_classes=3, snapshots=posterior.SnapshotEpochs(burn_in=2), reporter=QUIET,
     checkpointing=train.Checkpointing(tmp_path),
   )  # fmt: skip
   resumed = _score(setup, checkpointing=train.Checkpointing(tmp_path, resume=True))

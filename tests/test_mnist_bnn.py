@@ -1,4 +1,4 @@
-"""The MNIST BNN benchmark: the Gaussian prior task, the snapshot schedule and the CLI end to end."""
+"""The MNIST BNN benchmark: the Gaussian prior task, the snapshots taken and the CLI end to end."""
 
 import json
 import os
@@ -15,7 +15,7 @@ from behaviour_data import mnist_like, save_mnist_npz
 from jaxdiff import cli, config, summaries
 from jaxdiff.classification import classifier_task
 from jaxdiff.experiments.mnist_bnn.config import BnnConfig
-from jaxdiff.experiments.mnist_bnn.experiment import rerun_command, snapshot_schedule
+from jaxdiff.experiments.mnist_bnn.experiment import rerun_command, snapshots_of
 from jaxdiff.experiments.mnist_bnn.registry import METHODS as METHOD_SPECS
 from jaxdiff.experiments.mnist_bnn.registry import RunPlan
 from jaxdiff.experiments.mnist_bnn.report import headline_table, render_markdown, summarize
@@ -119,17 +119,17 @@ def test_summary_leaves_diverged_seeds_out_of_the_scores_and_says_so():
 )  # fmt: skip
 def test_csgld_snapshots_the_epochs_that_end_in_the_sampling_phase(epochs, cycles, per_cycle):
   config = BnnConfig(epochs=epochs, cycles=cycles)
-  schedule = snapshot_schedule(config, "csgld", epochs, steps_per_epoch=5)
+  schedule = snapshots_of(config, "csgld", epochs, steps_per_epoch=5)
   assert schedule.per_cycle == per_cycle
   assert sum(schedule.takes(epoch) for epoch in range(epochs)) == cycles * per_cycle
 
 
 def test_a_thinned_chain_snapshots_every_k_steps_after_its_burn_in():
   config = BnnConfig.preset("korattikara2015", epochs=10, burn_in=0.2, thin_steps=5)
-  schedule = snapshot_schedule(config, "sgld", 10, steps_per_epoch=10)
+  schedule = snapshots_of(config, "sgld", 10, steps_per_epoch=10)
   assert [s for s in range(101) if schedule.takes_step(s)] == list(range(20, 101, 5))
   with pytest.raises(ValueError, match="multiple of --thin-steps"):
-    snapshot_schedule(BnnConfig.preset("korattikara2015", epochs=10, burn_in=0.2, thin_steps=3),
+    snapshots_of(BnnConfig.preset("korattikara2015", epochs=10, burn_in=0.2, thin_steps=3),
                       "sgld", 10, steps_per_epoch=10)  # fmt: skip
 
 

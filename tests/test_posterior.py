@@ -1,4 +1,4 @@
-"""Posterior collection: snapshot schedules, the Bayesian model average, resume, Brier score."""
+"""Posterior collection: which epochs or steps are snapshots, the Bayesian model average, resume, Brier score."""
 
 import flax.linen as nn
 import jax
@@ -48,18 +48,18 @@ def _state(trainer):
                       diffusion=1e-3, key=jax.random.split(jax.random.key(1), NUM_RUNS))  # fmt: skip
 
 
-def test_snapshot_schedules():
-  burn_in = posterior.SnapshotSchedule(burn_in=3, thin=2)
+def test_epoch_and_step_snapshots():
+  burn_in = posterior.SnapshotEpochs(burn_in=3, thin=2)
   assert [e for e in range(10) if burn_in.takes(e)] == [3, 5, 7, 9]
-  cyclical = posterior.SnapshotSchedule(cycle_length=4, per_cycle=2)
+  cyclical = posterior.SnapshotEpochs(cycle_length=4, per_cycle=2)
   assert [e for e in range(12) if cyclical.takes(e)] == [2, 3, 6, 7, 10, 11]
-  late = posterior.SnapshotSchedule(burn_in=5, cycle_length=4)  # no snapshot in burn-in
+  late = posterior.SnapshotEpochs(burn_in=5, cycle_length=4)  # no snapshot in burn-in
   assert [e for e in range(12) if late.takes(e)] == [7, 11]
 
 
 def test_the_average_is_the_mean_of_the_snapshots(setup):
   trainer, data, predict, evaluation = setup
-  schedule = posterior.SnapshotSchedule(burn_in=1, thin=2)
+  schedule = posterior.SnapshotEpochs(burn_in=1, thin=2)
   seen = []
 
   def record_and_average(end):
@@ -77,7 +77,7 @@ def test_the_average_is_the_mean_of_the_snapshots(setup):
 
 def test_resume_mid_run_gives_the_same_average(tmp_path, setup):
   trainer, data, predict, evaluation = setup
-  hook = posterior.averaging_hook(predict, evaluation, posterior.SnapshotSchedule(burn_in=1))
+  hook = posterior.averaging_hook(predict, evaluation, posterior.SnapshotEpochs(burn_in=1))
 
   five_epochs = train.Budget(epochs=5)
   straight = train.fit(trainer, _state(trainer), data, five_epochs, carry=_carry(),
@@ -114,7 +114,7 @@ def test_brier_score_and_the_scores_together():
 
 def test_the_hook_leaves_incomplete_epochs_alone(setup):
   trainer, data, predict, evaluation = setup
-  hook = posterior.averaging_hook(predict, evaluation, posterior.SnapshotSchedule())
+  hook = posterior.averaging_hook(predict, evaluation, posterior.SnapshotEpochs())
   result = train.fit(trainer, _state(trainer), data, train.Budget(steps=6), carry=_carry(),
                      on_epoch_end=hook, reporter=QUIET)  # fmt: skip
   assert int(result.carry.arrays["posterior"].count) == 1  # epoch 0; the 2 steps of epoch 1 are not
@@ -123,7 +123,7 @@ def test_the_hook_leaves_incomplete_epochs_alone(setup):
 def test_the_last_k_snapshots_parameters_are_kept(tmp_path, setup):
   trainer, data, predict, evaluation = setup
   snapshots = posterior.ParameterSnapshots(tmp_path / "snapshots", keep=2)
-  hook = posterior.averaging_hook(predict, evaluation, posterior.SnapshotSchedule(burn_in=1),
+  hook = posterior.averaging_hook(predict, evaluation, posterior.SnapshotEpochs(burn_in=1),
                                   snapshots=snapshots)  # fmt: skip
   params_at = {}
 
@@ -149,7 +149,7 @@ def test_the_last_k_snapshots_parameters_are_kept(tmp_path, setup):
 def test_step_snapshots_every_k_steps_inside_epochs(setup):
   trainer, data, predict, evaluation = setup
   # 4 steps an epoch; calls of 2 steps, snapshots after steps 4, 6, 8 and 10.
-  schedule = posterior.StepSnapshotSchedule(burn_in=4, thin=2)
+  schedule = posterior.SnapshotSteps(burn_in=4, thin=2)
   assert [s for s in range(12) if schedule.takes_step(s)] == [4, 6, 8, 10]
   seen = {}
 

@@ -96,15 +96,15 @@ def training_subset(data: Dataset, train_size: int | None, key: jax.Array) -> Da
   return data.take_train(order[:train_size])
 
 
-def snapshot_schedule(config: ComparisonConfig, name: str) -> posterior.SnapshotSchedule | None:
+def snapshots_of(config: ComparisonConfig, name: str) -> posterior.SnapshotEpochs | None:
   """When a Langevin run adds its test predictions to its posterior average: every epoch of the
   last half, or, cyclical, each cycle's last epoch (the end of its sampling phase). None for a
   noiseless optimizer, which is scored at its final parameters only."""
   if not is_langevin(name):
     return None
   if OPTIMIZERS[name].cyclical:
-    return posterior.SnapshotSchedule(cycle_length=config.epochs // config.cycles)
-  return posterior.SnapshotSchedule(burn_in=config.epochs // 2)
+    return posterior.SnapshotEpochs(cycle_length=config.epochs // config.cycles)
+  return posterior.SnapshotEpochs(burn_in=config.epochs // 2)
 
 
 def run_comparison(
@@ -174,7 +174,7 @@ def run_comparison(
       scored = classification.train_and_score(
         trainers[name], states[name], device_data, train.Budget(epochs=config.epochs),
         predict=predict, evaluation=test, num_classes=data.num_classes,
-        snapshots=snapshot_schedule(config, name),
+        snapshots=snapshots_of(config, name),
         checkpointing=train.Checkpointing(checkpoint_root / name, resume=resume),
         reporter=train.Reporter(name, run_names, quiet, log, summaries=writer), clock=clock,
       )  # fmt: skip

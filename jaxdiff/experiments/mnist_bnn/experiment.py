@@ -94,9 +94,9 @@ def run_plan(config: BnnConfig, epochs: int, steps_per_epoch: int) -> RunPlan:
   )
 
 
-def snapshot_schedule(
+def snapshots_of(
   config: BnnConfig, name: str, epochs: int, steps_per_epoch: int
-) -> posterior.SnapshotSchedule | posterior.StepSnapshotSchedule:
+) -> posterior.SnapshotEpochs | posterior.SnapshotSteps:
   """After burn-in every epoch (or every ``thin_steps``); cSGLD: each cycle's sampling epochs.
 
   Raises:
@@ -107,17 +107,17 @@ def snapshot_schedule(
     # The epochs that end inside the sampling phase: the ends of the cycle's last epochs
     # after its first ``exploration`` fraction.
     exploring_epochs = math.floor(cycle_length * config.exploration + 1e-9)
-    return posterior.SnapshotSchedule(
+    return posterior.SnapshotEpochs(
       cycle_length=cycle_length, per_cycle=cycle_length - exploring_epochs
     )
   burn_in_epochs = config.burn_in_epochs(epochs)
   if config.thin_steps is None:
-    return posterior.SnapshotSchedule(burn_in=burn_in_epochs)
+    return posterior.SnapshotEpochs(burn_in=burn_in_epochs)
   burn_in_steps = burn_in_epochs * steps_per_epoch
   if burn_in_steps % config.thin_steps:
     raise ValueError(f"a burn-in of {burn_in_steps} steps is not a multiple of --thin-steps "
                      f"{config.thin_steps}")  # fmt: skip
-  return posterior.StepSnapshotSchedule(burn_in=max(burn_in_steps, config.thin_steps),
+  return posterior.SnapshotSteps(burn_in=max(burn_in_steps, config.thin_steps),
                                         thin=config.thin_steps)  # fmt: skip
 
 
@@ -193,7 +193,7 @@ def _train_and_score(config, setup, group, trainer, state, steps_per_epoch, chec
     trainer, state, setup.train_data,
     train.Budget(epochs=group.epochs, steps_per_call=config.thin_steps),
     predict=setup.predict, evaluation=group.evaluation, num_classes=NUM_CLASSES,
-    snapshots=snapshot_schedule(config, group.name, group.epochs, steps_per_epoch),
+    snapshots=snapshots_of(config, group.name, group.epochs, steps_per_epoch),
     # About a hundred checkpoints a run: a save per epoch of a 2 000-epoch chain would write
     # more than it trains.
     checkpointing=train.Checkpointing(checkpoint_dir, resume=resume,
