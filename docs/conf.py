@@ -30,10 +30,16 @@ napoleon_use_ivar = True
 # not documented here (no network for their inventories), so their names are not.
 nitpicky = True
 nitpick_ignore_regex = [
-  (r"py:.*", r"(jax|jnp|optax|flax|nn|np|numpy|chex|orbax|ocp|tfds|argparse|collections|typing"
-   r"|pathlib|os|concurrent|types|PIL|tensorboard)(\..*)?"),
-  (r"py:.*", r"(Any|Callable|Sequence|Mapping|Iterable|Iterator|NamedTuple|TypedDict|NoReturn"
-   r"|Path|Collection|ClassVar|Optional|Union|Literal)"),
+  (
+    r"py:.*",
+    r"(jax|jnp|optax|flax|nn|np|numpy|chex|orbax|ocp|tfds|argparse|collections|typing"
+    r"|pathlib|os|concurrent|types|PIL|tensorboard)(\..*)?",
+  ),
+  (
+    r"py:.*",
+    r"(Any|Callable|Sequence|Mapping|Iterable|Iterator|NamedTuple|TypedDict|NoReturn"
+    r"|Path|Collection|ClassVar|Optional|Union|Literal)",
+  ),
   (r"py:class", r"(int|float|str|bool|dict|list|tuple|type|object|None|bytes|slice|string)"),
   # Type aliases of the libraries above, as annotations spell them.
   (r"py:class", r"(ArrayTree|Params|jaxlib\..*|dataclasses\..*)"),

@@ -32,7 +32,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple, TypedDict
 
 import flax.linen as nn
@@ -44,8 +44,16 @@ from jax.sharding import PartitionSpec as P
 
 from jaxdiff import metrics, parallel, posterior, shift
 from jaxdiff.engine import Trainer, TrainState, run_slices
-from jaxdiff.loop import Budget, Checkpointing, EpochEnd, HookCarry, PhaseClock, Reporter
-from jaxdiff.loop import chain_hooks, fit
+from jaxdiff.loop import (
+  Budget,
+  Checkpointing,
+  EpochEnd,
+  HookCarry,
+  PhaseClock,
+  Reporter,
+  chain_hooks,
+  fit,
+)
 from jaxdiff.models import normalize_images
 from jaxdiff.policy import ExecutionPolicy
 from jaxdiff.tasks import Task
@@ -399,4 +407,3 @@ def _shift_scores(
 
   return ShiftScores(angles=angles, final=per_angle(final),
                      averaged=None if averaged is None else per_angle(averaged))  # fmt: skip
-

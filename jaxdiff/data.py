@@ -28,9 +28,9 @@ off as one on the original.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
-import contextlib
 import io
 import logging
 import os

@@ -45,7 +45,7 @@ References:
 import functools
 import math
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple, Optional
+from typing import Any, Literal, NamedTuple
 
 import chex
 import jax
@@ -207,8 +207,10 @@ def _standard_normal(
   turned into a uniform on ``(−1, 1)`` and then into ``√2·erf⁻¹(u)``. Anything else is left to
   jax.random.normal.
   """
-  if str(jax.random.key_impl(key)) != "threefry2x32" or dtype != jnp.float32 or (
-    math.prod(shape) >= 2**32
+  if (
+    str(jax.random.key_impl(key)) != "threefry2x32"
+    or dtype != jnp.float32
+    or (math.prod(shape) >= 2**32)
   ):
     return jax.random.normal(key, shape, dtype, out_sharding=sharding)
   data = jax.random.key_data(key)
@@ -436,7 +438,7 @@ def langevin_sgd(
   learning_rate: optax.ScalarOrSchedule,
   diffusion: optax.ScalarOrSchedule,
   key: chex.PRNGKey,
-  momentum: Optional[float] = None,
+  momentum: float | None = None,
   noise: Noise = "gaussian",
 ) -> optax.GradientTransformation:
   """SGLD: :func:`optax.sgd` followed by :func:`add_langevin_noise`.

@@ -18,7 +18,7 @@ Example:
   [4, 4]
 """
 
-from jaxdiff.engine import TrainState, Trainer, concatenate_runs, run_slices
+from jaxdiff.engine import Trainer, TrainState, concatenate_runs, run_slices
 from jaxdiff.loop import (
   Budget,
   Call,

@@ -13,9 +13,8 @@ import json
 import math
 from pathlib import Path
 
-import pytest
-
 import behaviour_pin
+import pytest
 
 REFERENCE = Path(__file__).parent / "data" / "behaviour_reference.json"
 

@@ -50,8 +50,10 @@ def make_run(
     {
       "epoch": i + 1,
       "step": 10 * (i + 1),
-      "train": {"loss": 2.0 / (i + 1) if train_loss is None or i + 1 < len(accuracies)
-                else train_loss, "accuracy": acc + gap},  # fmt: skip
+      "train": {
+        "loss": 2.0 / (i + 1) if train_loss is None or i + 1 < len(accuracies) else train_loss,
+        "accuracy": acc + gap,
+      },
       "current": _scores(acc, 1.5, 0.05),
       "averaged": None,
     }

@@ -173,7 +173,9 @@ def _compiler_options(convolution="lax", cpu_flags=()):
 
 # jaxlib 0.10.2's default YNNPACK fusion types less the convolutions.
 XLA_CONVOLUTIONS = {
-  "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"  # fmt: skip
+  "xla_cpu_experimental_ynn_fusion_type": (
+    "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+  ),
 }
 NO_YNNPACK = {"xla_cpu_experimental_ynn_fusion_type": ""}
 

@@ -28,9 +28,7 @@ def _examples(module_name):
 
 
 MODULES = [
-  name
-  for _, name, _ in pkgutil.walk_packages(jaxdiff.__path__, "jaxdiff.")
-  if _examples(name)
+  name for _, name, _ in pkgutil.walk_packages(jaxdiff.__path__, "jaxdiff.") if _examples(name)
 ]
 
 

@@ -100,6 +100,7 @@ def _documented_gaussian_noise(key, count, tree):
   """The default's standard normals as documented: ``jax.random.normal`` of ``fold_in(key,
   count)`` split once per leaf, drawn in float32 and rounded to the leaf's dtype."""
   keys = optax.tree.split_key_like(jax.random.fold_in(key, count), tree)
+
   def draw(leaf, key):
     return jax.random.normal(key, leaf.shape, jnp.float32).astype(leaf.dtype)
 

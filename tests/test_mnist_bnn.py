@@ -70,8 +70,12 @@ def test_each_protocol_is_a_preset_and_flags_change_one_ingredient_at_a_time():
   assert not BnnConfig(epochs=20, lr_halving_epochs=4).is_published_protocol()
   paper = BnnConfig.preset("korattikara2015")
   assert paper.is_published_protocol() and not paper.tuned
-  assert (paper.seeds, paper.epochs, paper.lr_schedule, paper.thin_steps) == (10, 2000,
-                                                                              "constant", 100)
+  assert (paper.seeds, paper.epochs, paper.lr_schedule, paper.thin_steps) == (
+    10,
+    2000,
+    "constant",
+    100,
+  )
   assert not BnnConfig.preset("korattikara2015", epochs=100).is_published_protocol()
   parsed, _, _ = cli.parse(BnnConfig, ["--protocol", "korattikara2015", "--seeds", "3"],
                            description="d", default_out="out")  # fmt: skip

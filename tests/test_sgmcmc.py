@@ -96,7 +96,10 @@ def test_sgld_samples_a_gaussian_at_each_temperature(temperature, gradient_noise
   # D = T/N with N = 1: the mean loss is the one example's.
   diffusion = diffusion_for_temperature(temperature, 1)
   moments, _ = _second_moments(
-    lambda key: langevin.langevin_sgd(lr, diffusion, key, noise=noise), [[1.0]], 3000, 500,
+    lambda key: langevin.langevin_sgd(lr, diffusion, key, noise=noise),
+    [[1.0]],
+    3000,
+    500,
     gradient_noise,
   )
   mean, se = _mean_and_se(moments[:, 0, 0])
@@ -114,7 +117,10 @@ def test_sghmc_samples_a_gaussian_at_each_temperature(temperature, gradient_nois
   lr, momentum = 0.01, 0.9
   diffusion = diffusion_for_temperature(temperature, 1)
   moments, _ = _second_moments(
-    lambda key: sghmc(lr, diffusion, key, momentum, noise=noise), [[1.0]], 4000, 1000,
+    lambda key: sghmc(lr, diffusion, key, momentum, noise=noise),
+    [[1.0]],
+    4000,
+    1000,
     gradient_noise,
   )
   mean, se = _mean_and_se(moments[:, 0, 0])
@@ -188,11 +194,13 @@ ILL_CONDITIONED = ROTATION @ np.diag([1.0, 20.0]) @ ROTATION.T  # correlated, co
 @pytest.mark.parametrize(
   "name, make, lr",
   [
-    ("sgld", lambda lr, noise: lambda key: langevin.langevin_sgd(lr, 1.0, key, noise=noise),
-     0.005),
+    ("sgld", lambda lr, noise: lambda key: langevin.langevin_sgd(lr, 1.0, key, noise=noise), 0.005),
     ("sghmc", lambda lr, noise: lambda key: sghmc(lr, 1.0, key, 0.9, noise=noise), 0.0005),
-    ("psgld", lambda lr, noise: lambda key: psgld(lr, 1.0, key, adapt_steps=500, noise=noise),
-     0.005),
+    (
+      "psgld",
+      lambda lr, noise: lambda key: psgld(lr, 1.0, key, adapt_steps=500, noise=noise),
+      0.005,
+    ),
   ],
 )
 def test_an_ill_conditioned_correlated_gaussian_and_a_halved_step(name, make, lr, noise):

@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_fit import TASK, Interrupted
 
 import jaxdiff
-from jaxdiff import classification, parallel, summaries, train
-from test_fit import TASK, Interrupted
+from jaxdiff import parallel, summaries, train
 
 
 @pytest.fixture(scope="module")

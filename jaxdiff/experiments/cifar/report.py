@@ -394,7 +394,7 @@ def _cold_posterior_lines(cold_posterior: dict) -> list[str]:
       _fmt(e["posterior_nll"], 1, ".3f"),
       _fmt(e["final_error"], 100),
       _fmt(e["final_nll"], 1, ".3f"),
-    ]  # fmt: skip
+    ]
     for name, entries in cold_posterior["optimizers"].items()
     for e in entries
   ]

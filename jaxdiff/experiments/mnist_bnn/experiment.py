@@ -33,8 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff import classification, config as config_lib, environment, files, langevin, parallel
-from jaxdiff import posterior, summaries as summaries_lib, tasks, train
+from jaxdiff import classification, environment, files, langevin, parallel, posterior, tasks, train
+from jaxdiff import config as config_lib
+from jaxdiff import summaries as summaries_lib
 from jaxdiff.checkpoint import check_no_checkpoints
 from jaxdiff.classification import Evaluation, RunRecord
 from jaxdiff.data import Dataset, load_dataset
@@ -179,11 +180,17 @@ def train_group(
       summaries.close()
   return [
     classification.run_record(
-      run, method=group.name, phase=group.phase, seed=seed, learning_rate=lr,
-      diffusion=d if spec.langevin else None, temperature=t if spec.langevin else None,
-    )  # fmt: skip
-    for run, lr, seed, t, d in zip(scored.runs, group.learning_rates, group.seeds,
-                                   group.temperatures, diffusions)  # fmt: skip
+      run,
+      method=group.name,
+      phase=group.phase,
+      seed=seed,
+      learning_rate=lr,
+      diffusion=d if spec.langevin else None,
+      temperature=t if spec.langevin else None,
+    )
+    for run, lr, seed, t, d in zip(
+      scored.runs, group.learning_rates, group.seeds, group.temperatures, diffusions
+    )
   ]
 
 

@@ -54,8 +54,13 @@ def plot_tuning(table: dict[str, list[dict]], path: str | os.PathLike) -> None:
     finite = finite or bool(np.isfinite(nll).any())
     ax.plot(rates, nll, marker="o", label=name)
   # Where every run diverged there is nothing to put on a log scale.
-  ax.set(xscale="log", yscale="log" if finite else "linear", xlabel="learning rate",
-         ylabel="validation NLL (averaged)", title="Learning-rate tuning on the held-out images")
+  ax.set(
+    xscale="log",
+    yscale="log" if finite else "linear",
+    xlabel="learning rate",
+    ylabel="validation NLL (averaged)",
+    title="Learning-rate tuning on the held-out images",
+  )
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()

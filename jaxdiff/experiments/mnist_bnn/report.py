@@ -152,8 +152,7 @@ def _method_line(name: str, config: BnnConfig, num_train: int) -> str:
     return f"plain SGD, {rate}; its average is an ensemble of its own trajectory's snapshots"
   kind = {
     "sgld": "SGLD",
-    "psgld": "pSGLD (preconditioner bounded by 1, adapted during each run's burn-in then "
-    "frozen)",
+    "psgld": "pSGLD (preconditioner bounded by 1, adapted during each run's burn-in then frozen)",
     "sghmc": f"SGHMC, momentum {SGHMC_MOMENTUM:g}",
   }[name]
   return f"{kind}, {noise}, {rate}"
@@ -335,7 +334,9 @@ def render_markdown(result: dict) -> str:
     "",
     "Snapshots averaged per seed run: "
     + ", ".join(
-      f"{name} {entry['snapshots']}" for name, entry in result["summary"].items() if "seeds" in entry
+      f"{name} {entry['snapshots']}"
+      for name, entry in result["summary"].items()
+      if "seeds" in entry
     )
     + ". Seconds per step of one run (the first call, with compilation, left out): "
     + ", ".join(
@@ -370,4 +371,3 @@ def render_markdown(result: dict) -> str:
               f"`tensorboard --logdir {folder}` from this folder (one TensorBoard run per "
               "phase, method and run), or each run's `scalars.jsonl`.", ""]  # fmt: skip
   return "\n".join(lines)
-
