@@ -104,6 +104,24 @@ def test_predictor_corrector_sampling(tmp_path, tiny_mnist, cache_env, predictor
   assert (out / "denoise.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_conditional_run_with_guidance_and_the_solver(tmp_path, tiny_mnist, cache_env):
+  out = tmp_path / "conditional"
+  run = _cli(cache_env, "--data", tiny_mnist, "--out", out, "--steps", 2, *TINY_RUN,
+             "--conditional", "--guidance", 1.5, "--sampler", "dpm_solver")  # fmt: skip
+  assert run.returncode == 0, run.stderr[-3000:]
+  report = json.loads((out / "report.json").read_text())
+  assert report["config"]["conditional"] and report["config"]["guidance"] == 1.5
+  assert sum(report["sample_quality"]["samples"]["class_histogram"]) == 8
+  markdown = (out / "report.md").read_text()
+  assert "class-conditional (labels dropped with probability 0.1)" in markdown
+  assert "sampler dpm_solver (DPM-Solver++(2M), 3 steps), guidance w = 1.5 towards every digit" in (
+    markdown
+  )
+  # The conditional U-Net's label embedding, 11 labels with the null one, is in the checkpoint.
+  shapes = [leaf.shape for leaf in checkpoint_leaves(out / "checkpoints" / "2")]
+  assert (1, 11, 32) in shapes  # a leading run axis
+
+
 T_50 = ["--num-timesteps", "50"]
 
 
@@ -147,6 +165,16 @@ T_50 = ["--num-timesteps", "50"]
     (
       ["--model-size", "tiny", "--base-channels", "6"],
       "argument --base-channels: must be a multiple of the 4 GroupNorm groups",
+    ),
+    # Guidance and the digits to draw need a conditional model.
+    (["--guidance", "2"], "argument --guidance: needs a class-conditional model: add --conditional"),
+    (["--class-labels", "3,7"], "argument --class-labels: needs a class-conditional model"),
+    (["--conditional", "--class-labels", "3,12"], "argument --class-labels: unknown digit 12"),
+    (["--conditional", "--guidance", "-1"], "argument --guidance: must be at least 0, got -1"),
+    (["--label-dropout", "1"], "argument --label-dropout: must be below 1, got 1"),
+    (
+      [*T_50, "--sampler", "dpm_solver", "--sample-steps", "51", "--bpd-timesteps", "2"],
+      "argument --sample-steps: must be at most T = 50",
     ),
   ],
 )

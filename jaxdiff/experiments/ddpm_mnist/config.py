@@ -10,7 +10,9 @@ from jaxdiff.config import ConfigError, option, validate
 from jaxdiff.ddpm import LOSS_WEIGHTINGS, PREDICTIONS, PREDICTORS, SCHEDULES
 from jaxdiff.models.unet import UNET_SIZES, UNet, make_unet
 
-SAMPLERS = ("ddpm", "ddim", "pc")
+SAMPLERS = ("ddpm", "ddim", "pc", "dpm_solver")
+#: The classes of a class-conditional run: MNIST's digits.
+NUM_CLASSES = 10
 # bfloat16 halves the activations' bytes and runs on GPU/TPU matrix units; on a CPU it is slower.
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
@@ -47,18 +49,35 @@ class DDPMConfig:
   )  # fmt: skip
   min_snr_gamma: float = option(5.0, "gamma of --loss-weighting min_snr", greater_than=0)
   sampler: str = option(
-    "pc", "ddpm (ancestral), ddim (eta = 0) or pc (predictor-corrector: Langevin corrector "
-    "steps before each step of --pc-predictor)", choices=SAMPLERS, noun="sampler",
+    "pc", "ddpm (ancestral), ddim (eta = 0), pc (predictor-corrector: Langevin corrector "
+    "steps before each step of --pc-predictor) or dpm_solver (DPM-Solver++(2M), "
+    "--sample-steps model evaluations)", choices=SAMPLERS, noun="sampler",
   )  # fmt: skip
   sample_steps: int = option(
-    100, "DDIM steps, also PC's with --pc-predictor ddim (DDPM always takes T)", greater_than=0
-  )
+    100, "DDIM's and DPM-Solver's steps, also PC's with --pc-predictor ddim (DDPM always takes "
+    "T)", greater_than=0,
+  )  # fmt: skip
   pc_predictor: str = option(
     "ddim", "pc: the predictor, ddpm (the ancestral step, all T levels) or ddim "
     "(--sample-steps levels)", choices=PREDICTORS, noun="predictor",
   )  # fmt: skip
   corrector_steps: int = option(2, "pc: Langevin corrector steps per noise level", at_least=0)
   snr: float = option(0.24, "pc: the corrector's target signal-to-noise ratio", greater_than=0)
+  conditional: bool = option(
+    False, "train a class-conditional U-Net on the labels, for classifier-free guidance (Ho & "
+    "Salimans): each label is dropped to a null label with probability --label-dropout",
+  )  # fmt: skip
+  label_dropout: float = option(
+    0.1, "--conditional: the probability a training label is dropped", at_least=0, below=1
+  )
+  guidance: float = option(
+    0.0, "--conditional: the guidance weight w, eps = (1 + w) eps(x, t, y) - w eps(x, t, null), "
+    "in every sampler (0: the conditional model)", at_least=0,
+  )  # fmt: skip
+  class_labels: tuple[int, ...] = option(
+    (), "--conditional: the digits to draw, in turn (default: an equal number of each digit)",
+    choices=range(NUM_CLASSES), noun="digit",
+  )  # fmt: skip
   model_size: str = option("narrow", "U-Net size", choices=UNET_SIZES, noun="model size")
   base_channels: int | None = option(
     None, "the U-Net's channels at full resolution, in place of the size's", greater_than=0
@@ -96,17 +115,25 @@ class DDPMConfig:
 
   def __post_init__(self):
     validate(self)
-    uses_ddim = self.sampler == "ddim" or (self.sampler == "pc" and self.pc_predictor == "ddim")
-    if uses_ddim and self.sample_steps > self.num_timesteps:
+    uses_steps = self.sampler in ("ddim", "dpm_solver") or (
+      self.sampler == "pc" and self.pc_predictor == "ddim"
+    )
+    if uses_steps and self.sample_steps > self.num_timesteps:
       raise ConfigError("sample_steps", f"must be at most T = {self.num_timesteps}")
     groups = UNET_SIZES[self.model_size].get("num_groups", UNet.num_groups)
     if self.base_channels is not None and self.base_channels % groups:
       raise ConfigError("base_channels", f"must be a multiple of the {groups} GroupNorm groups")
     if self.bpd_timesteps is not None and self.bpd_timesteps > self.num_timesteps - 1:
       raise ConfigError("bpd_timesteps", f"must be at most T - 1 = {self.num_timesteps - 1}")
+    if not self.conditional:
+      for name, unset in (("guidance", 0.0), ("class_labels", ())):
+        if getattr(self, name) != unset:
+          raise ConfigError(name, "needs a class-conditional model: add --conditional")
 
   def make_model(self) -> UNet:
     """The U-Net of ``model_size`` with any width or depth given, computing in ``compute_dtype``."""
     overrides = {"base_channels": self.base_channels, "num_res_blocks": self.num_res_blocks}
     given = {name: value for name, value in overrides.items() if value is not None}
+    if self.conditional:
+      given["num_classes"] = NUM_CLASSES
     return make_unet(self.model_size, dtype=jnp.dtype(self.compute_dtype), **given)

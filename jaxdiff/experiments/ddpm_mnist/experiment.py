@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ import optax
 from jaxdiff import ddpm, environment, files, langevin, parallel, sample_quality, train
 from jaxdiff.data import DataError, Dataset, load_dataset
 from jaxdiff.experiments.ddpm_mnist import report
-from jaxdiff.experiments.ddpm_mnist.config import DDPMConfig
+from jaxdiff.experiments.ddpm_mnist.config import NUM_CLASSES, DDPMConfig
 from jaxdiff.models.unet import UNET_SIZES
 from jaxdiff.policy import ExecutionPolicy
 
@@ -99,17 +98,35 @@ def check_image_shape(image_shape: tuple[int, ...], model_size: str) -> None:
     )
 
 
+class LabelError(DataError, ValueError):
+  """Labels a class-conditional run cannot learn: outside ``[0, NUM_CLASSES)``."""
+
+
+def check_labels(data: Dataset) -> None:
+  """Raises LabelError unless every training label is a digit, as ``--conditional`` needs."""
+  labels = np.asarray(data.y_train)
+  if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+    raise LabelError(
+      f"--conditional needs labels in [0, {NUM_CLASSES}); {data.label} has labels from "
+      f"{labels.min()} to {labels.max()}"
+    )
+
+
 def make_trainer(
   config: DDPMConfig, setup: Setup, image_shape: tuple[int, ...]
 ) -> tuple[train.Trainer, train.TrainState]:
   """The engine for one DDPM run over the setup's mesh, and the run's initial state.
 
+  A ``config.conditional`` run's task reads the batches' ``"label"`` too.
+
   Raises:
     ImageShapeError: the U-Net cannot take images of ``image_shape``.
   """
   check_image_shape(image_shape, config.model_size)
+  conditional = {"num_classes": NUM_CLASSES, "label_dropout": config.label_dropout}
   task = ddpm.ddpm_task(setup.model, setup.schedule, image_shape, config.prediction,
-                        config.loss_weighting, config.min_snr_gamma)  # fmt: skip
+                        config.loss_weighting, config.min_snr_gamma,
+                        **(conditional if config.conditional else {}))  # fmt: skip
   trainer = train.Trainer(task, ddpm_optimizer(config), setup.mesh, config.batch_size,
                           setup.policy, ema_decay=config.ema_decay)  # fmt: skip
   state = trainer.init(
@@ -141,7 +158,11 @@ def train_ddpm(
     jaxdiff.checkpoint.CheckpointsExistError: not ``resume``, and ``out_dir`` holds checkpoints.
   """
   trainer, state = make_trainer(config, setup, data.image_shape)
-  device_data = trainer.put_data({"image": data.x_train})
+  arrays = {"image": data.x_train}
+  if config.conditional:
+    check_labels(data)
+    arrays["label"] = data.y_train
+  device_data = trainer.put_data(arrays)
 
   def record_losses(end: train.EpochEnd) -> train.HookCarry:
     return end.carry.extend("loss", (float(loss) for loss in end.metrics["loss"][:, 0]))
@@ -157,6 +178,70 @@ def train_ddpm(
   history = {"loss": carry.records.get("loss", []), "calls": calls}
   # On the host: sampling and evaluation run on one device, outside the mesh.
   return jax.device_get(jax.tree.map(lambda leaf: leaf[0], state.ema_params)), history
+
+
+def sample_labels(config: DDPMConfig, num_samples: int) -> np.ndarray | None:
+  """The digit each of ``num_samples`` samples is drawn from, or None for an unconditional run.
+
+  ``config.class_labels`` (every digit by default) in turn, so each asked-for digit gets an
+  equal share, within one, of the samples.
+  """
+  if not config.conditional:
+    return None
+  digits = np.asarray(config.class_labels or range(NUM_CLASSES), np.int32)
+  return digits[np.arange(num_samples) % len(digits)]
+
+
+def make_denoiser(
+  config: DDPMConfig,
+  model: nn.Module,
+  schedule: ddpm.NoiseSchedule,
+  params: Any,
+  labels: np.ndarray | None = None,
+  guidance: float = 0.0,
+) -> ddpm.DenoiseFn:
+  """The samplers' ``denoise_fn(x_t, t) -> ε`` from the model's ``config.prediction``.
+
+  With ``labels`` (one per sample), classifier-free guidance towards them at weight
+  ``guidance`` (:func:`jaxdiff.ddpm.guided_denoiser`), so that every sampler, the
+  predictor-corrector's corrector included, follows the guided score. Without labels a
+  conditional model predicts for its null label: the unconditional model.
+  """
+  if labels is None:
+    return ddpm.denoiser(
+      lambda x, t: model.apply({"params": params}, x, t), schedule, config.prediction
+    )
+  return ddpm.guided_denoiser(lambda x, t, y: model.apply({"params": params}, x, t, y), schedule,
+                              labels, model.null_label, guidance, config.prediction)  # fmt: skip
+
+
+def draw(
+  config: DDPMConfig,
+  denoise: ddpm.DenoiseFn,
+  schedule: ddpm.NoiseSchedule,
+  key: jax.Array,
+  shape: tuple[int, ...],
+  trajectory_at: tuple[int, ...] = (),
+) -> tuple[jax.Array, jax.Array | None]:
+  """One batch from ``config.sampler`` (its steps, predictor and corrector as configured).
+
+  Returns ``(samples in [-1, 1], trajectory)``: the ancestral samplers (ddpm, pc with the ddpm
+  predictor) record the samples entering the timesteps ``trajectory_at``, the others None.
+  """
+  ancestral = config.sampler == "ddpm" or (config.sampler == "pc" and config.pc_predictor == "ddpm")
+  record = trajectory_at if ancestral else ()
+  if config.sampler == "ddpm":
+    drawn = ddpm.sample_ddpm(denoise, schedule, key, shape, return_trajectory_at=record)
+  elif config.sampler == "pc":
+    drawn = ddpm.sample_pc(
+      denoise, schedule, key, shape, corrector_steps=config.corrector_steps, snr=config.snr,
+      return_trajectory_at=record, predictor=config.pc_predictor, num_steps=config.sample_steps,
+    )  # fmt: skip
+  elif config.sampler == "ddim":
+    drawn = ddpm.sample_ddim(denoise, schedule, key, shape, num_steps=config.sample_steps)
+  else:
+    drawn = ddpm.sample_dpm_solver(denoise, schedule, key, shape, num_steps=config.sample_steps)
+  return drawn if record else (drawn, None)
 
 
 def run_experiment(
@@ -184,50 +269,34 @@ def run_experiment(
   ema, history = train_ddpm(config, setup, data, out, resume=resume, quiet=quiet)
   schedule = setup.schedule
 
-  denoise = ddpm.denoiser(
-    lambda x, t: setup.model.apply({"params": ema}, x, t), schedule, config.prediction
-  )
-
+  labels = sample_labels(config, config.num_samples)
+  denoise = make_denoiser(config, setup.model, schedule, ema, labels, config.guidance)
   shape = (config.num_samples,) + data.image_shape
   sampling_started = time.perf_counter()
   trajectory_steps = _trajectory_timesteps(config.num_timesteps)
   options = dict(setup.policy.compiler_options)
-  pc_records = config.pc_predictor == "ddpm"  # the DDIM predictor records no trajectory
-
-  def predictor_corrector(key):
-    samples = ddpm.sample_pc(
-      denoise, schedule, key, shape, corrector_steps=config.corrector_steps, snr=config.snr,
-      return_trajectory_at=trajectory_steps if pc_records else (),
-      predictor=config.pc_predictor, num_steps=config.sample_steps,
-    )  # fmt: skip
-    return samples if pc_records else (samples, None)
-
-  samplers = {
-    "ddpm": lambda key: ddpm.sample_ddpm(
-      denoise, schedule, key, shape, return_trajectory_at=trajectory_steps
-    ),
-    "pc": predictor_corrector,
-    "ddim": lambda key: (
-      ddpm.sample_ddim(denoise, schedule, key, shape, num_steps=config.sample_steps),
-      None,
-    ),
-  }
-  samples, trajectory = jax.jit(samplers[config.sampler], compiler_options=options)(
-    stream_key(config, Stream.SAMPLES)
-  )
+  samples, trajectory = jax.jit(
+    lambda key: draw(config, denoise, schedule, key, shape, trajectory_steps),
+    compiler_options=options,
+  )(stream_key(config, Stream.SAMPLES))
   samples = np.asarray(jax.block_until_ready(samples))
   sampling_seconds = time.perf_counter() - sampling_started
-  if trajectory is None:
+  if trajectory is None:  # a sampler that records none: one ancestral draw for the figure
+    one = make_denoiser(config, setup.model, schedule, ema, None if labels is None else labels[:1],
+                        config.guidance)  # fmt: skip
     _, trajectory = jax.jit(
       lambda key: ddpm.sample_ddpm(
-        denoise, schedule, key, (1,) + data.image_shape, return_trajectory_at=trajectory_steps
+        one, schedule, key, (1,) + data.image_shape, return_trajectory_at=trajectory_steps
       ),  # fmt: skip
       compiler_options=options,
     )(stream_key(config, Stream.TRAJECTORY))
   samples_uint8 = ddpm.to_uint8(samples)
 
   held_out = data.x_test[: config.eval_images]
-  bpd = ddpm.bits_per_dim(denoise, schedule, ddpm.to_unit_range(held_out),
+  # A conditional model's bound is its unconditional one, the null label's: comparable with an
+  # unconditional model's.
+  unlabelled = make_denoiser(config, setup.model, schedule, ema)
+  bpd = ddpm.bits_per_dim(unlabelled, schedule, ddpm.to_unit_range(held_out),
                           stream_key(config, Stream.BITS_PER_DIM),
                           num_timesteps_sampled=config.bpd_timesteps)  # fmt: skip
   bpd = {name: float(np.mean(value)) for name, value in bpd.items()}
@@ -322,13 +391,11 @@ def _sampler_table(
     if ddim_steps is not None:  # a PC row's DDIM predictor takes every step of a short T
       ddim_steps = min(ddim_steps, config.num_timesteps)
     levels = config.num_timesteps if ddim_steps is None else ddim_steps
-    if sampler == "ddim":
-      draw = functools.partial(ddpm.sample_ddim, num_steps=ddim_steps)
-    else:
-      predictor = "ddpm" if ddim_steps is None else "ddim"
-      draw = functools.partial(ddpm.sample_pc, corrector_steps=corrector_steps, snr=snr or 0.16,
-                               predictor=predictor, num_steps=levels)  # fmt: skip
-    sample = jax.jit(lambda key, draw=draw: draw(denoise, schedule, key, shape),
+    row_config = dataclasses.replace(
+      config, sampler=sampler, sample_steps=levels, corrector_steps=corrector_steps,
+      snr=snr or config.snr, pc_predictor="ddpm" if ddim_steps is None else "ddim",
+    )  # fmt: skip
+    sample = jax.jit(lambda key, row=row_config: draw(row, denoise, schedule, key, shape)[0],
                      compiler_options=options)  # fmt: skip
     key = stream_key(config, Stream.SAMPLES)
     sample.lower(key).compile()  # the wall time below is sampling, not compiling

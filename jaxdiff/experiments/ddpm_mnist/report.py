@@ -75,12 +75,7 @@ def render_report(result: dict[str, Any]) -> str:
     f"- Model: U-Net `{config['model_size']}`{_unet_overrides(config)} in "
     f"{config.get('compute_dtype', 'float32')}, predicting {_target(config)}; "
     f"schedule {config['schedule']}, "
-    f"T = {config['num_timesteps']}; sampler {config['sampler']}"
-    + {
-      "ddim": f" ({config['sample_steps']} steps)",
-      "pc": f" ({_pc_predictor(config)} predictor, {config['corrector_steps']} Langevin "
-      f"corrector steps per level, snr {config['snr']:g})",
-    }.get(config["sampler"], ""),
+    f"T = {config['num_timesteps']}{_conditioning(config)}; sampler {sampler_words(config)}",
     f"- Training: {train_info['steps']} steps"
     + (f" (a budget of {config['train_minutes']:g} min)" if config.get("train_minutes") else "")
     + f", batch {config['batch_size']}, Adam lr "
@@ -133,6 +128,26 @@ def render_report(result: dict[str, Any]) -> str:
       lines += ["", "![the first samples of each sampler](samplers.png)"]
   lines += ["", "![samples](samples.png)", "", "![loss](loss.png)", "", "![denoise](denoise.png)"]
   return "\n".join(lines) + "\n"
+
+
+def sampler_words(config: dict[str, Any]) -> str:
+  """The configured sampler in words, with its guidance for a conditional run."""
+  words = config["sampler"] + {
+    "ddim": f" ({config['sample_steps']} steps)",
+    "dpm_solver": f" (DPM-Solver++(2M), {config['sample_steps']} steps)",
+    "pc": f" ({_pc_predictor(config)} predictor, {config['corrector_steps']} Langevin "
+    f"corrector steps per level, snr {config['snr']:g})",
+  }.get(config["sampler"], "")
+  if config.get("conditional"):
+    digits = ", ".join(map(str, config["class_labels"])) or "every digit"
+    words += f", guidance w = {config['guidance']:g} towards {digits}"
+  return words
+
+
+def _conditioning(config: dict[str, Any]) -> str:
+  if not config.get("conditional"):
+    return ""
+  return f"; class-conditional (labels dropped with probability {config['label_dropout']:g})"
 
 
 def _pc_predictor(config: dict[str, Any]) -> str:
