@@ -107,16 +107,41 @@ def test_predictor_corrector_sampling(tmp_path, tiny_mnist, cache_env, predictor
 def test_a_conditional_run_with_guidance_and_the_solver(tmp_path, tiny_mnist, cache_env):
   out = tmp_path / "conditional"
   run = _cli(cache_env, "--data", tiny_mnist, "--out", out, "--steps", 2, *TINY_RUN,
-             "--conditional", "--guidance", 1.5, "--sampler", "dpm_solver")  # fmt: skip
+             "--conditional", "--guidance", 1.5, "--sampler", "dpm_solver",
+             "--guidance-scales", "0,1.5")  # fmt: skip
   assert run.returncode == 0, run.stderr[-3000:]
   report = json.loads((out / "report.json").read_text())
   assert report["config"]["conditional"] and report["config"]["guidance"] == 1.5
-  assert sum(report["sample_quality"]["samples"]["class_histogram"]) == 8
+  quality = report["sample_quality"]
+  samples = quality["samples"]
+  assert sum(samples["class_histogram"]) == 8
+  # Eight samples, one for each of the digits 0-7: each digit's share is 0 or 1, and one
+  # sample a digit is too few for its own FD.
+  assert [(row["digit"], row["num_samples"]) for row in samples["per_class"]] == [
+    (digit, 1) for digit in range(8)
+  ]
+  assert all(row["class_accuracy"] in (0.0, 1.0) and row["classifier_fd"] is None
+             for row in samples["per_class"])  # fmt: skip
+  assert samples["class_accuracy"] == np.mean([row["class_accuracy"] for row in samples["per_class"]])
+  assert 0 <= quality["real_test_floor"]["class_accuracy"] <= 1
+  # The sweep draws each weight from the same parameters and noise: its w = 1.5 row is the
+  # samples' own scores.
+  sweep = quality["guidance_sweep"]
+  assert [row["guidance"] for row in sweep] == [0.0, 1.5]
+  for key in ("classifier_fd", "class_accuracy", "confident_share", "per_class"):
+    assert sweep[1][key] == samples[key], key
+  for name in ("samples_by_class.png", "guidance.png"):
+    assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   markdown = (out / "report.md").read_text()
   assert "class-conditional (labels dropped with probability 0.1)" in markdown
   assert "sampler dpm_solver (DPM-Solver++(2M), 3 steps), guidance w = 1.5 towards every digit" in (
     markdown
   )
+  assert "| digit | samples | asked-for share | classifier FD | real digits' FD |" in markdown
+  assert "## Guidance" in markdown and "![FD against the asked-for digit's share](guidance.png)" in (
+    markdown
+  )
+  assert "![one row per digit asked for](samples_by_class.png)" in markdown
   # The conditional U-Net's label embedding, 11 labels with the null one, is in the checkpoint.
   shapes = [leaf.shape for leaf in checkpoint_leaves(out / "checkpoints" / "2")]
   assert (1, 11, 32) in shapes  # a leading run axis
@@ -172,6 +197,11 @@ T_50 = ["--num-timesteps", "50"]
     (["--conditional", "--class-labels", "3,12"], "argument --class-labels: unknown digit 12"),
     (["--conditional", "--guidance", "-1"], "argument --guidance: must be at least 0, got -1"),
     (["--label-dropout", "1"], "argument --label-dropout: must be below 1, got 1"),
+    (["--guidance-scales", "0,1"], "argument --guidance-scales: needs a class-conditional model"),
+    (
+      ["--conditional", "--guidance-scales", "0,-1"],
+      "argument --guidance-scales: must be at least 0, got -1",
+    ),
     (
       [*T_50, "--sampler", "dpm_solver", "--sample-steps", "51", "--bpd-timesteps", "2"],
       "argument --sample-steps: must be at most T = 50",

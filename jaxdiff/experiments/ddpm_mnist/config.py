@@ -78,6 +78,11 @@ class DDPMConfig:
     (), "--conditional: the digits to draw, in turn (default: an equal number of each digit)",
     choices=range(NUM_CLASSES), noun="digit",
   )  # fmt: skip
+  guidance_scales: tuple[float, ...] = option(
+    (), "--conditional: also sample with each of these guidance weights (e.g. 0,0.5,1,2,4) from "
+    "the same parameters and noise, and table and plot their class accuracy against their FD",
+    at_least=0,
+  )  # fmt: skip
   model_size: str = option("narrow", "U-Net size", choices=UNET_SIZES, noun="model size")
   base_channels: int | None = option(
     None, "the U-Net's channels at full resolution, in place of the size's", greater_than=0
@@ -126,7 +131,7 @@ class DDPMConfig:
     if self.bpd_timesteps is not None and self.bpd_timesteps > self.num_timesteps - 1:
       raise ConfigError("bpd_timesteps", f"must be at most T - 1 = {self.num_timesteps - 1}")
     if not self.conditional:
-      for name, unset in (("guidance", 0.0), ("class_labels", ())):
+      for name, unset in (("guidance", 0.0), ("class_labels", ()), ("guidance_scales", ())):
         if getattr(self, name) != unset:
           raise ConfigError(name, "needs a class-conditional model: add --conditional")
 

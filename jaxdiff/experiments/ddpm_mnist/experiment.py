@@ -244,6 +244,108 @@ def draw(
   return drawn if record else (drawn, None)
 
 
+class Drawn(NamedTuple):
+  """What :func:`sample_and_score` drew and measured.
+
+  Attributes:
+    samples: uint8 images ``(num_samples,) + image shape``.
+    labels: the digit each was drawn for, or None (unconditional).
+    trajectory: the recorded ``x_t`` of an ancestral sampler, or None.
+    sampling: the report's ``"sampling"`` record (sampler, seconds, count).
+    quality: the report's ``"sample_quality"`` record, or None for images the MNIST classifier
+      cannot judge.
+  """
+
+  samples: np.ndarray
+  labels: np.ndarray | None
+  trajectory: np.ndarray | None
+  sampling: dict[str, Any]
+  quality: dict[str, Any] | None
+
+
+def output_name(stem: str, suffix: str, tag: str = "") -> str:
+  """``stem.suffix``, or ``stem-tag.suffix`` for the outputs of a run sampled again (a tag
+  naming the sampler), which so never replace the training report's."""
+  return f"{stem}-{tag}.{suffix}" if tag else f"{stem}.{suffix}"
+
+
+def sample_and_score(
+  config: DDPMConfig,
+  setup: Setup,
+  data: Dataset,
+  ema: Any,
+  out: Path,
+  *,
+  trajectory_at: tuple[int, ...] = (),
+  tag: str = "",
+) -> Drawn:
+  """Samples ``config.num_samples`` images from the EMA parameters, scores them and draws them.
+
+  With 28x28x1 images the MNIST classifier of :mod:`jaxdiff.sample_quality` scores them against
+  the second half of the test set (the first half's real digits give the floor); a conditional
+  run's samples are also checked against the digit each was drawn for
+  (:func:`jaxdiff.sample_quality.evaluate_conditional_samples`). ``config.sampler_table`` adds
+  the sampler table and ``config.guidance_scales`` the guidance sweep, each from the same
+  parameters and key. Writes ``samples.png``, for a conditional run ``samples_by_class.png``,
+  and with them ``samplers.png`` and ``guidance.png``, each name carrying ``tag``
+  (:func:`output_name`).
+  """
+  schedule = setup.schedule
+  labels = sample_labels(config, config.num_samples)
+  denoise = make_denoiser(config, setup.model, schedule, ema, labels, config.guidance)
+  shape = (config.num_samples,) + data.image_shape
+  options = dict(setup.policy.compiler_options)
+  sampling_started = time.perf_counter()
+  samples, trajectory = jax.jit(
+    lambda key: draw(config, denoise, schedule, key, shape, trajectory_at),
+    compiler_options=options,
+  )(stream_key(config, Stream.SAMPLES))
+  samples = np.asarray(jax.block_until_ready(samples))
+  sampling = {"sampler": config.sampler, "seconds": time.perf_counter() - sampling_started,
+              "num_samples": config.num_samples}  # fmt: skip
+  samples_uint8 = ddpm.to_uint8(samples)
+  report.plot_samples(samples_uint8, out / output_name("samples", "png", tag))
+  if labels is not None:
+    report.plot_samples_by_class(samples_uint8, labels,
+                                 out / output_name("samples_by_class", "png", tag))  # fmt: skip
+
+  quality = None
+  if data.image_shape == (28, 28, 1):
+    classifier = sample_quality.train_feature_classifier(
+      data, stream_key(config, Stream.FEATURE_CLASSIFIER), mesh=setup.mesh, policy=setup.policy
+    )
+    half = len(data.x_test) // 2
+    reference, reference_labels = data.x_test[half:], data.y_test[half:]
+
+    def score(images, asked):
+      if asked is None:
+        return sample_quality.evaluate_samples(classifier, images, reference)
+      return sample_quality.evaluate_conditional_samples(classifier, images, asked, reference,
+                                                         reference_labels)  # fmt: skip
+
+    floor = min(config.num_samples, half)
+    quality = {
+      "samples": score(samples_uint8, labels),
+      "real_test_floor": score(
+        data.x_test[:floor], None if labels is None else data.y_test[:floor]
+      ),
+    }
+    if config.sampler_table:
+      quality["sampler_table"], previews = _sampler_table(
+        config, denoise, schedule, shape, options, lambda images: score(images, labels)
+      )
+      report.plot_sampler_previews(quality["sampler_table"], previews,
+                                   out / output_name("samplers", "png", tag))  # fmt: skip
+    if config.guidance_scales:
+      quality["guidance_sweep"] = _guidance_sweep(
+        config, setup, ema, labels, shape, lambda images: score(images, labels)
+      )
+      report.plot_guidance_tradeoff(quality["guidance_sweep"],
+                                    out / output_name("guidance", "png", tag))  # fmt: skip
+  return Drawn(samples_uint8, labels, None if trajectory is None else np.asarray(trajectory),
+               sampling, quality)  # fmt: skip
+
+
 def run_experiment(
   config: DDPMConfig,
   data_source: str,
@@ -256,8 +358,8 @@ def run_experiment(
   """Trains, samples, scores and writes every output to ``out_dir``.
 
   Writes ``samples.png``, ``loss.png``, ``denoise.png``, ``report.json`` and
-  ``report.md`` (atomically) beside the checkpoints, and with ``sampler_table``
-  ``samplers.png``.
+  ``report.md`` (atomically) beside the checkpoints, and the figures of
+  :func:`sample_and_score`.
   """
   del summaries  # not written yet by this experiment (issue 35)
   started = time.perf_counter()
@@ -269,28 +371,18 @@ def run_experiment(
   ema, history = train_ddpm(config, setup, data, out, resume=resume, quiet=quiet)
   schedule = setup.schedule
 
-  labels = sample_labels(config, config.num_samples)
-  denoise = make_denoiser(config, setup.model, schedule, ema, labels, config.guidance)
-  shape = (config.num_samples,) + data.image_shape
-  sampling_started = time.perf_counter()
   trajectory_steps = _trajectory_timesteps(config.num_timesteps)
-  options = dict(setup.policy.compiler_options)
-  samples, trajectory = jax.jit(
-    lambda key: draw(config, denoise, schedule, key, shape, trajectory_steps),
-    compiler_options=options,
-  )(stream_key(config, Stream.SAMPLES))
-  samples = np.asarray(jax.block_until_ready(samples))
-  sampling_seconds = time.perf_counter() - sampling_started
+  drawn = sample_and_score(config, setup, data, ema, out, trajectory_at=trajectory_steps)
+  trajectory = drawn.trajectory
   if trajectory is None:  # a sampler that records none: one ancestral draw for the figure
-    one = make_denoiser(config, setup.model, schedule, ema, None if labels is None else labels[:1],
-                        config.guidance)  # fmt: skip
+    labels = sample_labels(config, 1)
+    one = make_denoiser(config, setup.model, schedule, ema, labels, config.guidance)
     _, trajectory = jax.jit(
       lambda key: ddpm.sample_ddpm(
         one, schedule, key, (1,) + data.image_shape, return_trajectory_at=trajectory_steps
       ),  # fmt: skip
-      compiler_options=options,
+      compiler_options=dict(setup.policy.compiler_options),
     )(stream_key(config, Stream.TRAJECTORY))
-  samples_uint8 = ddpm.to_uint8(samples)
 
   held_out = data.x_test[: config.eval_images]
   # A conditional model's bound is its unconditional one, the null label's: comparable with an
@@ -301,27 +393,6 @@ def run_experiment(
                           num_timesteps_sampled=config.bpd_timesteps)  # fmt: skip
   bpd = {name: float(np.mean(value)) for name, value in bpd.items()}
 
-  quality = None
-  if data.image_shape == (28, 28, 1):
-    classifier = sample_quality.train_feature_classifier(
-      data, stream_key(config, Stream.FEATURE_CLASSIFIER), mesh=setup.mesh, policy=setup.policy
-    )
-    half = len(data.x_test) // 2
-    reference = data.x_test[half:]
-    quality = {
-      "samples": sample_quality.evaluate_samples(classifier, samples_uint8, reference),
-      "real_test_floor": sample_quality.evaluate_samples(
-        classifier, data.x_test[: min(config.num_samples, half)], reference
-      ),
-    }
-    if config.sampler_table:
-      quality["sampler_table"], previews = _sampler_table(
-        config, denoise, schedule, shape, options, lambda images: sample_quality.evaluate_samples(
-          classifier, images, reference)
-      )  # fmt: skip
-      report.plot_sampler_previews(quality["sampler_table"], previews, out / "samplers.png")
-
-  report.plot_samples(samples_uint8, out / "samples.png")
   report.plot_loss(history["loss"], out / "loss.png")
   report.plot_denoising(np.asarray(trajectory), trajectory_steps, out / "denoise.png")
   calls = [(call.steps, call.seconds) for call in history["calls"]]
@@ -340,12 +411,8 @@ def run_experiment(
       "throughput_includes_compilation": len(calls) == 1,
     },
     "test_bits_per_dim": bpd,
-    "sampling": {
-      "sampler": config.sampler,
-      "seconds": sampling_seconds,
-      "num_samples": config.num_samples,
-    },  # fmt: skip
-    "sample_quality": quality,
+    "sampling": drawn.sampling,
+    "sample_quality": drawn.quality,
   }
   files.write_json(out / "report.json", result)
   files.write_text(out / "report.md", report.render_report(result))
@@ -397,12 +464,7 @@ def _sampler_table(
     )  # fmt: skip
     sample = jax.jit(lambda key, row=row_config: draw(row, denoise, schedule, key, shape)[0],
                      compiler_options=options)  # fmt: skip
-    key = stream_key(config, Stream.SAMPLES)
-    sample.lower(key).compile()  # the wall time below is sampling, not compiling
-    started = time.perf_counter()
-    images = ddpm.to_uint8(jax.block_until_ready(sample(key)))
-    seconds = time.perf_counter() - started
-    images = np.asarray(images)
+    images, seconds = _timed(sample, stream_key(config, Stream.SAMPLES))
     previews.append(images[:PREVIEW_IMAGES])
     scores = score(images)
     shares = np.asarray(scores["class_histogram"]) / len(images)
@@ -412,8 +474,37 @@ def _sampler_table(
       "classifier_fd": scores["classifier_fd"], "confident_share": scores["confident_share"],
       "class_share_range": float(shares.max() - shares.min()),
       "rarest_class_share": float(shares.min()),
+      **({"class_accuracy": scores["class_accuracy"]} if "class_accuracy" in scores else {}),
     })  # fmt: skip
   return rows, previews
+
+
+def _guidance_sweep(config, setup, ema, labels, shape, score) -> list[dict[str, Any]]:
+  """The configured sampler at each of ``config.guidance_scales``, from the same parameters and
+  key (so the same initial noise), each sample set scored."""
+  rows = []
+  for guidance in config.guidance_scales:
+    denoise = make_denoiser(config, setup.model, setup.schedule, ema, labels, guidance)
+    sample = jax.jit(lambda key, d=denoise: draw(config, d, setup.schedule, key, shape)[0],
+                     compiler_options=dict(setup.policy.compiler_options))  # fmt: skip
+    images, seconds = _timed(sample, stream_key(config, Stream.SAMPLES))
+    scores = score(images)
+    rows.append({
+      "guidance": guidance, "seconds": seconds, "classifier_fd": scores["classifier_fd"],
+      "class_accuracy": scores["class_accuracy"], "confident_share": scores["confident_share"],
+      "confident_accurate_share": scores["confident_accurate_share"],
+      "per_class": scores["per_class"],
+    })  # fmt: skip
+  return rows
+
+
+def _timed(sample: Callable[[jax.Array], jax.Array], key: jax.Array) -> tuple[np.ndarray, float]:
+  """``sample(key)`` as uint8 images, and the seconds it took, compiled beforehand so that they
+  are sampling's only."""
+  sample.lower(key).compile()
+  started = time.perf_counter()
+  images = ddpm.to_uint8(jax.block_until_ready(sample(key)))
+  return np.asarray(images), time.perf_counter() - started
 
 
 def _trajectory_timesteps(num_timesteps: int) -> tuple[int, ...]:

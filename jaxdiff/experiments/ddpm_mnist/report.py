@@ -107,15 +107,50 @@ def render_report(result: dict[str, Any]) -> str:
   lines.append(f"- Sampling {sampling['num_samples']} images took {sampling['seconds']:.1f} s")
   quality = result["sample_quality"]
   if quality:
-    samples, floor = quality["samples"], quality["real_test_floor"]
+    lines += ["", *quality_lines(quality, config, sampling["num_samples"])]
+  figures = [("samples", "samples.png")]
+  if config.get("conditional"):
+    figures.append(("one row per digit asked for", "samples_by_class.png"))
+  figures += [("loss", "loss.png"), ("denoise", "denoise.png")]
+  for caption, name in figures:
+    lines += ["", f"![{caption}]({name})"]
+  return "\n".join(lines) + "\n"
+
+
+def quality_lines(
+  quality: dict[str, Any], config: dict[str, Any], num_samples: int, tag: str = ""
+) -> list[str]:
+  """report.md's sample-quality sections: the scores, per digit for a conditional run, the
+  sampler table and the guidance sweep, linking their figures (named with ``tag``)."""
+  samples, floor = quality["samples"], quality["real_test_floor"]
+  conditional = "class_accuracy" in samples
+  intro = (
+    "Scores from a small MNIST classifier trained here on the real training set. The "
+    "classifier FD is a Fréchet distance between its penultimate-layer features: it is "
+    "**not comparable to published FIDs**."
+  )
+  if conditional:
+    intro += (
+      " A conditional run's samples are also checked against the digit each was drawn for: "
+      "the share the classifier assigns to it, and the share it assigns there with p ≥ 0.9."
+    )
+  lines = ["## Sample quality", "", intro, ""]
+  if conditional:
     lines += [
-      "",
-      "## Sample quality",
-      "",
-      "Scores from a small MNIST classifier trained here on the real training set. The "
-      "classifier FD is a Fréchet distance between its penultimate-layer features: it is "
-      "**not comparable to published FIDs**.",
-      "",
+      "| | classifier FD | confident (p ≥ 0.9) | digit asked for | confident and asked for "
+      "| class histogram |",
+      "|---|---|---|---|---|---|",
+    ]
+    for name, scores in ((f"samples ({config['sampler']})", samples),
+                         ("real test images (floor)", floor)):  # fmt: skip
+      lines.append(
+        f"| {name} | {scores['classifier_fd']:.2f} | {scores['confident_share']:.1%} | "
+        f"{scores['class_accuracy']:.1%} | {scores['confident_accurate_share']:.1%} | "
+        f"{scores['class_histogram']} |"
+      )
+    lines += ["", *_per_digit_lines(samples, floor)]
+  else:
+    lines += [
       "| | classifier FD | confident (p ≥ 0.9) | class histogram |",
       "|---|---|---|---|",
       f"| samples ({config['sampler']}) | {samples['classifier_fd']:.2f} | "
@@ -123,11 +158,109 @@ def render_report(result: dict[str, Any]) -> str:
       f"| real test images (floor) | {floor['classifier_fd']:.2f} | "
       f"{floor['confident_share']:.1%} | {floor['class_histogram']} |",
     ]
-    if "sampler_table" in quality:
-      lines += ["", *_sampler_table_lines(quality["sampler_table"], sampling["num_samples"])]
-      lines += ["", "![the first samples of each sampler](samplers.png)"]
-  lines += ["", "![samples](samples.png)", "", "![loss](loss.png)", "", "![denoise](denoise.png)"]
-  return "\n".join(lines) + "\n"
+  if "sampler_table" in quality:
+    lines += ["", *_sampler_table_lines(quality["sampler_table"], num_samples)]
+    lines += ["", f"![the first samples of each sampler]({_name('samplers', tag)})"]
+  if "guidance_sweep" in quality:
+    lines += ["", *_guidance_lines(quality["guidance_sweep"], config, num_samples)]
+    lines += ["", f"![FD against the asked-for digit's share]({_name('guidance', tag)})"]
+  return lines
+
+
+def _name(stem: str, tag: str) -> str:
+  return f"{stem}-{tag}.png" if tag else f"{stem}.png"
+
+
+def _fd(value: float | None) -> str:
+  return "–" if value is None else f"{value:.1f}"
+
+
+def _per_digit_lines(samples: dict[str, Any], floor: dict[str, Any]) -> list[str]:
+  real = {row["digit"]: row for row in floor["per_class"]}
+  lines = [
+    "Per digit asked for (a digit's FD from its few samples is biased upwards more than the "
+    "whole set's: compare it with the real digits' at the same count):",
+    "",
+    "| digit | samples | asked-for share | classifier FD | real digits' FD |",
+    "|---|---|---|---|---|",
+  ]
+  for row in samples["per_class"]:
+    other = real.get(row["digit"], {})
+    lines.append(
+      f"| {row['digit']} | {row['num_samples']} | {row['class_accuracy']:.1%} | "
+      f"{_fd(row['classifier_fd'])} | {_fd(other.get('classifier_fd'))} |"
+    )
+  return lines
+
+
+def _guidance_lines(rows: list[dict[str, Any]], config: dict[str, Any], num_samples: int
+                    ) -> list[str]:  # fmt: skip
+  digits = [row["digit"] for row in rows[0]["per_class"]]
+  lines = [
+    "## Guidance",
+    "",
+    f"Classifier-free guidance at each weight w, {sampler_words({**config, 'conditional': False})},"
+    f" from the same EMA parameters and initial noise, {num_samples} samples each; the time is "
+    "sampling only, compiled beforehand.",
+    "",
+    "| w | classifier FD | digit asked for | confident (p ≥ 0.9) | confident and asked for | s |",
+    "|---|---|---|---|---|---|",
+  ]
+  for row in rows:
+    lines.append(
+      f"| {row['guidance']:g} | {row['classifier_fd']:.2f} | {row['class_accuracy']:.1%} | "
+      f"{row['confident_share']:.1%} | {row['confident_accurate_share']:.1%} | "
+      f"{row['seconds']:.1f} |"
+    )
+  lines += [
+    "",
+    "Classifier FD per digit asked for:",
+    "",
+    "| w | " + " | ".join(map(str, digits)) + " |",
+    "|---|" + "---|" * len(digits),
+  ]
+  for row in rows:
+    cells = " | ".join(_fd(digit["classifier_fd"]) for digit in row["per_class"])
+    lines.append(f"| {row['guidance']:g} | {cells} |")
+  return lines
+
+
+def plot_samples_by_class(
+  samples_uint8: np.ndarray, labels: np.ndarray, path: Path, columns: int = 16
+) -> None:
+  """One row per digit asked for: its first ``columns`` samples."""
+  digits = np.unique(labels)
+  height, width, channels = samples_uint8.shape[1:]
+  rows = np.zeros((len(digits), columns, height, width, channels), np.uint8)
+  for row, digit in zip(rows, digits):
+    mine = samples_uint8[labels == digit][:columns]
+    row[: len(mine)] = mine
+  plt = pyplot()
+  fig, ax = plt.subplots(figsize=(columns * 0.6, len(digits) * 0.6))
+  ax.imshow(_tile(rows.reshape((-1, height, width, channels)), columns), cmap="gray",
+            interpolation="nearest")  # fmt: skip
+  ax.set_yticks([(height + 2) * (index + 0.5) for index in range(len(digits))],
+                [str(digit) for digit in digits])  # fmt: skip
+  ax.set_xticks([])
+  ax.set_ylabel("digit asked for")
+  ax.set_title("DDPM samples by class (EMA parameters)")
+  save_figure(fig, path)
+
+
+def plot_guidance_tradeoff(rows: list[dict[str, Any]], path: Path) -> None:
+  """The guidance sweep: FD against the share of samples that are the digit asked for, one
+  point per weight w, joined in order of w."""
+  plt = pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  accuracy = [row["class_accuracy"] for row in rows]
+  distance = [row["classifier_fd"] for row in rows]
+  ax.plot(accuracy, distance, marker="o")
+  for row, x, y in zip(rows, accuracy, distance):
+    ax.annotate(f"w = {row['guidance']:g}", (x, y), textcoords="offset points", xytext=(5, 5))
+  ax.set_xlabel("share of samples classified as the digit asked for")
+  ax.set_ylabel("classifier FD (not comparable to FID)")
+  ax.set_title("Classifier-free guidance: class accuracy against FD")
+  save_figure(fig, path)
 
 
 def sampler_words(config: dict[str, Any]) -> str:
