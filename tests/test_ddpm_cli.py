@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,12 +105,23 @@ def test_predictor_corrector_sampling(tmp_path, tiny_mnist, cache_env, predictor
   assert (out / "denoise.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_conditional_run_with_guidance_and_the_solver(tmp_path, tiny_mnist, cache_env):
-  out = tmp_path / "conditional"
-  run = _cli(cache_env, "--data", tiny_mnist, "--out", out, "--steps", 2, *TINY_RUN,
-             "--conditional", "--guidance", 1.5, "--sampler", "dpm_solver",
+CONDITIONAL_RUN = [*TINY_RUN, "--conditional", "--guidance", 1.5, "--sampler", "dpm_solver"]
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory, tiny_mnist, cache_env):
+  """A trained conditional run's output folder (its outputs are checked by
+  test_a_conditional_run_with_guidance_and_the_solver, and the tests that sample it again
+  leave them as they are)."""
+  out = tmp_path_factory.mktemp("runs") / "conditional"
+  run = _cli(cache_env, "--data", tiny_mnist, "--out", out, "--steps", 2, *CONDITIONAL_RUN,
              "--guidance-scales", "0,1.5")  # fmt: skip
   assert run.returncode == 0, run.stderr[-3000:]
+  return out
+
+
+def test_a_conditional_run_with_guidance_and_the_solver(conditional_run):
+  out = conditional_run
   report = json.loads((out / "report.json").read_text())
   assert report["config"]["conditional"] and report["config"]["guidance"] == 1.5
   quality = report["sample_quality"]
@@ -145,6 +157,66 @@ def test_a_conditional_run_with_guidance_and_the_solver(tmp_path, tiny_mnist, ca
   # The conditional U-Net's label embedding, 11 labels with the null one, is in the checkpoint.
   shapes = [leaf.shape for leaf in checkpoint_leaves(out / "checkpoints" / "2")]
   assert (1, 11, 32) in shapes  # a leading run axis
+
+
+def _one_line(result) -> str:
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1, result.stderr
+  return lines[0]
+
+
+def test_sample_only_writes_beside_the_training_report(conditional_run, tiny_mnist, cache_env):
+  out = conditional_run
+  before = {name: (out / name).read_bytes() for name in ("report.json", "report.md", "samples.png")}
+  # --steps is not the run's 2: a training flag, which --sample-only takes from the run.
+  again = _cli(cache_env, "--data", tiny_mnist, "--out", out, "--sample-only", "--steps", 50,
+               *CONDITIONAL_RUN, "--sample-steps", 5, "--guidance", 3, "--class-labels", "3,7")  # fmt: skip
+  assert again.returncode == 0, again.stderr[-3000:]
+  tag = "dpm_solver-5-w3-digits37"
+  for name in (f"samples-{tag}.png", f"samples_by_class-{tag}.png"):
+    assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert {name: (out / name).read_bytes() for name in before} == before
+  report = json.loads((out / f"report-{tag}.json").read_text())
+  assert report["checkpoint_step"] == 2 and report["config"]["steps"] == 2
+  assert report["config"]["sample_steps"] == 5 and report["config"]["guidance"] == 3
+  per_class = report["sample_quality"]["samples"]["per_class"]
+  assert [(row["digit"], row["num_samples"]) for row in per_class] == [(3, 4), (7, 4)]
+  markdown = (out / f"report-{tag}.md").read_text()
+  assert "last checkpoint (step 2" in markdown and "[report.md](report.md)" in markdown
+  assert f"![samples](samples-{tag}.png)" in markdown
+
+
+def test_a_run_sampled_again_or_resumed_must_fit_it(conditional_run, tmp_path, tiny_mnist,
+                                                    cache_env):  # fmt: skip
+  out = conditional_run
+  report = (out / "report.md").read_bytes()
+  unconditional = [arg for arg in CONDITIONAL_RUN if arg not in ("--conditional", "--guidance", 1.5)]
+  other_model = _cli(cache_env, "--data", tiny_mnist, "--out", out, "--sample-only", *unconditional)
+  assert other_model.returncode == 2
+  assert "trained another model: --conditional True (asked for: False)" in _one_line(other_model)
+  nothing = _cli(cache_env, "--data", tiny_mnist, "--out", tmp_path / "empty", "--sample-only",
+                 *CONDITIONAL_RUN)  # fmt: skip
+  assert nothing.returncode == 2 and "holds no config.json" in _one_line(nothing)
+  # A finished run resumed with other sampling flags would train nothing and only replace its
+  # samples and report: refused, pointing to --sample-only.
+  resumed = _cli(cache_env, "--data", tiny_mnist, "--out", out, "--resume", "--steps", 2,
+                 *CONDITIONAL_RUN, "--sample-steps", 4)  # fmt: skip
+  assert resumed.returncode == 2
+  line = _one_line(resumed)
+  assert "has trained its 2 steps" in line and "--sample-steps" in line and "--sample-only" in line
+  assert (out / "report.md").read_bytes() == report
+
+
+def test_the_readme_example_samples_a_trained_run(conditional_run):
+  readme = (ROOT / "README.md").read_text()
+  blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+  (example,) = [block for block in blocks if "load_run(" in block]
+  namespace = {}
+  exec(example.replace('"runs/ddpm_conditional"', repr(str(conditional_run))), namespace)  # noqa: S102
+  drawn = namespace["drawn"]
+  assert drawn.images.shape == (20, 28, 28, 1) and drawn.images.dtype == np.uint8
+  np.testing.assert_array_equal(drawn.labels, [3, 7] * 10)
+  assert namespace["run"].config.conditional and namespace["run"].image_shape == (28, 28, 1)
 
 
 T_50 = ["--num-timesteps", "50"]

@@ -11,6 +11,7 @@ import pytest
 from jaxdiff import ddpm
 from jaxdiff.config import ConfigError
 from jaxdiff.experiments.ddpm_mnist import experiment
+from jaxdiff.experiments.ddpm_mnist import config as config_module
 from jaxdiff.experiments.ddpm_mnist.config import DDPMConfig
 
 TINY = DDPMConfig(model_size="tiny", num_timesteps=20, sample_steps=5, bpd_timesteps=2,
@@ -86,3 +87,22 @@ def test_every_sampler_draws_through_the_guided_denoiser(conditional_model, name
   expected = jax.jit(lambda k: LIBRARY_SAMPLERS[name](guided, schedule, k, shape))(key)
   np.testing.assert_array_equal(ours(2.0), expected)
   assert not np.allclose(ours(0.0), expected, atol=1e-3)  # the weight reaches the sampler
+
+
+def test_every_field_is_the_models_the_trainings_the_samplings_or_the_invocations():
+  groups = (config_module.MODEL_FIELDS, config_module.TRAINING_FIELDS,
+            config_module.SAMPLING_FIELDS)  # fmt: skip
+  named = [name for group in groups for name in group]
+  assert len(named) == len(set(named))  # no field in two groups
+  fields = {field.name for field in dataclasses.fields(DDPMConfig)}
+  assert fields - set(named) == {"compute_dtype", "sample_only"}
+  assert set(named) <= fields
+
+
+def test_the_sampler_tag_names_the_sampler_and_its_settings():
+  assert TINY.sampler_tag() == "pc-ddim-5-c2-snr0.24"
+  assert dataclasses.replace(TINY, pc_predictor="ddpm").sampler_tag() == "pc-ddpm-c2-snr0.24"
+  assert dataclasses.replace(TINY, sampler="ddpm").sampler_tag() == "ddpm"
+  assert dataclasses.replace(TINY, sampler="ddim").sampler_tag() == "ddim-5"
+  solver = dataclasses.replace(CONDITIONAL, sampler="dpm_solver", class_labels=(3, 7))
+  assert solver.sampler_tag() == "dpm_solver-5-w2-digits37"

@@ -17,6 +17,22 @@ NUM_CLASSES = 10
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
+#: The fields that fix what a trained model's parameters are: a run sampled again or resumed
+#: must be asked for with the same values.
+MODEL_FIELDS = ("schedule", "num_timesteps", "prediction", "model_size", "base_channels",
+                "num_res_blocks", "conditional")  # fmt: skip
+#: The fields that shaped the training beside the model: a run sampled again keeps its own.
+TRAINING_FIELDS = ("steps", "train_minutes", "batch_size", "loss_weighting", "min_snr_gamma",
+                   "learning_rate", "warmup_steps", "grad_clip", "ema_decay",
+                   "langevin_diffusion", "label_dropout", "seed")  # fmt: skip
+#: What is drawn and measured after training: ``--sample-only`` takes them from the flags, and
+#: a finished run resumed with other values is refused (it would only replace its outputs).
+#: The remaining fields say how this invocation runs (compute_dtype, no_summaries, sample_only).
+SAMPLING_FIELDS = ("sampler", "sample_steps", "pc_predictor", "corrector_steps", "snr",
+                   "guidance", "class_labels", "guidance_scales", "num_samples", "eval_images",
+                   "bpd_timesteps", "sampler_table")  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True)
 class DDPMConfig:
   """A DDPM training run, its sampling and its evaluation (each field's help says what it is).
@@ -117,6 +133,11 @@ class DDPMConfig:
     "and times",
   )  # fmt: skip
   seed: int = option(0, "the root of every key")
+  sample_only: bool = option(
+    False, "train nothing: load the EMA parameters of the last checkpoint in --out, and sample "
+    "and score them with the sampling flags given (the model's flags must be the run's); "
+    "writes samples-<sampler>.png and report-<sampler>.json/.md beside the training report",
+  )  # fmt: skip
 
   def __post_init__(self):
     validate(self)
@@ -134,6 +155,24 @@ class DDPMConfig:
       for name, unset in (("guidance", 0.0), ("class_labels", ()), ("guidance_scales", ())):
         if getattr(self, name) != unset:
           raise ConfigError(name, "needs a class-conditional model: add --conditional")
+
+  def sampler_tag(self) -> str:
+    """The sampler and its settings as a file-name part, e.g. ``dpm_solver-20`` or
+    ``pc-ddim-100-c2-snr0.24``, with ``-w2`` (the guidance) and ``-digits37`` (the digits
+    asked for) for a conditional run: the names of a run's outputs sampled again."""
+    steps = f"-{self.sample_steps}"
+    tag = {
+      "ddpm": "ddpm",
+      "ddim": f"ddim{steps}",
+      "dpm_solver": f"dpm_solver{steps}",
+      "pc": f"pc-{self.pc_predictor}{steps if self.pc_predictor == 'ddim' else ''}"
+      f"-c{self.corrector_steps}-snr{self.snr:g}",
+    }[self.sampler]
+    if self.conditional:
+      tag += f"-w{self.guidance:g}"
+      if self.class_labels:
+        tag += "-digits" + "".join(map(str, self.class_labels))
+    return tag
 
   def make_model(self) -> UNet:
     """The U-Net of ``model_size`` with any width or depth given, computing in ``compute_dtype``."""

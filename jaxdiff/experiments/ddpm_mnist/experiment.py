@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,10 +25,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdiff import ddpm, environment, files, langevin, parallel, sample_quality, train
+from jaxdiff import checkpoint, ddpm, environment, files, langevin, parallel, sample_quality, train
+from jaxdiff import config as config_lib
+from jaxdiff.checkpoint import NoCheckpointError, RunMismatchError
 from jaxdiff.data import DataError, Dataset, load_dataset
 from jaxdiff.experiments.ddpm_mnist import report
-from jaxdiff.experiments.ddpm_mnist.config import NUM_CLASSES, DDPMConfig
+from jaxdiff.experiments.ddpm_mnist.config import (
+  MODEL_FIELDS,
+  NUM_CLASSES,
+  SAMPLING_FIELDS,
+  TRAINING_FIELDS,
+  DDPMConfig,
+)
 from jaxdiff.models.unet import UNET_SIZES
 from jaxdiff.policy import ExecutionPolicy
 
@@ -176,8 +186,185 @@ def train_ddpm(
     reporter=train.Reporter("ddpm", quiet=quiet, log=log),
   )  # fmt: skip
   history = {"loss": carry.records.get("loss", []), "calls": calls}
-  # On the host: sampling and evaluation run on one device, outside the mesh.
-  return jax.device_get(jax.tree.map(lambda leaf: leaf[0], state.ema_params)), history
+  return _host_ema(state), history
+
+
+def _host_ema(state: train.TrainState) -> Any:
+  """The run's EMA parameters on the host: sampling and evaluation run on one device, outside
+  the mesh."""
+  return jax.device_get(jax.tree.map(lambda leaf: leaf[0], state.ema_params))
+
+
+#: The record of a run's configuration and image shape in its output folder, written when it
+#: trains, read to sample it again (:func:`load_run`, ``--sample-only``) or to resume it.
+RUN_RECORD = "config.json"
+
+
+def save_run_record(config: DDPMConfig, image_shape: tuple[int, ...], out: Path) -> None:
+  record = {"config": dataclasses.asdict(config), "image_shape": list(image_shape)}
+  files.write_json(out / RUN_RECORD, record)
+
+
+def read_run_record(out: Path) -> tuple[DDPMConfig, tuple[int, ...]]:
+  """The configuration and image shape a run in ``out`` trained with.
+
+  Raises:
+    jaxdiff.checkpoint.NoCheckpointError: ``out`` holds no :data:`RUN_RECORD`.
+  """
+  path = Path(out) / RUN_RECORD
+  if not path.is_file():
+    raise NoCheckpointError(
+      f"{out} holds no {RUN_RECORD}: not the output folder of a DDPM run that trained (runs "
+      "record their configuration there since --sample-only exists)"
+    )
+  saved = json.loads(path.read_text())
+  fields = {field.name for field in dataclasses.fields(DDPMConfig)}
+  values = {name: tuple(value) if isinstance(value, list) else value
+            for name, value in saved["config"].items() if name in fields}  # fmt: skip
+  return DDPMConfig(**values), tuple(saved["image_shape"])
+
+
+def check_same_model(run_config: DDPMConfig, config: DDPMConfig, out: Path) -> None:
+  """Raises RunMismatchError unless ``config`` asks for the model the run in ``out`` trained.
+
+  Raises:
+    jaxdiff.checkpoint.RunMismatchError: a field of :data:`~.config.MODEL_FIELDS` differs.
+  """
+  fields = {field.name: field for field in dataclasses.fields(DDPMConfig)}
+  differ = [
+    f"{config_lib.flag_name(fields[name])} {getattr(run_config, name)} "
+    f"(asked for: {getattr(config, name)})"
+    for name in MODEL_FIELDS
+    if getattr(run_config, name) != getattr(config, name)
+  ]
+  if differ:
+    raise RunMismatchError(
+      f"the run in {out} trained another model: {', '.join(differ)}; give the run's values"
+    )
+
+
+def latest_checkpoint_step(out: Path) -> int | None:
+  """The step of the last checkpoint in ``out``/checkpoints, or None without one."""
+  directory = Path(out) / "checkpoints"
+  if not (directory.is_dir() and any(directory.iterdir())):
+    return None
+  checkpoints = checkpoint.Checkpoints(directory)
+  try:
+    return checkpoints.latest_step()
+  finally:
+    checkpoints.close()
+
+
+def restore_ema(
+  config: DDPMConfig, setup: Setup, image_shape: tuple[int, ...], out: Path
+) -> tuple[Any, int]:
+  """The EMA parameters (on the host) of the last checkpoint in ``out``/checkpoints, and its step.
+
+  ``config`` must be the run's own (its model and its optimizer, which fix the checkpoint's
+  layout).
+
+  Raises:
+    jaxdiff.checkpoint.NoCheckpointError: there is no checkpoint.
+  """
+  step = latest_checkpoint_step(out)
+  if step is None:
+    raise NoCheckpointError(f"{out} holds no checkpoint to load: train the run first")
+  _, state = make_trainer(config, setup, image_shape)
+  checkpoints = checkpoint.Checkpoints(Path(out) / "checkpoints")
+  try:
+    state, _, _ = checkpoints.restore(step, state, {})
+  finally:
+    checkpoints.close()
+  return _host_ema(state), step
+
+
+def check_resumable(config: DDPMConfig, out: Path) -> None:
+  """Refuses a ``--resume`` that does not fit the run in ``out``: another model, or a finished
+  run (its steps trained) with other sampling flags, which would train nothing and only replace
+  its samples and report; :data:`~.config.SAMPLING_FIELDS` says which flags those are.
+
+  Raises:
+    jaxdiff.checkpoint.RunMismatchError: as above.
+  """
+  if not (Path(out) / RUN_RECORD).is_file():
+    return  # nothing trained yet, or a run from before the record: fit decides
+  run_config, _ = read_run_record(out)
+  check_same_model(run_config, config, out)
+  step = latest_checkpoint_step(out)
+  finished = config.train_minutes is None and step is not None and step >= config.steps
+  changed = [name for name in SAMPLING_FIELDS if getattr(run_config, name) != getattr(config, name)]
+  if finished and changed:
+    flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+    raise RunMismatchError(
+      f"the run in {out} has trained its {step} steps, so --resume with other {flags} would "
+      "only replace its samples and report: sample it with --sample-only instead (its outputs "
+      "go beside the report, named after the sampler), or raise --steps to train on"
+    )
+
+
+class Run(NamedTuple):
+  """A trained run loaded by :func:`load_run`.
+
+  Attributes:
+    config: the configuration it trained with.
+    ema_params: the EMA parameters of its last checkpoint, on the host.
+    image_shape: one image's shape, ``(height, width, channels)``.
+  """
+
+  config: DDPMConfig
+  ema_params: Any
+  image_shape: tuple[int, ...]
+
+
+def load_run(out_dir: str | Path) -> Run:
+  """The configuration and last EMA parameters of the run that trained into ``out_dir``.
+
+  Raises:
+    jaxdiff.checkpoint.NoCheckpointError: ``out_dir`` holds no run record or no checkpoint.
+  """
+  out = Path(out_dir)
+  config, image_shape = read_run_record(out)
+  ema, _ = restore_ema(config, make_setup(config), image_shape, out)
+  return Run(config, ema, image_shape)
+
+
+class Samples(NamedTuple):
+  """Images drawn by :func:`sample`: uint8 ``(N, height, width, channels)``, and the digit each
+  was drawn for, or None from an unconditional run."""
+
+  images: np.ndarray
+  labels: np.ndarray | None
+
+
+def sample(
+  run: Run,
+  key: jax.Array,
+  num_samples: int,
+  *,
+  sampler: str | None = None,
+  sample_steps: int | None = None,
+  guidance: float | None = None,
+  class_labels: tuple[int, ...] | None = None,
+) -> Samples:
+  """``num_samples`` images from a loaded run, as the experiment draws them.
+
+  Each keyword left None keeps the run's configured value; the rest (the corrector's steps and
+  snr, the PC predictor) are the run's. A conditional run's samples are drawn for
+  ``class_labels`` in turn (every digit by default) and guided with weight ``guidance``.
+
+  Raises:
+    jaxdiff.config.ConfigError: a value the configuration refuses (e.g. guidance for an
+      unconditional run, more steps than T).
+  """
+  overrides = {"sampler": sampler, "sample_steps": sample_steps, "guidance": guidance,
+               "class_labels": None if class_labels is None else tuple(class_labels)}  # fmt: skip
+  config = dataclasses.replace(
+    run.config, num_samples=num_samples,
+    **{name: value for name, value in overrides.items() if value is not None},
+  )  # fmt: skip
+  images, labels, _ = _draw_images(config, make_setup(config), run.ema_params, key,
+                                   run.image_shape)  # fmt: skip
+  return Samples(images, labels)
 
 
 def sample_labels(config: DDPMConfig, num_samples: int) -> np.ndarray | None:
@@ -263,12 +450,6 @@ class Drawn(NamedTuple):
   quality: dict[str, Any] | None
 
 
-def output_name(stem: str, suffix: str, tag: str = "") -> str:
-  """``stem.suffix``, or ``stem-tag.suffix`` for the outputs of a run sampled again (a tag
-  naming the sampler), which so never replace the training report's."""
-  return f"{stem}-{tag}.{suffix}" if tag else f"{stem}.{suffix}"
-
-
 def sample_and_score(
   config: DDPMConfig,
   setup: Setup,
@@ -288,26 +469,22 @@ def sample_and_score(
   the sampler table and ``config.guidance_scales`` the guidance sweep, each from the same
   parameters and key. Writes ``samples.png``, for a conditional run ``samples_by_class.png``,
   and with them ``samplers.png`` and ``guidance.png``, each name carrying ``tag``
-  (:func:`output_name`).
+  (:func:`.report.output_name`).
   """
   schedule = setup.schedule
-  labels = sample_labels(config, config.num_samples)
-  denoise = make_denoiser(config, setup.model, schedule, ema, labels, config.guidance)
   shape = (config.num_samples,) + data.image_shape
   options = dict(setup.policy.compiler_options)
   sampling_started = time.perf_counter()
-  samples, trajectory = jax.jit(
-    lambda key: draw(config, denoise, schedule, key, shape, trajectory_at),
-    compiler_options=options,
-  )(stream_key(config, Stream.SAMPLES))
-  samples = np.asarray(jax.block_until_ready(samples))
+  samples_uint8, labels, trajectory = _draw_images(
+    config, setup, ema, stream_key(config, Stream.SAMPLES), data.image_shape, trajectory_at
+  )
   sampling = {"sampler": config.sampler, "seconds": time.perf_counter() - sampling_started,
               "num_samples": config.num_samples}  # fmt: skip
-  samples_uint8 = ddpm.to_uint8(samples)
-  report.plot_samples(samples_uint8, out / output_name("samples", "png", tag))
+  denoise = make_denoiser(config, setup.model, schedule, ema, labels, config.guidance)
+  figure = functools.partial(report.output_name, suffix="png", tag=tag)
+  report.plot_samples(samples_uint8, out / figure("samples"))
   if labels is not None:
-    report.plot_samples_by_class(samples_uint8, labels,
-                                 out / output_name("samples_by_class", "png", tag))  # fmt: skip
+    report.plot_samples_by_class(samples_uint8, labels, out / figure("samples_by_class"))
 
   quality = None
   if data.image_shape == (28, 28, 1):
@@ -334,16 +511,27 @@ def sample_and_score(
       quality["sampler_table"], previews = _sampler_table(
         config, denoise, schedule, shape, options, lambda images: score(images, labels)
       )
-      report.plot_sampler_previews(quality["sampler_table"], previews,
-                                   out / output_name("samplers", "png", tag))  # fmt: skip
+      report.plot_sampler_previews(quality["sampler_table"], previews, out / figure("samplers"))
     if config.guidance_scales:
       quality["guidance_sweep"] = _guidance_sweep(
         config, setup, ema, labels, shape, lambda images: score(images, labels)
       )
-      report.plot_guidance_tradeoff(quality["guidance_sweep"],
-                                    out / output_name("guidance", "png", tag))  # fmt: skip
-  return Drawn(samples_uint8, labels, None if trajectory is None else np.asarray(trajectory),
-               sampling, quality)  # fmt: skip
+      report.plot_guidance_tradeoff(quality["guidance_sweep"], out / figure("guidance"))
+  return Drawn(samples_uint8, labels, trajectory, sampling, quality)
+
+
+def _draw_images(config, setup, ema, key, image_shape, trajectory_at=()):
+  """``config.num_samples`` images of ``config.sampler`` from ``key``: uint8 images, the digit
+  each was drawn for (or None) and the recorded trajectory (or None), on the host."""
+  labels = sample_labels(config, config.num_samples)
+  denoise = make_denoiser(config, setup.model, setup.schedule, ema, labels, config.guidance)
+  shape = (config.num_samples,) + tuple(image_shape)
+  samples, trajectory = jax.jit(
+    lambda key: draw(config, denoise, setup.schedule, key, shape, trajectory_at),
+    compiler_options=dict(setup.policy.compiler_options),
+  )(key)
+  samples = np.asarray(jax.block_until_ready(samples))
+  return ddpm.to_uint8(samples), labels, None if trajectory is None else np.asarray(trajectory)
 
 
 def run_experiment(
@@ -358,16 +546,28 @@ def run_experiment(
   """Trains, samples, scores and writes every output to ``out_dir``.
 
   Writes ``samples.png``, ``loss.png``, ``denoise.png``, ``report.json`` and
-  ``report.md`` (atomically) beside the checkpoints, and the figures of
-  :func:`sample_and_score`.
+  ``report.md`` (atomically) beside the checkpoints and the run record
+  (:data:`RUN_RECORD`), and the figures of :func:`sample_and_score`. With
+  ``config.sample_only`` trains nothing: :func:`sample_run`.
+
+  Raises:
+    jaxdiff.checkpoint.CheckpointsExistError: not ``resume``, and ``out_dir`` holds checkpoints.
+    jaxdiff.checkpoint.RunMismatchError: ``resume`` refused by :func:`check_resumable`.
   """
   del summaries  # not written yet by this experiment (issue 35)
+  if config.sample_only:
+    return sample_run(config, data_source, out_dir)
   started = time.perf_counter()
+  out = Path(out_dir)
+  if resume:
+    check_resumable(config, out)
   data = load_dataset(data_source, name="mnist" if data_source == "tfds" else None)
   check_image_shape(data.image_shape, config.model_size)
-  out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   setup = make_setup(config)
+  if not resume:
+    checkpoint.check_no_checkpoints(out / "checkpoints")  # before the record is replaced
+  save_run_record(config, data.image_shape, out)
   ema, history = train_ddpm(config, setup, data, out, resume=resume, quiet=quiet)
   schedule = setup.schedule
 
@@ -416,6 +616,51 @@ def run_experiment(
   }
   files.write_json(out / "report.json", result)
   files.write_text(out / "report.md", report.render_report(result))
+  return result
+
+
+def sample_run(config: DDPMConfig, data_source: str, out_dir: str | Path) -> dict[str, Any]:
+  """Samples and scores a trained run again, with ``config``'s sampling flags; trains nothing.
+
+  Loads the EMA parameters of the last checkpoint in ``out_dir``, draws and scores them as
+  :func:`sample_and_score` does with ``config``'s :data:`~.config.SAMPLING_FIELDS` (the
+  training fields stay the run's), and writes ``report-<tag>.json`` and ``report-<tag>.md``
+  and the figures, each named with :meth:`~.config.DDPMConfig.sampler_tag`, beside the
+  training report, which stays as it was.
+
+  Raises:
+    jaxdiff.checkpoint.NoCheckpointError: ``out_dir`` holds no run record or checkpoint.
+    jaxdiff.checkpoint.RunMismatchError: ``config`` asks for another model than the run's, or
+      ``data_source``'s images have another shape.
+  """
+  started = time.perf_counter()
+  out = Path(out_dir)
+  run_config, image_shape = read_run_record(out)
+  check_same_model(run_config, config, out)
+  config = dataclasses.replace(config, **{name: getattr(run_config, name)
+                                          for name in TRAINING_FIELDS})  # fmt: skip
+  data = load_dataset(data_source, name="mnist" if data_source == "tfds" else None)
+  if data.image_shape != image_shape:
+    raise RunMismatchError(
+      f"the run in {out} trained on {image_shape} images; --data {data_source} holds "
+      f"{data.image_shape} images"
+    )
+  setup = make_setup(config)
+  ema, step = restore_ema(config, setup, image_shape, out)
+  tag = config.sampler_tag()
+  drawn = sample_and_score(config, setup, data, ema, out, tag=tag)
+  result = {
+    "config": dataclasses.asdict(config),
+    "data": data.source,
+    "data_label": data.label,
+    "environment": environment.describe_run(started),
+    "checkpoint_step": step,
+    "sampling": drawn.sampling,
+    "sample_quality": drawn.quality,
+  }
+  files.write_json(out / report.output_name("report", "json", tag), result)
+  markdown = report.render_sample_report(result, tag)
+  files.write_text(out / report.output_name("report", "md", tag), markdown)
   return result
 
 

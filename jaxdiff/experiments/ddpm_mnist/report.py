@@ -81,10 +81,7 @@ def render_report(result: dict[str, Any]) -> str:
     + f", batch {config['batch_size']}, Adam lr "
     f"{config['learning_rate']:g} (warm-up {config['warmup_steps']}), clip {config['grad_clip']}, "
     f"EMA {config['ema_decay']}, Langevin D {config['langevin_diffusion']:g}",
-    f"- Machine: {env['device_kind']} ×{env['device_count']} ({env['platform']}), CPU "
-    f"{env['cpu_model']} ({env['cpu_cores']} cores); "
-    + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
-    f"- Date {env['date']}; wall time {env['wall_time_s'] / 60:.1f} min",
+    *_machine_lines(env),
     "",
     "## Results",
     "",
@@ -108,13 +105,47 @@ def render_report(result: dict[str, Any]) -> str:
   quality = result["sample_quality"]
   if quality:
     lines += ["", *quality_lines(quality, config, sampling["num_samples"])]
-  figures = [("samples", "samples.png")]
-  if config.get("conditional"):
-    figures.append(("one row per digit asked for", "samples_by_class.png"))
-  figures += [("loss", "loss.png"), ("denoise", "denoise.png")]
-  for caption, name in figures:
-    lines += ["", f"![{caption}]({name})"]
+  lines += _sample_figure_lines(config)
+  lines += ["", "![loss](loss.png)", "", "![denoise](denoise.png)"]
   return "\n".join(lines) + "\n"
+
+
+def render_sample_report(result: dict[str, Any], tag: str) -> str:
+  """report-<tag>.md of a trained run sampled again (``--sample-only``)."""
+  config, env, sampling = result["config"], result["environment"], result["sampling"]
+  lines = [
+    f"# The DDPM run sampled again: {tag}",
+    "",
+    f"The EMA parameters of the run's last checkpoint (step {result['checkpoint_step']}; its "
+    "training report is [report.md](report.md)), sampled with "
+    f"{sampler_words(config)}.",
+    "",
+    f"- Data: {result['data_label']} (`{result['data']}`)",
+    *_machine_lines(env),
+    f"- Sampling {sampling['num_samples']} images took {sampling['seconds']:.1f} s",
+  ]
+  quality = result["sample_quality"]
+  if quality:
+    lines += ["", *quality_lines(quality, config, sampling["num_samples"], tag)]
+  lines += _sample_figure_lines(config, tag)
+  return "\n".join(lines) + "\n"
+
+
+def _machine_lines(env: dict[str, Any]) -> list[str]:
+  return [
+    f"- Machine: {env['device_kind']} ×{env['device_count']} ({env['platform']}), CPU "
+    f"{env['cpu_model']} ({env['cpu_cores']} cores); "
+    + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+    f"- Date {env['date']}; wall time {env['wall_time_s'] / 60:.1f} min",
+  ]
+
+
+def _sample_figure_lines(config: dict[str, Any], tag: str = "") -> list[str]:
+  lines = ["", f"![samples]({output_name('samples', 'png', tag)})"]
+  if config.get("conditional"):
+    by_class = output_name("samples_by_class", "png", tag)
+    lines += ["", f"![one row per digit asked for]({by_class})"]
+  return lines
 
 
 def quality_lines(
@@ -160,15 +191,19 @@ def quality_lines(
     ]
   if "sampler_table" in quality:
     lines += ["", *_sampler_table_lines(quality["sampler_table"], num_samples)]
-    lines += ["", f"![the first samples of each sampler]({_name('samplers', tag)})"]
+    previews = output_name("samplers", "png", tag)
+    lines += ["", f"![the first samples of each sampler]({previews})"]
   if "guidance_sweep" in quality:
     lines += ["", *_guidance_lines(quality["guidance_sweep"], config, num_samples)]
-    lines += ["", f"![FD against the asked-for digit's share]({_name('guidance', tag)})"]
+    tradeoff = output_name("guidance", "png", tag)
+    lines += ["", f"![FD against the asked-for digit's share]({tradeoff})"]
   return lines
 
 
-def _name(stem: str, tag: str) -> str:
-  return f"{stem}-{tag}.png" if tag else f"{stem}.png"
+def output_name(stem: str, suffix: str, tag: str = "") -> str:
+  """``stem.suffix``, or ``stem-tag.suffix`` for the outputs of a run sampled again (a tag
+  naming the sampler), which so never replace the training report's."""
+  return f"{stem}-{tag}.{suffix}" if tag else f"{stem}.{suffix}"
 
 
 def _fd(value: float | None) -> str:
@@ -229,7 +264,8 @@ def plot_samples_by_class(
   samples_uint8: np.ndarray, labels: np.ndarray, path: Path, columns: int = 16
 ) -> None:
   """One row per digit asked for: its first ``columns`` samples."""
-  digits = np.unique(labels)
+  digits, counts = np.unique(labels, return_counts=True)
+  columns = min(columns, int(counts.max()))
   height, width, channels = samples_uint8.shape[1:]
   rows = np.zeros((len(digits), columns, height, width, channels), np.uint8)
   for row, digit in zip(rows, digits):
