@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from behaviour_data import checkpoint_leaves, mnist_like, save_mnist_npz
+from tensorboard.backend.event_processing import event_accumulator
+
+from jaxdiff import summaries
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / "experiments" / "ddpm_mnist.py"
@@ -80,6 +83,9 @@ def test_outputs_and_resume(tmp_path, tiny_mnist, cache_env):
     np.testing.assert_array_equal(resumed_leaf, straight_leaf)
   straight_report = json.loads((straight / "report.json").read_text())
   assert report["test_bits_per_dim"] == straight_report["test_bits_per_dim"]
+  # The resumed run's summaries continue its series: each leg's scores at its last step.
+  series = summaries.read_scalars(resumed / "summaries" / "ddpm")
+  assert [step for step, _ in series["samples/classifier_fd"]] == [6, 12]
 
   # A fresh run into a folder with checkpoints stops before training, and says what to do.
   again = _cli(cache_env, "--data", tiny_mnist, "--out", straight, "--steps", 12, *TINY_RUN)
@@ -93,8 +99,12 @@ def test_outputs_and_resume(tmp_path, tiny_mnist, cache_env):
 def test_predictor_corrector_sampling(tmp_path, tiny_mnist, cache_env, predictor):
   out = tmp_path / predictor
   run = _cli(cache_env, "--data", tiny_mnist, "--out", out, "--steps", 2, *TINY_RUN,
-             "--sampler", "pc", "--pc-predictor", predictor, "--corrector-steps", 1)  # fmt: skip
+             "--sampler", "pc", "--pc-predictor", predictor, "--corrector-steps", 1,
+             "--no-summaries")  # fmt: skip
   assert run.returncode == 0, run.stderr[-3000:]
+  assert not (out / "summaries").exists()
+  assert "ddpm:" not in run.stdout  # --quiet: no phase lines
+  assert "No summaries were written (`--no-summaries`)." in (out / "report.md").read_text()
   report = json.loads((out / "report.json").read_text())
   assert report["sampling"]["sampler"] == "pc"
   assert sum(report["sample_quality"]["samples"]["class_histogram"]) == 8
@@ -114,14 +124,24 @@ def conditional_run(tmp_path_factory, tiny_mnist, cache_env):
   test_a_conditional_run_with_guidance_and_the_solver, and the tests that sample it again
   leave them as they are)."""
   out = tmp_path_factory.mktemp("runs") / "conditional"
-  run = _cli(cache_env, "--data", tiny_mnist, "--out", out, "--steps", 2, *CONDITIONAL_RUN,
+  # Not --quiet: its phase lines are checked.
+  loud = [arg for arg in CONDITIONAL_RUN if arg != "--quiet"]
+  run = _cli(cache_env, "--data", tiny_mnist, "--out", out, "--steps", 2, *loud,
              "--guidance-scales", "0,1.5")  # fmt: skip
   assert run.returncode == 0, run.stderr[-3000:]
-  return out
+  return out, run.stdout
 
 
 def test_a_conditional_run_with_guidance_and_the_solver(conditional_run):
-  out = conditional_run
+  out, stdout = conditional_run
+  # After training, each phase says what it does.
+  for line in ("ddpm: sampling 8 images: dpm_solver (DPM-Solver++(2M), 3 steps), guidance w = 1.5",
+               "ddpm: the MNIST classifier that scores the samples",
+               "ddpm: guidance sweep, w = 1.5 (2 of 2)",
+               "ddpm: the denoising figure: one ancestral draw of 50 steps",
+               "ddpm: the test bound in bits/dim on 4 held-out images (2 t each)",
+               f"ddpm: wrote {out / 'report.md'}"):  # fmt: skip
+    assert line in stdout, (line, stdout[-3000:])
   report = json.loads((out / "report.json").read_text())
   assert report["config"]["conditional"] and report["config"]["guidance"] == 1.5
   quality = report["sample_quality"]
@@ -134,7 +154,9 @@ def test_a_conditional_run_with_guidance_and_the_solver(conditional_run):
   ]
   assert all(row["class_accuracy"] in (0.0, 1.0) and row["classifier_fd"] is None
              for row in samples["per_class"])  # fmt: skip
-  assert samples["class_accuracy"] == np.mean([row["class_accuracy"] for row in samples["per_class"]])
+  assert samples["class_accuracy"] == np.mean(
+    [row["class_accuracy"] for row in samples["per_class"]]
+  )
   assert 0 <= quality["real_test_floor"]["class_accuracy"] <= 1
   # The sweep draws each weight from the same parameters and noise: its w = 1.5 row is the
   # samples' own scores.
@@ -150,10 +172,30 @@ def test_a_conditional_run_with_guidance_and_the_solver(conditional_run):
     markdown
   )
   assert "| digit | samples | asked-for share | classifier FD | real digits' FD |" in markdown
-  assert "## Guidance" in markdown and "![FD against the asked-for digit's share](guidance.png)" in (
-    markdown
-  )
+  assert "## Guidance" in markdown
+  assert "![FD against the asked-for digit's share](guidance.png)" in markdown
   assert "![one row per digit asked for](samples_by_class.png)" in markdown
+  # The report says how it was made, resumed and sampled again, and where its summaries are.
+  assert f"--out {out} --steps 2 " in markdown and "--guidance 1.5" in markdown
+  assert "--resume\n" in markdown and "--sampler dpm_solver --sample-steps 20" in markdown
+  assert f"tensorboard --logdir {out / 'summaries'}" in markdown
+  assert "[summaries/](summaries/)" in markdown
+
+  # The summaries hold the training series and, at the last step, the scores and the grid.
+  series = summaries.read_scalars(out / "summaries" / "ddpm")
+  assert [step for step, _ in series["train/loss"]] == [2]
+  for tag, value in (("test/bits_per_dim", report["test_bits_per_dim"]["total"]),
+                     ("samples/class_accuracy", samples["class_accuracy"]),
+                     ("samples/classifier_fd", samples["classifier_fd"]),
+                     ("samples_w0/class_accuracy", sweep[0]["class_accuracy"])):  # fmt: skip
+    ((step, logged),) = series[tag]
+    assert step == 2 and logged == pytest.approx(value, rel=1e-6), tag  # float32 in the events
+  events = event_accumulator.EventAccumulator(str(out / "summaries" / "ddpm"))
+  events.Reload()
+  assert events.Tags()["images"] == ["samples"]
+  # jsonl has the same scalars, at full precision.
+  lines = [json.loads(line) for line in (out / "summaries" / "ddpm" / "scalars.jsonl").open()]
+  assert any(line.get("samples/class_accuracy") == samples["class_accuracy"] for line in lines)
   # The conditional U-Net's label embedding, 11 labels with the null one, is in the checkpoint.
   shapes = [leaf.shape for leaf in checkpoint_leaves(out / "checkpoints" / "2")]
   assert (1, 11, 32) in shapes  # a leading run axis
@@ -166,7 +208,7 @@ def _one_line(result) -> str:
 
 
 def test_sample_only_writes_beside_the_training_report(conditional_run, tiny_mnist, cache_env):
-  out = conditional_run
+  out, _ = conditional_run
   before = {name: (out / name).read_bytes() for name in ("report.json", "report.md", "samples.png")}
   # --steps is not the run's 2: a training flag, which --sample-only takes from the run.
   again = _cli(cache_env, "--data", tiny_mnist, "--out", out, "--sample-only", "--steps", 50,
@@ -184,13 +226,21 @@ def test_sample_only_writes_beside_the_training_report(conditional_run, tiny_mni
   markdown = (out / f"report-{tag}.md").read_text()
   assert "last checkpoint (step 2" in markdown and "[report.md](report.md)" in markdown
   assert f"![samples](samples-{tag}.png)" in markdown
+  assert f"[report-{tag}.json](report-{tag}.json)" in markdown
+  # Its scores go to the run's summaries, at the checkpoint's step, under the sampler's name.
+  series = summaries.read_scalars(out / "summaries" / "ddpm")
+  assert series[f"samples_{tag}/classifier_fd"] == [
+    (2, pytest.approx(report["sample_quality"]["samples"]["classifier_fd"], rel=1e-6))
+  ]
 
 
 def test_a_run_sampled_again_or_resumed_must_fit_it(conditional_run, tmp_path, tiny_mnist,
                                                     cache_env):  # fmt: skip
-  out = conditional_run
+  out, _ = conditional_run
   report = (out / "report.md").read_bytes()
-  unconditional = [arg for arg in CONDITIONAL_RUN if arg not in ("--conditional", "--guidance", 1.5)]
+  unconditional = [
+    arg for arg in CONDITIONAL_RUN if arg not in ("--conditional", "--guidance", 1.5)
+  ]
   other_model = _cli(cache_env, "--data", tiny_mnist, "--out", out, "--sample-only", *unconditional)
   assert other_model.returncode == 2
   assert "trained another model: --conditional True (asked for: False)" in _one_line(other_model)
@@ -212,7 +262,7 @@ def test_the_readme_example_samples_a_trained_run(conditional_run):
   blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
   (example,) = [block for block in blocks if "load_run(" in block]
   namespace = {}
-  exec(example.replace('"runs/ddpm_conditional"', repr(str(conditional_run))), namespace)  # noqa: S102
+  exec(example.replace('"runs/ddpm_conditional"', repr(str(conditional_run[0]))), namespace)  # noqa: S102
   drawn = namespace["drawn"]
   assert drawn.images.shape == (20, 28, 28, 1) and drawn.images.dtype == np.uint8
   np.testing.assert_array_equal(drawn.labels, [3, 7] * 10)
@@ -264,7 +314,10 @@ T_50 = ["--num-timesteps", "50"]
       "argument --base-channels: must be a multiple of the 4 GroupNorm groups",
     ),
     # Guidance and the digits to draw need a conditional model.
-    (["--guidance", "2"], "argument --guidance: needs a class-conditional model: add --conditional"),
+    (
+      ["--guidance", "2"],
+      "argument --guidance: needs a class-conditional model: add --conditional",
+    ),
     (["--class-labels", "3,7"], "argument --class-labels: needs a class-conditional model"),
     (["--conditional", "--class-labels", "3,12"], "argument --class-labels: unknown digit 12"),
     (["--conditional", "--guidance", "-1"], "argument --guidance: must be at least 0, got -1"),

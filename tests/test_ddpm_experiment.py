@@ -10,8 +10,8 @@ import pytest
 
 from jaxdiff import ddpm
 from jaxdiff.config import ConfigError
-from jaxdiff.experiments.ddpm_mnist import experiment
 from jaxdiff.experiments.ddpm_mnist import config as config_module
+from jaxdiff.experiments.ddpm_mnist import experiment
 from jaxdiff.experiments.ddpm_mnist.config import DDPMConfig
 
 TINY = DDPMConfig(model_size="tiny", num_timesteps=20, sample_steps=5, bpd_timesteps=2,
@@ -53,11 +53,11 @@ def conditional_model():
 
 
 SAMPLER_CONFIGS = {
-  "ddpm": dict(sampler="ddpm"),
-  "ddim": dict(sampler="ddim"),
-  "pc, ddpm predictor": dict(sampler="pc", pc_predictor="ddpm", corrector_steps=1),
-  "pc, ddim predictor": dict(sampler="pc", pc_predictor="ddim", corrector_steps=1),
-  "dpm_solver": dict(sampler="dpm_solver"),
+  "ddpm": {"sampler": "ddpm"},
+  "ddim": {"sampler": "ddim"},
+  "pc, ddpm predictor": {"sampler": "pc", "pc_predictor": "ddpm", "corrector_steps": 1},
+  "pc, ddim predictor": {"sampler": "pc", "pc_predictor": "ddim", "corrector_steps": 1},
+  "dpm_solver": {"sampler": "dpm_solver"},
 }
 LIBRARY_SAMPLERS = {
   "ddpm": lambda d, s, k, shape: ddpm.sample_ddpm(d, s, k, shape),

@@ -27,7 +27,7 @@ TRAINING_FIELDS = ("steps", "train_minutes", "batch_size", "loss_weighting", "mi
                    "langevin_diffusion", "label_dropout", "seed")  # fmt: skip
 #: What is drawn and measured after training: ``--sample-only`` takes them from the flags, and
 #: a finished run resumed with other values is refused (it would only replace its outputs).
-#: The remaining fields say how this invocation runs (compute_dtype, no_summaries, sample_only).
+#: The remaining fields say how this invocation runs (compute_dtype, sample_only).
 SAMPLING_FIELDS = ("sampler", "sample_steps", "pc_predictor", "corrector_steps", "snr",
                    "guidance", "class_labels", "guidance_scales", "num_samples", "eval_images",
                    "bpd_timesteps", "sampler_table")  # fmt: skip

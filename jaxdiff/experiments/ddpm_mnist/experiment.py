@@ -10,10 +10,12 @@ sample-quality scores.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import functools
 import json
+import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +27,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdiff import checkpoint, ddpm, environment, files, langevin, parallel, sample_quality, train
+from jaxdiff import (
+  checkpoint,
+  ddpm,
+  distributed,
+  environment,
+  files,
+  langevin,
+  parallel,
+  sample_quality,
+  train,
+)
 from jaxdiff import config as config_lib
 from jaxdiff.checkpoint import NoCheckpointError, RunMismatchError
 from jaxdiff.data import DataError, Dataset, load_dataset
@@ -39,6 +51,7 @@ from jaxdiff.experiments.ddpm_mnist.config import (
 )
 from jaxdiff.models.unet import UNET_SIZES
 from jaxdiff.policy import ExecutionPolicy
+from jaxdiff.summaries import Summaries
 
 
 class ImageShapeError(DataError, ValueError):
@@ -157,12 +170,14 @@ def train_ddpm(
   resume: bool = False,
   quiet: bool = False,
   log: Callable[[str], None] = print,
+  summaries: Summaries | None = None,
 ) -> tuple[Any, dict[str, Any]]:
   """Trains the DDPM; returns the EMA parameters (on the host) and the training history.
 
   Trains ``config.steps`` steps, or for ``config.train_minutes`` of wall time instead.
   ``history["loss"]`` has every step's loss, ``history["calls"]`` the engine's calls
-  (:class:`jaxdiff.train.Call`: steps, seconds; the first includes compilation).
+  (:class:`jaxdiff.train.Call`: steps, seconds; the first includes compilation). With
+  ``summaries``, the fit loop writes the training series there (``Reporter(summaries=)``).
 
   Raises:
     jaxdiff.checkpoint.CheckpointsExistError: not ``resume``, and ``out_dir`` holds checkpoints.
@@ -183,7 +198,7 @@ def train_ddpm(
   state, carry, calls = train.fit(
     trainer, state, device_data, budget, on_epoch_end=record_losses,
     checkpointing=train.Checkpointing(Path(out_dir) / "checkpoints", resume=resume),
-    reporter=train.Reporter("ddpm", quiet=quiet, log=log),
+    reporter=train.Reporter("ddpm", quiet=quiet, log=log, summaries=summaries),
   )  # fmt: skip
   history = {"loss": carry.records.get("loss", []), "calls": calls}
   return _host_ema(state), history
@@ -459,6 +474,7 @@ def sample_and_score(
   *,
   trajectory_at: tuple[int, ...] = (),
   tag: str = "",
+  quiet: bool = True,
 ) -> Drawn:
   """Samples ``config.num_samples`` images from the EMA parameters, scores them and draws them.
 
@@ -469,17 +485,20 @@ def sample_and_score(
   the sampler table and ``config.guidance_scales`` the guidance sweep, each from the same
   parameters and key. Writes ``samples.png``, for a conditional run ``samples_by_class.png``,
   and with them ``samplers.png`` and ``guidance.png``, each name carrying ``tag``
-  (:func:`.report.output_name`).
+  (:func:`.report.output_name`). Unless ``quiet``, each phase prints a line as it starts.
   """
+  say = _progress(quiet)
   schedule = setup.schedule
   shape = (config.num_samples,) + data.image_shape
   options = dict(setup.policy.compiler_options)
+  say(f"sampling {config.num_samples} images: {report.sampler_words(dataclasses.asdict(config))}")
   sampling_started = time.perf_counter()
   samples_uint8, labels, trajectory = _draw_images(
     config, setup, ema, stream_key(config, Stream.SAMPLES), data.image_shape, trajectory_at
   )
   sampling = {"sampler": config.sampler, "seconds": time.perf_counter() - sampling_started,
               "num_samples": config.num_samples}  # fmt: skip
+  say(f"sampled in {sampling['seconds']:.1f} s")
   denoise = make_denoiser(config, setup.model, schedule, ema, labels, config.guidance)
   figure = functools.partial(report.output_name, suffix="png", tag=tag)
   report.plot_samples(samples_uint8, out / figure("samples"))
@@ -488,9 +507,12 @@ def sample_and_score(
 
   quality = None
   if data.image_shape == (28, 28, 1):
+    say("the MNIST classifier that scores the samples (trained once, then loaded from the cache)")
     classifier = sample_quality.train_feature_classifier(
-      data, stream_key(config, Stream.FEATURE_CLASSIFIER), mesh=setup.mesh, policy=setup.policy
-    )
+      data, stream_key(config, Stream.FEATURE_CLASSIFIER), mesh=setup.mesh, policy=setup.policy,
+      quiet=quiet,
+    )  # fmt: skip
+    say("scoring the samples")
     half = len(data.x_test) // 2
     reference, reference_labels = data.x_test[half:], data.y_test[half:]
 
@@ -509,12 +531,12 @@ def sample_and_score(
     }
     if config.sampler_table:
       quality["sampler_table"], previews = _sampler_table(
-        config, denoise, schedule, shape, options, lambda images: score(images, labels)
+        config, denoise, schedule, shape, options, lambda images: score(images, labels), say
       )
       report.plot_sampler_previews(quality["sampler_table"], previews, out / figure("samplers"))
     if config.guidance_scales:
       quality["guidance_sweep"] = _guidance_sweep(
-        config, setup, ema, labels, shape, lambda images: score(images, labels)
+        config, setup, ema, labels, shape, lambda images: score(images, labels), say
       )
       report.plot_guidance_tradeoff(quality["guidance_sweep"], out / figure("guidance"))
   return Drawn(samples_uint8, labels, trajectory, sampling, quality)
@@ -550,13 +572,16 @@ def run_experiment(
   (:data:`RUN_RECORD`), and the figures of :func:`sample_and_score`. With
   ``config.sample_only`` trains nothing: :func:`sample_run`.
 
+  With ``summaries``, TensorBoard summaries and their JSON lines go to ``out_dir``/summaries/ddpm:
+  the training series as the fit loop writes them, then, at the last step, the bound, the
+  scores and the sample grid.
+
   Raises:
     jaxdiff.checkpoint.CheckpointsExistError: not ``resume``, and ``out_dir`` holds checkpoints.
     jaxdiff.checkpoint.RunMismatchError: ``resume`` refused by :func:`check_resumable`.
   """
-  del summaries  # not written yet by this experiment (issue 35)
   if config.sample_only:
-    return sample_run(config, data_source, out_dir)
+    return sample_run(config, data_source, out_dir, quiet=quiet, summaries=summaries)
   started = time.perf_counter()
   out = Path(out_dir)
   if resume:
@@ -568,13 +593,32 @@ def run_experiment(
   if not resume:
     checkpoint.check_no_checkpoints(out / "checkpoints")  # before the record is replaced
   save_run_record(config, data.image_shape, out)
-  ema, history = train_ddpm(config, setup, data, out, resume=resume, quiet=quiet)
-  schedule = setup.schedule
+  say = _progress(quiet)
+  with _summaries(summaries, out) as writer:
+    ema, history = train_ddpm(config, setup, data, out, resume=resume, quiet=quiet,
+                              summaries=writer)  # fmt: skip
+    result, drawn = _evaluate_trained(config, setup, data, ema, history, out, say, quiet)
+    result["environment"] = environment.describe_run(started)
+    result["commands"] = _commands(config, data_source, out_dir, summaries)
+    result["summaries"] = SUMMARIES_DIR if summaries else None
+    if writer is not None:
+      _summarize(writer, result["train"]["steps"], drawn, "samples",
+                 bpd=result["test_bits_per_dim"])  # fmt: skip
+  files.write_json(out / "report.json", result)
+  files.write_text(out / "report.md", report.render_report(result))
+  say(f"wrote {out / 'report.md'}")
+  return result
 
+
+def _evaluate_trained(config, setup, data, ema, history, out, say, quiet) -> tuple[dict, Drawn]:
+  """A trained run's samples, bound, figures and scores: the report's records, and the draw."""
+  schedule = setup.schedule
   trajectory_steps = _trajectory_timesteps(config.num_timesteps)
-  drawn = sample_and_score(config, setup, data, ema, out, trajectory_at=trajectory_steps)
+  drawn = sample_and_score(config, setup, data, ema, out, trajectory_at=trajectory_steps,
+                           quiet=quiet)  # fmt: skip
   trajectory = drawn.trajectory
   if trajectory is None:  # a sampler that records none: one ancestral draw for the figure
+    say(f"the denoising figure: one ancestral draw of {config.num_timesteps} steps")
     labels = sample_labels(config, 1)
     one = make_denoiser(config, setup.model, schedule, ema, labels, config.guidance)
     _, trajectory = jax.jit(
@@ -585,6 +629,8 @@ def run_experiment(
     )(stream_key(config, Stream.TRAJECTORY))
 
   held_out = data.x_test[: config.eval_images]
+  timesteps = "every" if config.bpd_timesteps is None else config.bpd_timesteps
+  say(f"the test bound in bits/dim on {len(held_out)} held-out images ({timesteps} t each)")
   # A conditional model's bound is its unconditional one, the null label's: comparable with an
   # unconditional model's.
   unlabelled = make_denoiser(config, setup.model, schedule, ema)
@@ -602,7 +648,6 @@ def run_experiment(
     "config": dataclasses.asdict(config),
     "data": data.source,
     "data_label": data.label,
-    "environment": environment.describe_run(started),
     "train": {
       "steps": len(history["loss"]),
       "final_loss": float(np.mean(history["loss"][-100:])) if history["loss"] else None,
@@ -614,19 +659,90 @@ def run_experiment(
     "sampling": drawn.sampling,
     "sample_quality": drawn.quality,
   }
-  files.write_json(out / "report.json", result)
-  files.write_text(out / "report.md", report.render_report(result))
-  return result
+  return result, drawn
 
 
-def sample_run(config: DDPMConfig, data_source: str, out_dir: str | Path) -> dict[str, Any]:
+#: The experiment's command line, as its reports quote it.
+SCRIPT = "experiments/ddpm_mnist.py"
+#: Where a run's TensorBoard summaries go, under its output folder.
+SUMMARIES_DIR = "summaries"
+#: The run's name in its summaries (one sub-directory of :data:`SUMMARIES_DIR`).
+SUMMARIES_RUN = "ddpm"
+
+
+@contextlib.contextmanager
+def _summaries(enabled: bool, out: Path):
+  """The run's :class:`jaxdiff.summaries.Summaries`, closed on the way out, or None."""
+  if not enabled:
+    yield None
+    return
+  summaries = Summaries(out / SUMMARIES_DIR, [SUMMARIES_RUN])
+  try:
+    yield summaries
+  finally:
+    summaries.close()
+
+
+def _summarize(summaries: Summaries, step: int, drawn: Drawn, prefix: str,
+               bpd: dict[str, float] | None = None) -> None:  # fmt: skip
+  """Writes the scores at ``step``: ``test/bits_per_dim``, ``<prefix>/<score>`` of the samples,
+  ``<prefix>_w<w>/<score>`` of each guidance weight swept, and the sample grid as the image
+  ``<prefix>``."""
+  scalars = {} if bpd is None else {"test/bits_per_dim": bpd["total"]}
+  quality = drawn.quality
+  names = ("classifier_fd", "confident_share", "class_accuracy", "confident_accurate_share")
+  if quality is not None:
+    scalars.update({f"{prefix}/{name}": quality["samples"][name] for name in names
+                    if name in quality["samples"]})  # fmt: skip
+    for row in quality.get("guidance_sweep", []):
+      scalars.update({f"{prefix}_w{row['guidance']:g}/{name}": row[name] for name in names})
+  summaries.scalars(step, scalars)
+  summaries.image(step, prefix, report.sample_grid(drawn.samples))
+  summaries.flush()
+
+
+def _commands(
+  config: DDPMConfig, data_source: str, out_dir: str | Path, summaries: bool
+) -> dict[str, str]:
+  """The command lines that made a run, resume it, sample it again and show its summaries, for
+  its report."""
+  steps = min(20, config.num_timesteps)
+  again = dataclasses.replace(config, sampler="dpm_solver", sample_steps=steps, sample_only=True)
+  made_by, sample_again = (
+    config_lib.rerun_command(SCRIPT, run, data_source, out_dir, summaries=summaries)
+    for run in (config, again)
+  )
+  return {
+    "made_by": made_by,
+    "resume": f"{made_by} --resume",
+    "sample_again": sample_again,
+    "tensorboard": shlex.join(["tensorboard", "--logdir", str(Path(out_dir) / SUMMARIES_DIR)]),
+  }
+
+
+def _progress(quiet: bool) -> Callable[[str], None]:
+  """Where a run's phase lines go after training: stdout on process 0, nowhere when quiet."""
+  if quiet or not distributed.is_main_process():
+    return lambda line: None
+  return lambda line: print(f"ddpm: {line}", flush=True)
+
+
+def sample_run(
+  config: DDPMConfig,
+  data_source: str,
+  out_dir: str | Path,
+  *,
+  quiet: bool = False,
+  summaries: bool = True,
+) -> dict[str, Any]:
   """Samples and scores a trained run again, with ``config``'s sampling flags; trains nothing.
 
   Loads the EMA parameters of the last checkpoint in ``out_dir``, draws and scores them as
   :func:`sample_and_score` does with ``config``'s :data:`~.config.SAMPLING_FIELDS` (the
   training fields stay the run's), and writes ``report-<tag>.json`` and ``report-<tag>.md``
   and the figures, each named with :meth:`~.config.DDPMConfig.sampler_tag`, beside the
-  training report, which stays as it was.
+  training report, which stays as it was; the scores and the grid also go to the run's
+  summaries at the checkpoint's step, as ``samples_<tag>/...``, with ``summaries``.
 
   Raises:
     jaxdiff.checkpoint.NoCheckpointError: ``out_dir`` holds no run record or checkpoint.
@@ -648,19 +764,26 @@ def sample_run(config: DDPMConfig, data_source: str, out_dir: str | Path) -> dic
   setup = make_setup(config)
   ema, step = restore_ema(config, setup, image_shape, out)
   tag = config.sampler_tag()
-  drawn = sample_and_score(config, setup, data, ema, out, tag=tag)
+  drawn = sample_and_score(config, setup, data, ema, out, tag=tag, quiet=quiet)
+  with _summaries(summaries, out) as writer:
+    if writer is not None:
+      _summarize(writer, step, drawn, f"samples_{tag}")
   result = {
     "config": dataclasses.asdict(config),
     "data": data.source,
     "data_label": data.label,
     "environment": environment.describe_run(started),
     "checkpoint_step": step,
+    "commands": _commands(config, data_source, out_dir, summaries),
+    "summaries": SUMMARIES_DIR if summaries else None,
     "sampling": drawn.sampling,
     "sample_quality": drawn.quality,
   }
   files.write_json(out / report.output_name("report", "json", tag), result)
   markdown = report.render_sample_report(result, tag)
-  files.write_text(out / report.output_name("report", "md", tag), markdown)
+  path = out / report.output_name("report", "md", tag)
+  files.write_text(path, markdown)
+  _progress(quiet)(f"wrote {path}")
   return result
 
 
@@ -690,7 +813,7 @@ PREVIEW_IMAGES = 16
 
 
 def _sampler_table(
-  config, denoise, schedule, shape, options, score
+  config, denoise, schedule, shape, options, score, say
 ) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
   """Every row of :data:`SAMPLER_TABLE` sampled from the same parameters and key, scored.
 
@@ -703,6 +826,9 @@ def _sampler_table(
     if ddim_steps is not None:  # a PC row's DDIM predictor takes every step of a short T
       ddim_steps = min(ddim_steps, config.num_timesteps)
     levels = config.num_timesteps if ddim_steps is None else ddim_steps
+    row = {"sampler": sampler, "ddim_steps": ddim_steps, "corrector_steps": corrector_steps,
+           "snr": snr, "model_evaluations": levels * (1 + corrector_steps)}  # fmt: skip
+    say(f"sampler table, row {len(rows) + 1}: {report.sampler_name(row)}")
     row_config = dataclasses.replace(
       config, sampler=sampler, sample_steps=levels, corrector_steps=corrector_steps,
       snr=snr or config.snr, pc_predictor="ddpm" if ddim_steps is None else "ddim",
@@ -714,8 +840,7 @@ def _sampler_table(
     scores = score(images)
     shares = np.asarray(scores["class_histogram"]) / len(images)
     rows.append({
-      "sampler": sampler, "ddim_steps": ddim_steps, "corrector_steps": corrector_steps,
-      "snr": snr, "model_evaluations": levels * (1 + corrector_steps), "seconds": seconds,
+      **row, "seconds": seconds,
       "classifier_fd": scores["classifier_fd"], "confident_share": scores["confident_share"],
       "class_share_range": float(shares.max() - shares.min()),
       "rarest_class_share": float(shares.min()),
@@ -724,11 +849,12 @@ def _sampler_table(
   return rows, previews
 
 
-def _guidance_sweep(config, setup, ema, labels, shape, score) -> list[dict[str, Any]]:
+def _guidance_sweep(config, setup, ema, labels, shape, score, say) -> list[dict[str, Any]]:
   """The configured sampler at each of ``config.guidance_scales``, from the same parameters and
   key (so the same initial noise), each sample set scored."""
   rows = []
-  for guidance in config.guidance_scales:
+  for index, guidance in enumerate(config.guidance_scales):
+    say(f"guidance sweep, w = {guidance:g} ({index + 1} of {len(config.guidance_scales)})")
     denoise = make_denoiser(config, setup.model, setup.schedule, ema, labels, guidance)
     sample = jax.jit(lambda key, d=denoise: draw(config, d, setup.schedule, key, shape)[0],
                      compiler_options=dict(setup.policy.compiler_options))  # fmt: skip

@@ -24,11 +24,17 @@ def _tile(images: np.ndarray, columns: int) -> np.ndarray:
   return grid.squeeze(-1) if channels == 1 else grid
 
 
+def sample_grid(samples_uint8: np.ndarray, columns: int = 16) -> np.ndarray:
+  """The first ``columns²`` samples tiled ``columns`` a row, as samples.png shows them: uint8
+  ``(height, width)`` for grey images, ``(height, width, channels)`` for colour."""
+  return _tile(samples_uint8[: columns * columns], columns)
+
+
 def plot_samples(samples_uint8: np.ndarray, path: Path, columns: int = 16) -> None:
   shown = samples_uint8[: columns * columns]
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(columns * 0.6, math.ceil(len(shown) / columns) * 0.6))
-  ax.imshow(_tile(shown, columns), cmap="gray", interpolation="nearest")
+  ax.imshow(sample_grid(shown, columns), cmap="gray", interpolation="nearest")
   ax.set_axis_off()
   ax.set_title("DDPM samples (EMA parameters)")
   save_figure(fig, path)
@@ -107,7 +113,44 @@ def render_report(result: dict[str, Any]) -> str:
     lines += ["", *quality_lines(quality, config, sampling["num_samples"])]
   lines += _sample_figure_lines(config)
   lines += ["", "![loss](loss.png)", "", "![denoise](denoise.png)"]
+  lines += ["", *_reproduce_lines(result, "report.json", resume=True)]
   return "\n".join(lines) + "\n"
+
+
+def _reproduce_lines(result: dict[str, Any], report_json: str, resume: bool) -> list[str]:
+  """How the report was made, how to resume the run or sample it again, and its summaries."""
+  commands = result.get("commands")
+  if commands is None:  # a report from before the commands were recorded
+    return []
+  lines = ["## How it was made", "", "```bash", commands["made_by"], "```", ""]
+  if resume:
+    lines += [
+      "Resume it (after an interruption, or with a larger `--steps` to train on):",
+      "",
+      "```bash",
+      commands["resume"],
+      "```",
+      "",
+    ]
+  lines += [
+    "Sample and score its last checkpoint again with other sampling flags, beside this report "
+    "(e.g. DPM-Solver++ in 20 steps):",
+    "",
+    "```bash",
+    commands["sample_again"],
+    "```",
+    "",
+  ]
+  summaries = result.get("summaries")
+  if summaries:
+    lines.append(
+      f"Its metrics and sample grids are TensorBoard summaries in [{summaries}/]({summaries}/) "
+      f"(`{commands['tensorboard']}`; the same scalars in `{summaries}/*/scalars.jsonl`)."
+    )
+  else:
+    lines.append("No summaries were written (`--no-summaries`).")
+  lines += ["", f"The report's numbers: [{report_json}]({report_json})."]
+  return lines
 
 
 def render_sample_report(result: dict[str, Any], tag: str) -> str:
@@ -128,6 +171,7 @@ def render_sample_report(result: dict[str, Any], tag: str) -> str:
   if quality:
     lines += ["", *quality_lines(quality, config, sampling["num_samples"], tag)]
   lines += _sample_figure_lines(config, tag)
+  lines += ["", *_reproduce_lines(result, output_name("report", "json", tag), resume=False)]
   return "\n".join(lines) + "\n"
 
 
