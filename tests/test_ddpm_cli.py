@@ -65,16 +65,21 @@ def test_outputs_and_resume(tmp_path, tiny_mnist, cache_env):
   # The sampler table: every sampler that fits T = 50 (DDIM 100 does not; the PC rows' DDIM
   # predictor takes the 50 steps there are), from one model.
   table = report["sample_quality"]["sampler_table"]
-  assert [(row["sampler"], row["ddim_steps"], row["corrector_steps"]) for row in table] == [
-    ("ddpm", None, 0), ("ddim", 25, 0), ("ddim", 50, 0), ("pc", 50, 1), ("pc", 50, 1),
-    ("pc", 50, 2), ("pc", 50, 2), ("pc", 50, 2), ("pc", 50, 3), ("pc", 50, 3),
+  assert [(row["sampler"], row["ddim_steps"], row["solver_steps"], row["corrector_steps"])
+          for row in table] == [
+    ("ddpm", None, None, 0), ("ddim", 25, None, 0), ("ddim", 50, None, 0),
+    ("dpm_solver", None, 10, 0), ("dpm_solver", None, 15, 0), ("dpm_solver", None, 20, 0),
+    ("dpm_solver", None, 25, 0), ("pc", 50, None, 1), ("pc", 50, None, 1), ("pc", 50, None, 2),
+    ("pc", 50, None, 2), ("pc", 50, None, 2), ("pc", 50, None, 3), ("pc", 50, None, 3),
   ]  # fmt: skip
+  # DPM-Solver's K steps are K model evaluations.
   assert [row["model_evaluations"] for row in table] == [
-    50, 25, 50, 100, 100, 150, 150, 150, 200, 200
+    50, 25, 50, 10, 15, 20, 25, 100, 100, 150, 150, 150, 200, 200
   ]  # fmt: skip
   assert all(np.isfinite(row["classifier_fd"]) and row["seconds"] > 0 for row in table)
   assert "## Samplers" in markdown and "| DDIM, 25 steps | 25 |" in markdown
   assert "| PC: DDIM 50 + 2 corrector step(s), snr 0.16 | 150 |" in markdown
+  assert "| DPM-Solver++(2M), 20 steps | 20 |" in markdown
   assert all(0 <= row["rarest_class_share"] <= 1 / 10 for row in table)
   assert "T = 50;" in markdown
 

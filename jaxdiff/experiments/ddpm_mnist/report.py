@@ -387,6 +387,8 @@ def _target(config: dict[str, Any]) -> str:
 
 def sampler_name(row: dict[str, Any]) -> str:
   """A sampler table row's sampler in words."""
+  if row["sampler"] == "dpm_solver":
+    return f"DPM-Solver++(2M), {row['solver_steps']} steps"
   if row["sampler"] == "ddim":
     return f"DDIM, {row['ddim_steps']} steps"
   if row["corrector_steps"]:
