@@ -19,6 +19,15 @@ class CheckpointsExistError(FileExistsError):
   """A fresh run would write its checkpoints over an earlier run's."""
 
 
+class NoCheckpointError(FileNotFoundError):
+  """A run to load from holds no checkpoint, or not the record of its configuration."""
+
+
+class RunMismatchError(ValueError):
+  """A run on disk does not fit what was asked of it: another model than the flags describe,
+  or a resume that would only replace a finished run's outputs."""
+
+
 def check_no_checkpoints(directory: str | Path) -> None:
   """Raises :class:`CheckpointsExistError` if ``directory`` holds anything.
 

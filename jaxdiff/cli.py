@@ -155,14 +155,19 @@ def main(
 
   With the process flags, the process first joins the others (:mod:`jaxdiff.distributed`).
   A user error (bad flag, data, platform, batch split, an ``--out`` that is a file or holds an
-  earlier run, an unreachable coordinator) becomes one line on stderr and exit code 2; Ctrl-C
+  earlier run, a run to load that has no checkpoint or does not fit the flags, an unreachable
+  coordinator) becomes one line on stderr and exit code 2; Ctrl-C
   one line that says how to resume, and exit code 130. ``--resume`` on an output folder
   without checkpoints says in one line that it trains from scratch.
 
   Returns:
     The exit code.
   """
-  from jaxdiff.checkpoint import CheckpointsExistError  # pylint: disable=g-import-not-at-top
+  from jaxdiff.checkpoint import (  # pylint: disable=g-import-not-at-top
+    CheckpointsExistError,
+    NoCheckpointError,
+    RunMismatchError,
+  )
   from jaxdiff.data import DataError  # pylint: disable=g-import-not-at-top
   from jaxdiff.distributed import initialize  # pylint: disable=g-import-not-at-top
   from jaxdiff.parallel import BatchShardingError, PlatformError, select_platform  # pylint: disable=g-import-not-at-top
@@ -190,6 +195,8 @@ def main(
     PlatformError,
     BatchShardingError,
     CheckpointsExistError,
+    NoCheckpointError,
+    RunMismatchError,
     DistributedError,
   ) as error:
     print(f"error: {error}", file=sys.stderr)

@@ -9,7 +9,7 @@ import scipy.linalg
 
 from jaxdiff import sample_quality
 from jaxdiff.data import load_dataset
-from jaxdiff.metrics import frechet_distance
+from jaxdiff.metrics import frechet_distance, gaussian_fit
 from jaxdiff.sample_quality import evaluate_samples, train_feature_classifier
 
 MNIST_NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist.npz"
@@ -150,3 +150,47 @@ def test_evaluate_samples_rejects_float_images():
   images = np.zeros((4, 28, 28, 1), np.float32)
   with pytest.raises(ValueError, match="uint8"):
     evaluate_samples(None, images, images.astype(np.uint8))  # checked before any parameter is used
+
+
+def test_conditional_scores_check_each_sample_against_the_digit_asked_for(mnist, classifier):
+  images, labels = mnist.x_test[:600], mnist.y_test[:600]
+  reference, reference_labels = mnist.x_test[5000:6000], mnist.y_test[5000:6000]
+  scores = sample_quality.evaluate_conditional_samples(classifier, images, labels, reference,
+                                                       reference_labels)  # fmt: skip
+  # The unconditional scores are evaluate_samples', and real digits asked for as what they are
+  # score the classifier's own accuracy.
+  plain = evaluate_samples(classifier, images, reference)
+  assert {key: scores[key] for key in plain} == plain
+  probs, features = sample_quality._probs_and_features(classifier, images, 500)
+  assert scores["class_accuracy"] == np.mean(probs.argmax(1) == labels)
+  assert scores["class_accuracy"] > 0.5  # as in test_classifier_beats_chance_on_held_out_images
+  assert scores["confident_accurate_share"] <= min(scores["class_accuracy"],
+                                                   scores["confident_share"])  # fmt: skip
+  per_class = scores["per_class"]
+  assert [row["digit"] for row in per_class] == list(range(10))
+  assert sum(row["num_samples"] for row in per_class) == 600
+  _, reference_features = sample_quality._probs_and_features(classifier, reference, 500)
+  sevens = frechet_distance(*gaussian_fit(features[labels == 7]),
+                            *gaussian_fit(reference_features[reference_labels == 7]))  # fmt: skip
+  assert per_class[7]["classifier_fd"] == pytest.approx(sevens, rel=1e-12)
+  # Each digit's real images lie far nearer their own digit's reference than another digit's.
+  wrong = sample_quality.evaluate_conditional_samples(classifier, images, (labels + 1) % 10,
+                                                      reference, reference_labels)  # fmt: skip
+  # A wrong label is hit only where the classifier errs, below 1 - accuracy.
+  assert wrong["class_accuracy"] < 1 - scores["class_accuracy"] + 1e-12
+  for right_row, wrong_row in zip(per_class, wrong["per_class"]):
+    assert right_row["classifier_fd"] * 2 < wrong_row["classifier_fd"]
+
+
+def test_conditional_scores_leave_out_a_distance_they_cannot_fit(mnist, classifier):
+  images, reference = mnist.x_test[:6], mnist.x_test[5000:5100]
+  asked = np.array([3, 3, 3, 5, 8, 8])
+  scores = sample_quality.evaluate_conditional_samples(classifier, images, asked, reference,
+                                                       mnist.y_test[5000:5100])  # fmt: skip
+  assert [(row["digit"], row["num_samples"]) for row in scores["per_class"]] == [(3, 3), (5, 1),
+                                                                                 (8, 2)]  # fmt: skip
+  assert scores["per_class"][1]["classifier_fd"] is None  # one sample has no covariance
+  assert np.isfinite(scores["per_class"][2]["classifier_fd"])
+  with pytest.raises(ValueError, match="one label per image"):
+    sample_quality.evaluate_conditional_samples(classifier, images, asked[:5], reference,
+                                                mnist.y_test[5000:5100])  # fmt: skip

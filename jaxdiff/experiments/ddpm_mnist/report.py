@@ -24,11 +24,17 @@ def _tile(images: np.ndarray, columns: int) -> np.ndarray:
   return grid.squeeze(-1) if channels == 1 else grid
 
 
+def sample_grid(samples_uint8: np.ndarray, columns: int = 16) -> np.ndarray:
+  """The first ``columns²`` samples tiled ``columns`` a row, as samples.png shows them: uint8
+  ``(height, width)`` for grey images, ``(height, width, channels)`` for colour."""
+  return _tile(samples_uint8[: columns * columns], columns)
+
+
 def plot_samples(samples_uint8: np.ndarray, path: Path, columns: int = 16) -> None:
   shown = samples_uint8[: columns * columns]
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(columns * 0.6, math.ceil(len(shown) / columns) * 0.6))
-  ax.imshow(_tile(shown, columns), cmap="gray", interpolation="nearest")
+  ax.imshow(sample_grid(shown, columns), cmap="gray", interpolation="nearest")
   ax.set_axis_off()
   ax.set_title("DDPM samples (EMA parameters)")
   save_figure(fig, path)
@@ -75,21 +81,13 @@ def render_report(result: dict[str, Any]) -> str:
     f"- Model: U-Net `{config['model_size']}`{_unet_overrides(config)} in "
     f"{config.get('compute_dtype', 'float32')}, predicting {_target(config)}; "
     f"schedule {config['schedule']}, "
-    f"T = {config['num_timesteps']}; sampler {config['sampler']}"
-    + {
-      "ddim": f" ({config['sample_steps']} steps)",
-      "pc": f" ({_pc_predictor(config)} predictor, {config['corrector_steps']} Langevin "
-      f"corrector steps per level, snr {config['snr']:g})",
-    }.get(config["sampler"], ""),
+    f"T = {config['num_timesteps']}{_conditioning(config)}; sampler {sampler_words(config)}",
     f"- Training: {train_info['steps']} steps"
     + (f" (a budget of {config['train_minutes']:g} min)" if config.get("train_minutes") else "")
     + f", batch {config['batch_size']}, Adam lr "
     f"{config['learning_rate']:g} (warm-up {config['warmup_steps']}), clip {config['grad_clip']}, "
     f"EMA {config['ema_decay']}, Langevin D {config['langevin_diffusion']:g}",
-    f"- Machine: {env['device_kind']} ×{env['device_count']} ({env['platform']}), CPU "
-    f"{env['cpu_model']} ({env['cpu_cores']} cores); "
-    + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
-    f"- Date {env['date']}; wall time {env['wall_time_s'] / 60:.1f} min",
+    *_machine_lines(env),
     "",
     "## Results",
     "",
@@ -112,15 +110,122 @@ def render_report(result: dict[str, Any]) -> str:
   lines.append(f"- Sampling {sampling['num_samples']} images took {sampling['seconds']:.1f} s")
   quality = result["sample_quality"]
   if quality:
-    samples, floor = quality["samples"], quality["real_test_floor"]
+    lines += ["", *quality_lines(quality, config, sampling["num_samples"])]
+  lines += _sample_figure_lines(config)
+  lines += ["", "![loss](loss.png)", "", "![denoise](denoise.png)"]
+  lines += ["", *_reproduce_lines(result, "report.json", resume=True)]
+  return "\n".join(lines) + "\n"
+
+
+def _reproduce_lines(result: dict[str, Any], report_json: str, resume: bool) -> list[str]:
+  """How the report was made, how to resume the run or sample it again, and its summaries."""
+  commands = result.get("commands")
+  if commands is None:  # a report from before the commands were recorded
+    return []
+  lines = ["## How it was made", "", "```bash", commands["made_by"], "```", ""]
+  if resume:
     lines += [
+      "Resume it (after an interruption, or with a larger `--steps` to train on):",
       "",
-      "## Sample quality",
+      "```bash",
+      commands["resume"],
+      "```",
       "",
-      "Scores from a small MNIST classifier trained here on the real training set. The "
-      "classifier FD is a Fréchet distance between its penultimate-layer features: it is "
-      "**not comparable to published FIDs**.",
-      "",
+    ]
+  lines += [
+    "Sample and score its last checkpoint again with other sampling flags, beside this report "
+    "(e.g. DPM-Solver++ in 20 steps):",
+    "",
+    "```bash",
+    commands["sample_again"],
+    "```",
+    "",
+  ]
+  summaries = result.get("summaries")
+  if summaries:
+    lines.append(
+      f"Its metrics and sample grids are TensorBoard summaries in [{summaries}/]({summaries}/) "
+      f"(`{commands['tensorboard']}`; the same scalars in `{summaries}/*/scalars.jsonl`)."
+    )
+  else:
+    lines.append("No summaries were written (`--no-summaries`).")
+  lines += ["", f"The report's numbers: [{report_json}]({report_json})."]
+  return lines
+
+
+def render_sample_report(result: dict[str, Any], tag: str) -> str:
+  """report-<tag>.md of a trained run sampled again (``--sample-only``)."""
+  config, env, sampling = result["config"], result["environment"], result["sampling"]
+  lines = [
+    f"# The DDPM run sampled again: {tag}",
+    "",
+    f"The EMA parameters of the run's last checkpoint (step {result['checkpoint_step']}; its "
+    "training report is [report.md](report.md)), sampled with "
+    f"{sampler_words(config)}.",
+    "",
+    f"- Data: {result['data_label']} (`{result['data']}`)",
+    *_machine_lines(env),
+    f"- Sampling {sampling['num_samples']} images took {sampling['seconds']:.1f} s",
+  ]
+  quality = result["sample_quality"]
+  if quality:
+    lines += ["", *quality_lines(quality, config, sampling["num_samples"], tag)]
+  lines += _sample_figure_lines(config, tag)
+  lines += ["", *_reproduce_lines(result, output_name("report", "json", tag), resume=False)]
+  return "\n".join(lines) + "\n"
+
+
+def _machine_lines(env: dict[str, Any]) -> list[str]:
+  return [
+    f"- Machine: {env['device_kind']} ×{env['device_count']} ({env['platform']}), CPU "
+    f"{env['cpu_model']} ({env['cpu_cores']} cores); "
+    + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+    f"- Date {env['date']}; wall time {env['wall_time_s'] / 60:.1f} min",
+  ]
+
+
+def _sample_figure_lines(config: dict[str, Any], tag: str = "") -> list[str]:
+  lines = ["", f"![samples]({output_name('samples', 'png', tag)})"]
+  if config.get("conditional"):
+    by_class = output_name("samples_by_class", "png", tag)
+    lines += ["", f"![one row per digit asked for]({by_class})"]
+  return lines
+
+
+def quality_lines(
+  quality: dict[str, Any], config: dict[str, Any], num_samples: int, tag: str = ""
+) -> list[str]:
+  """report.md's sample-quality sections: the scores, per digit for a conditional run, the
+  sampler table and the guidance sweep, linking their figures (named with ``tag``)."""
+  samples, floor = quality["samples"], quality["real_test_floor"]
+  conditional = "class_accuracy" in samples
+  intro = (
+    "Scores from a small MNIST classifier trained here on the real training set. The "
+    "classifier FD is a Fréchet distance between its penultimate-layer features: it is "
+    "**not comparable to published FIDs**."
+  )
+  if conditional:
+    intro += (
+      " A conditional run's samples are also checked against the digit each was drawn for: "
+      "the share the classifier assigns to it, and the share it assigns there with p ≥ 0.9."
+    )
+  lines = ["## Sample quality", "", intro, ""]
+  if conditional:
+    lines += [
+      "| | classifier FD | confident (p ≥ 0.9) | digit asked for | confident and asked for "
+      "| class histogram |",
+      "|---|---|---|---|---|---|",
+    ]
+    for name, scores in ((f"samples ({config['sampler']})", samples),
+                         ("real test images (floor)", floor)):  # fmt: skip
+      lines.append(
+        f"| {name} | {scores['classifier_fd']:.2f} | {scores['confident_share']:.1%} | "
+        f"{scores['class_accuracy']:.1%} | {scores['confident_accurate_share']:.1%} | "
+        f"{scores['class_histogram']} |"
+      )
+    lines += ["", *_per_digit_lines(samples, floor)]
+  else:
+    lines += [
       "| | classifier FD | confident (p ≥ 0.9) | class histogram |",
       "|---|---|---|---|",
       f"| samples ({config['sampler']}) | {samples['classifier_fd']:.2f} | "
@@ -128,11 +233,134 @@ def render_report(result: dict[str, Any]) -> str:
       f"| real test images (floor) | {floor['classifier_fd']:.2f} | "
       f"{floor['confident_share']:.1%} | {floor['class_histogram']} |",
     ]
-    if "sampler_table" in quality:
-      lines += ["", *_sampler_table_lines(quality["sampler_table"], sampling["num_samples"])]
-      lines += ["", "![the first samples of each sampler](samplers.png)"]
-  lines += ["", "![samples](samples.png)", "", "![loss](loss.png)", "", "![denoise](denoise.png)"]
-  return "\n".join(lines) + "\n"
+  if "sampler_table" in quality:
+    lines += ["", *_sampler_table_lines(quality["sampler_table"], num_samples)]
+    previews = output_name("samplers", "png", tag)
+    lines += ["", f"![the first samples of each sampler]({previews})"]
+  if "guidance_sweep" in quality:
+    lines += ["", *_guidance_lines(quality["guidance_sweep"], config, num_samples)]
+    tradeoff = output_name("guidance", "png", tag)
+    lines += ["", f"![FD against the asked-for digit's share]({tradeoff})"]
+  return lines
+
+
+def output_name(stem: str, suffix: str, tag: str = "") -> str:
+  """``stem.suffix``, or ``stem-tag.suffix`` for the outputs of a run sampled again (a tag
+  naming the sampler), which so never replace the training report's."""
+  return f"{stem}-{tag}.{suffix}" if tag else f"{stem}.{suffix}"
+
+
+def _fd(value: float | None) -> str:
+  return "–" if value is None else f"{value:.1f}"
+
+
+def _per_digit_lines(samples: dict[str, Any], floor: dict[str, Any]) -> list[str]:
+  real = {row["digit"]: row for row in floor["per_class"]}
+  lines = [
+    "Per digit asked for (a digit's FD from its few samples is biased upwards more than the "
+    "whole set's: compare it with the real digits' at the same count):",
+    "",
+    "| digit | samples | asked-for share | classifier FD | real digits' FD |",
+    "|---|---|---|---|---|",
+  ]
+  for row in samples["per_class"]:
+    other = real.get(row["digit"], {})
+    lines.append(
+      f"| {row['digit']} | {row['num_samples']} | {row['class_accuracy']:.1%} | "
+      f"{_fd(row['classifier_fd'])} | {_fd(other.get('classifier_fd'))} |"
+    )
+  return lines
+
+
+def _guidance_lines(rows: list[dict[str, Any]], config: dict[str, Any], num_samples: int
+                    ) -> list[str]:  # fmt: skip
+  digits = [row["digit"] for row in rows[0]["per_class"]]
+  lines = [
+    "## Guidance",
+    "",
+    f"Classifier-free guidance at each weight w, {sampler_words({**config, 'conditional': False})},"
+    f" from the same EMA parameters and initial noise, {num_samples} samples each; the time is "
+    "sampling only, compiled beforehand.",
+    "",
+    "| w | classifier FD | digit asked for | confident (p ≥ 0.9) | confident and asked for | s |",
+    "|---|---|---|---|---|---|",
+  ]
+  for row in rows:
+    lines.append(
+      f"| {row['guidance']:g} | {row['classifier_fd']:.2f} | {row['class_accuracy']:.1%} | "
+      f"{row['confident_share']:.1%} | {row['confident_accurate_share']:.1%} | "
+      f"{row['seconds']:.1f} |"
+    )
+  lines += [
+    "",
+    "Classifier FD per digit asked for:",
+    "",
+    "| w | " + " | ".join(map(str, digits)) + " |",
+    "|---|" + "---|" * len(digits),
+  ]
+  for row in rows:
+    cells = " | ".join(_fd(digit["classifier_fd"]) for digit in row["per_class"])
+    lines.append(f"| {row['guidance']:g} | {cells} |")
+  return lines
+
+
+def plot_samples_by_class(
+  samples_uint8: np.ndarray, labels: np.ndarray, path: Path, columns: int = 16
+) -> None:
+  """One row per digit asked for: its first ``columns`` samples."""
+  digits, counts = np.unique(labels, return_counts=True)
+  columns = min(columns, int(counts.max()))
+  height, width, channels = samples_uint8.shape[1:]
+  rows = np.zeros((len(digits), columns, height, width, channels), np.uint8)
+  for row, digit in zip(rows, digits):
+    mine = samples_uint8[labels == digit][:columns]
+    row[: len(mine)] = mine
+  plt = pyplot()
+  fig, ax = plt.subplots(figsize=(columns * 0.6, len(digits) * 0.6))
+  ax.imshow(_tile(rows.reshape((-1, height, width, channels)), columns), cmap="gray",
+            interpolation="nearest")  # fmt: skip
+  ax.set_yticks([(height + 2) * (index + 0.5) for index in range(len(digits))],
+                [str(digit) for digit in digits])  # fmt: skip
+  ax.set_xticks([])
+  ax.set_ylabel("digit asked for")
+  ax.set_title("DDPM samples by class (EMA parameters)")
+  save_figure(fig, path)
+
+
+def plot_guidance_tradeoff(rows: list[dict[str, Any]], path: Path) -> None:
+  """The guidance sweep: FD against the share of samples that are the digit asked for, one
+  point per weight w, joined in order of w."""
+  plt = pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  accuracy = [row["class_accuracy"] for row in rows]
+  distance = [row["classifier_fd"] for row in rows]
+  ax.plot(accuracy, distance, marker="o")
+  for row, x, y in zip(rows, accuracy, distance):
+    ax.annotate(f"w = {row['guidance']:g}", (x, y), textcoords="offset points", xytext=(5, 5))
+  ax.set_xlabel("share of samples classified as the digit asked for")
+  ax.set_ylabel("classifier FD (not comparable to FID)")
+  ax.set_title("Classifier-free guidance: class accuracy against FD")
+  save_figure(fig, path)
+
+
+def sampler_words(config: dict[str, Any]) -> str:
+  """The configured sampler in words, with its guidance for a conditional run."""
+  words = config["sampler"] + {
+    "ddim": f" ({config['sample_steps']} steps)",
+    "dpm_solver": f" (DPM-Solver++(2M), {config['sample_steps']} steps)",
+    "pc": f" ({_pc_predictor(config)} predictor, {config['corrector_steps']} Langevin "
+    f"corrector steps per level, snr {config['snr']:g})",
+  }.get(config["sampler"], "")
+  if config.get("conditional"):
+    digits = ", ".join(map(str, config["class_labels"])) or "every digit"
+    words += f", guidance w = {config['guidance']:g} towards {digits}"
+  return words
+
+
+def _conditioning(config: dict[str, Any]) -> str:
+  if not config.get("conditional"):
+    return ""
+  return f"; class-conditional (labels dropped with probability {config['label_dropout']:g})"
 
 
 def _pc_predictor(config: dict[str, Any]) -> str:
@@ -159,6 +387,8 @@ def _target(config: dict[str, Any]) -> str:
 
 def sampler_name(row: dict[str, Any]) -> str:
   """A sampler table row's sampler in words."""
+  if row["sampler"] == "dpm_solver":
+    return f"DPM-Solver++(2M), {row['solver_steps']} steps"
   if row["sampler"] == "ddim":
     return f"DDIM, {row['ddim_steps']} steps"
   if row["corrector_steps"]:
