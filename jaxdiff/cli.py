@@ -188,8 +188,14 @@ def main(
       initialize(options.process_group)  # before select_platform starts the backend
     select_platform(platform)
     use_compilation_cache()
-    run(config, options.data, options.out, resume=options.resume, quiet=options.quiet,
-        summaries=options.summaries)
+    run(
+      config,
+      options.data,
+      options.out,
+      resume=options.resume,
+      quiet=options.quiet,
+      summaries=options.summaries,
+    )
   except (
     DataError,
     PlatformError,

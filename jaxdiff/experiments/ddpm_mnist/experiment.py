@@ -624,7 +624,7 @@ def _evaluate_trained(config, setup, data, ema, history, out, say, quiet) -> tup
     _, trajectory = jax.jit(
       lambda key: ddpm.sample_ddpm(
         one, schedule, key, (1,) + data.image_shape, return_trajectory_at=trajectory_steps
-      ),  # fmt: skip
+      ),
       compiler_options=dict(setup.policy.compiler_options),
     )(stream_key(config, Stream.TRAJECTORY))
 
