@@ -41,7 +41,7 @@ from jaxdiff import (
 from jaxdiff import config as config_lib
 from jaxdiff.checkpoint import NoCheckpointError, RunMismatchError
 from jaxdiff.data import DataError, Dataset, load_dataset
-from jaxdiff.experiments.ddpm_mnist import report
+from jaxdiff.experiments.ddpm_mnist import plots, report
 from jaxdiff.experiments.ddpm_mnist.config import (
   MODEL_FIELDS,
   NUM_CLASSES,
@@ -501,9 +501,9 @@ def sample_and_score(
   say(f"sampled in {sampling['seconds']:.1f} s")
   denoise = make_denoiser(config, setup.model, schedule, ema, labels, config.guidance)
   figure = functools.partial(report.output_name, suffix="png", tag=tag)
-  report.plot_samples(samples_uint8, out / figure("samples"))
+  plots.plot_samples(samples_uint8, out / figure("samples"))
   if labels is not None:
-    report.plot_samples_by_class(samples_uint8, labels, out / figure("samples_by_class"))
+    plots.plot_samples_by_class(samples_uint8, labels, out / figure("samples_by_class"))
 
   quality = None
   if data.image_shape == (28, 28, 1):
@@ -533,12 +533,12 @@ def sample_and_score(
       quality["sampler_table"], previews = _sampler_table(
         config, denoise, schedule, shape, options, lambda images: score(images, labels), say
       )
-      report.plot_sampler_previews(quality["sampler_table"], previews, out / figure("samplers"))
+      plots.plot_sampler_previews(quality["sampler_table"], previews, out / figure("samplers"))
     if config.guidance_scales:
       quality["guidance_sweep"] = _guidance_sweep(
         config, setup, ema, labels, shape, lambda images: score(images, labels), say
       )
-      report.plot_guidance_tradeoff(quality["guidance_sweep"], out / figure("guidance"))
+      plots.plot_guidance_tradeoff(quality["guidance_sweep"], out / figure("guidance"))
   return Drawn(samples_uint8, labels, trajectory, sampling, quality)
 
 
@@ -639,8 +639,8 @@ def _evaluate_trained(config, setup, data, ema, history, out, say, quiet) -> tup
                           num_timesteps_sampled=config.bpd_timesteps)  # fmt: skip
   bpd = {name: float(np.mean(value)) for name, value in bpd.items()}
 
-  report.plot_loss(history["loss"], out / "loss.png")
-  report.plot_denoising(np.asarray(trajectory), trajectory_steps, out / "denoise.png")
+  plots.plot_loss(history["loss"], out / "loss.png")
+  plots.plot_denoising(np.asarray(trajectory), trajectory_steps, out / "denoise.png")
   calls = [(call.steps, call.seconds) for call in history["calls"]]
   timed = calls[1:] or calls  # leave out compilation when possible
   timed_steps, timed_seconds = (sum(column) for column in zip(*timed))
@@ -697,7 +697,7 @@ def _summarize(summaries: Summaries, step: int, drawn: Drawn, prefix: str,
     for row in quality.get("guidance_sweep", []):
       scalars.update({f"{prefix}_w{row['guidance']:g}/{name}": row[name] for name in names})
   summaries.scalars(step, scalars)
-  summaries.image(step, prefix, report.sample_grid(drawn.samples))
+  summaries.image(step, prefix, plots.sample_grid(drawn.samples))
   summaries.flush()
 
 
