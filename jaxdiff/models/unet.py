@@ -34,7 +34,7 @@ from jax import lax
 Dtype = Any
 
 UNET_SIZES: dict[str, dict[str, Any]] = {
-  # Parameters for 28x28x1 inputs: 44 969, 280 177, 1 623 169 and 6 469 889.
+  # Their parameter counts are in benchmarks/RESULTS.md, "CPU: the DDPM U-Net".
   "tiny": {"base_channels": 8, "channel_multipliers": (1, 2), "num_res_blocks": 1, "num_groups": 4},
   # small's levels at half its width and one residual block each: several times its training
   # steps per CPU second, which on MNIST buy more than small's capacity (RESULTS.md, "DDPM recipe").

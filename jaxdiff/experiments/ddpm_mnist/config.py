@@ -115,7 +115,8 @@ class DDPMConfig:
   grad_clip: float = option(1.0, "global-norm gradient clipping", greater_than=0)
   ema_decay: float = option(
     0.999, "decay of the parameter EMA used for sampling and evaluation: 0.999 (a half-life of "
-    "about 700 steps) suits runs of about 10 000 steps, the paper's 0.9999 far longer ones",
+    "about 700 steps) suits the CPU runs of benchmarks/RESULTS.md, \"DDPM recipe\"; the "
+    "paper's 0.9999 far longer ones",
     at_least=0, below=1,
   )  # fmt: skip
   langevin_diffusion: float = option(0.0, "D of Langevin noise added after Adam (0: off)",
