@@ -72,24 +72,38 @@ def _assert_close(one, two):
     np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * max(1.0, float(np.abs(a).max())))
 
 
-def _scores(report: dict) -> list[float]:
-  return [
-    value
-    for run in report["runs"]
-    for epoch in run["epochs"]
-    for name, value in sorted(epoch.items())
-    if name != "epoch"
-  ]
+def _scores(report: dict) -> dict[str, float | None]:
+  """Every score of every run by its path in the record (per epoch, final, averaged, snapshots)."""
+
+  def leaves(value, path):
+    if isinstance(value, dict):
+      for name, inner in value.items():
+        yield from leaves(inner, f"{path}/{name}")
+    elif isinstance(value, list):
+      for index, inner in enumerate(value):
+        yield from leaves(inner, f"{path}/{index}")
+    elif value is None or isinstance(value, (int, float)):
+      yield path, value
+
+  scored = ("epochs", "final", "averaged", "final_train", "snapshots")
+  return {path: value
+          for index, run in enumerate(report["runs"])
+          for name in scored
+          for path, value in leaves(run[name], f"{index}/{name}")}  # fmt: skip
 
 
 def test_two_processes_train_what_one_process_trains(cifar_runs):
   one, two = _report(cifar_runs[1]), _report(cifar_runs[2])
   assert two["environment"]["process_count"] == 2 and one["environment"]["process_count"] == 1
   assert one["environment"]["device_count"] == two["environment"]["device_count"] == 4
-  np.testing.assert_allclose(_scores(two), _scores(one), rtol=RTOL)
-  averages = [[run["posterior_average"][name] for run in report["runs"]]
-              for report in (one, two) for name in ("test_nll", "snapshots")]  # fmt: skip
-  np.testing.assert_allclose(averages[2:], averages[:2], rtol=RTOL)
+  scores_one, scores_two = _scores(one), _scores(two)
+  assert scores_two.keys() == scores_one.keys()
+  assert [path for path, value in scores_two.items() if value is None] == [
+    path for path, value in scores_one.items() if value is None]  # fmt: skip
+  assert scores_one["0/snapshots"] > 0 and scores_one["0/averaged/nll"] is not None
+  numbers = [path for path, value in scores_one.items() if value is not None]
+  np.testing.assert_allclose([scores_two[path] for path in numbers],
+                             [scores_one[path] for path in numbers], rtol=RTOL)  # fmt: skip
   _assert_close(checkpoint_leaves(cifar_runs[1] / "checkpoints" / "langevin" / "30"),
                 checkpoint_leaves(cifar_runs[2] / "checkpoints" / "langevin" / "30"))  # fmt: skip
 
