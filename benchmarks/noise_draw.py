@@ -121,7 +121,7 @@ def cnn_programs(batch_size, steps):
   comparison builds its engine, at the comparison's default learning rate and diffusion."""
   config = ComparisonConfig()
   mesh = parallel.make_mesh()
-  policy = ExecutionPolicy.for_mesh(mesh).with_convolution()
+  policy = ExecutionPolicy.for_mesh(mesh, convolution="auto", loop=config.loop)
   task = classification.classifier_task(SimpleCNN(convolution=policy.convolution), (32, 32, 3))
   rng = np.random.default_rng(0)
   arrays = {"image": rng.integers(0, 256, (steps * batch_size, 32, 32, 3), dtype=np.uint8),
