@@ -18,7 +18,13 @@ from jaxdiff.experiments.mnist_bnn.config import BnnConfig
 from jaxdiff.experiments.mnist_bnn.experiment import rerun_command, snapshots_of
 from jaxdiff.experiments.mnist_bnn.registry import METHODS as METHOD_SPECS
 from jaxdiff.experiments.mnist_bnn.registry import RunPlan
-from jaxdiff.experiments.mnist_bnn.report import headline_table, render_markdown, summarize
+from jaxdiff.experiments.mnist_bnn.report import (
+  chain_milestones,
+  headline_table,
+  render_markdown,
+  summarize,
+  summarize_chain,
+)
 from jaxdiff.models import MLP
 from jaxdiff.tasks import Task, with_gaussian_prior
 
@@ -119,6 +125,34 @@ def test_summary_leaves_diverged_seeds_out_of_the_scores_and_says_so():
 
 
 @pytest.mark.parametrize(
+  "epochs, milestones",
+  [(1, [1]), (2, [1, 2]), (7, [1, 2, 5, 7]), (100, [1, 2, 5, 10, 20, 50, 100]),
+   (2000, [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000])],
+)  # fmt: skip
+def test_the_chain_is_read_at_1_2_5_times_powers_of_ten_and_at_its_end(epochs, milestones):
+  assert chain_milestones(epochs) == milestones
+
+
+def test_the_chain_summary_reads_each_seed_at_the_milestones_and_leaves_diverged_ones_out():
+  def run(status, errors, averaged_from):
+    epochs = [{"current": {"error": error},
+               "averaged": {"error": error / 2} if epoch >= averaged_from else None}
+              for epoch, error in enumerate(errors, start=1)]  # fmt: skip
+    return {"method": "sgld", "status": status, "epochs": epochs}
+
+  chain = summarize_chain([run("ok", [0.1, 0.08, 0.06], averaged_from=2),
+                           run("ok", [0.2, 0.10, 0.04], averaged_from=2),
+                           run("diverged", [0.9], averaged_from=1)])  # fmt: skip
+  entry = chain["sgld"]
+  assert entry["epochs"] == [1, 2, 3]
+  assert [stat["n"] for stat in entry["current"]] == [2, 2, 2]
+  assert [stat["mean"] for stat in entry["current"]] == pytest.approx([0.15, 0.09, 0.05])
+  assert entry["averaged"][0]["mean"] is None  # before the first snapshot
+  assert [stat["mean"] for stat in entry["averaged"][1:]] == pytest.approx([0.045, 0.025])
+  assert summarize_chain([run("diverged", [0.9], averaged_from=1)]) == {}
+
+
+@pytest.mark.parametrize(
   "epochs, cycles, per_cycle", [(100, 4, 5), (20, 5, 1), (2, 2, 1)]
 )  # fmt: skip
 def test_csgld_snapshots_the_epochs_that_end_in_the_sampling_phase(epochs, cycles, per_cycle):
@@ -184,6 +218,14 @@ def test_cli_tunes_every_method_and_reports_averaged_and_final_scores(tmp_path, 
     assert [p["temperature"] for p in points] == [1.0, 0.1]
     assert all(p["averaged"]["error"]["n"] == 2 for p in points)
   assert "## The cold-posterior curve" in markdown
+  # The chain's length: each seed method at epochs 1 and 2; the average after the burn-in epoch.
+  assert set(report["chain"]) == set(METHODS)
+  sgld_chain = report["chain"]["sgld"]
+  assert sgld_chain["epochs"] == [1, 2]
+  assert sgld_chain["averaged"][0]["mean"] is None and sgld_chain["averaged"][1]["n"] == 2
+  final_error = report["summary"]["sgld"]["final"]["error"]["mean"]
+  assert sgld_chain["current"][1]["mean"] == pytest.approx(final_error)
+  assert "## The chain's length" in markdown and "| sgld (averaged) | — |" in markdown
   # Every method scored at every angle, averaged and final; angle 0 is the plain test score.
   assert set(report["shift"]) == set(METHODS)
   for name, entry in report["shift"].items():

@@ -371,6 +371,7 @@ def run_experiment(
       "table": report.tuning_table(by_phase["tuning"]),
     },
     "summary": report.summarize(by_phase["seeds"], benchmark.picked),
+    "chain": report.summarize_chain(by_phase["seeds"]),
     "cold_posterior": report.summarize_temperatures(by_phase["seeds"] + by_phase["temperatures"]),
     "shift": report.summarize_shift(by_phase["seeds"]),
     "runs": benchmark.records,

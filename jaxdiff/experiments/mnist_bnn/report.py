@@ -106,6 +106,40 @@ def summarize_shift(seed_runs: Sequence[dict]) -> dict[str, dict]:
   return shift
 
 
+def chain_milestones(epochs: int) -> list[int]:
+  """Epochs 1, 2, 5, 10, 20, 50, … below ``epochs``, then ``epochs`` itself."""
+  milestones, scale = [], 1
+  while True:
+    for factor in (1, 2, 5):
+      if factor * scale >= epochs:
+        return [*milestones, epochs]
+      milestones.append(factor * scale)
+    scale *= 10
+
+
+def summarize_chain(seed_runs: Sequence[dict]) -> dict[str, dict]:
+  """What a longer chain buys: per method, at each of :func:`chain_milestones`, the test error
+  of the posterior average up to that epoch and of the parameters at it, over the seeds that did
+  not diverge (a method without an average has only ``current``).
+  """
+  chain = {}
+  for name, runs in _by_method(seed_runs).items():
+    kept = [run for run in runs if run["status"] == "ok"]
+    length = min((len(run["epochs"]) for run in kept), default=0)
+    if not length:
+      continue
+    epochs = chain_milestones(length)
+    entry: dict[str, Any] = {"epochs": epochs}
+    for predictive in ("averaged", "current"):
+      entry[predictive] = [
+        seed_statistic([(run["epochs"][epoch - 1][predictive] or {}).get("error")
+                        for run in kept])
+        for epoch in epochs
+      ]  # fmt: skip
+    chain[name] = entry
+  return chain
+
+
 def tuning_table(tuning_runs: Sequence[dict]) -> dict[str, list[dict]]:
   """Per method, per learning rate of the grid: the validation scores and the run's status."""
   return {
@@ -225,6 +259,21 @@ def _cold_rows(curve: dict[str, list[dict]]) -> list[str]:
   return rows
 
 
+def _chain_rows(chain: dict[str, dict]) -> list[str]:
+  epochs = sorted({epoch for entry in chain.values() for epoch in entry["epochs"]})
+  rows = ["| method | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
+          "|---|" + "---|" * len(epochs)]  # fmt: skip
+  for name, entry in chain.items():
+    for predictive in ("averaged", "current"):
+      if all(stat["mean"] is None for stat in entry[predictive]):
+        continue  # no snapshot in the run
+      cells = dict(zip(entry["epochs"], entry[predictive]))
+      rows.append(f"| {name} ({predictive}) | "
+                  + " | ".join(_cell(cells[e], 100, 2) if e in cells else "" for e in epochs)
+                  + " |")  # fmt: skip
+  return rows
+
+
 def _shift_rows(shift: dict[str, dict], metric: str, scale: float, digits: int) -> list[str]:
   angles = next(iter(shift.values()))["angles"]
   rows = ["| method | " + " | ".join(f"{a:g}°" for a in angles) + " |",
@@ -263,7 +312,7 @@ def _length_note(result: dict) -> list[str]:
 
 def render_markdown(result: dict) -> str:
   """report.md: the setup and the command that made it, the tuning, the test results, the
-  cold-posterior curve and the scores under rotation."""
+  test error along the chain, the cold-posterior curve and the scores under rotation."""
   config, protocol, env, data = (
     result["config"], result["protocol"], result["environment"], result["data"]
   )  # fmt: skip
@@ -347,6 +396,16 @@ def render_markdown(result: dict) -> str:
     + ".",
     "",
   ]
+  if result["chain"]:  # empty where every method's tuning diverged
+    lines += [
+      "## The chain's length (test error %, mean ± standard error over seeds)",
+      "",
+      "The posterior average up to each epoch (averaged: its snapshots so far) and the "
+      "parameters at that epoch (current); — before the first snapshot.",
+      "",
+      *_chain_rows(result["chain"]),
+      "",
+    ]
   if result["cold_posterior"]:
     lines += ["## The cold-posterior curve (test, mean ± standard error over seeds)", "",
               *_cold_rows(result["cold_posterior"]), ""]  # fmt: skip
