@@ -120,7 +120,7 @@ def chain_milestones(epochs: int) -> list[int]:
 def summarize_chain(seed_runs: Sequence[dict]) -> dict[str, dict]:
   """What a longer chain buys: per method, at each of :func:`chain_milestones`, the test error
   of the posterior average up to that epoch and of the parameters at it, over the seeds that did
-  not diverge (a method without an average has only ``current``).
+  not diverge (the average's statistics have no values before its first snapshot).
   """
   chain = {}
   for name, runs in _by_method(seed_runs).items():
