@@ -276,6 +276,16 @@ def test_the_korattikara_preset_thins_by_steps_without_tuning(tmp_path, tiny_mni
   assert report["summary"]["sgld"]["snapshots"] == 5 and report["summary"]["sgld"]["seeds"] == 2
   assert report["summary"]["sgld"]["learning_rate"] == 0.1
   assert "--protocol korattikara2015" in report["command"]
+  # A protocol's seeds split across runs: seed 1 alone is the two-seed run's seed 1, bit for bit.
+  split = tmp_path / "split"
+  result = _cli(tmp_path, "--data", tiny_mnist, "--out", split, "--protocol", "korattikara2015",
+                "--epochs", 4, "--batch-size", 8, "--seeds", 1, "--first-seed", 1,
+                "--validation-size", 16, "--burn-in", "0.5", "--thin-steps", 4, "--quiet",
+                "--no-summaries")  # fmt: skip
+  assert result.returncode == 0, result.stderr[-3000:]
+  (alone,) = json.loads((split / "report.json").read_text())["runs"]
+  assert alone["seed"] == 1 and alone["epochs"] == report["runs"][1]["epochs"]
+  assert "1 seeds (1–1 of the root's)" in (split / "report.md").read_text()
 
 
 @pytest.mark.parametrize(

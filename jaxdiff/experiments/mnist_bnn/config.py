@@ -71,6 +71,10 @@ class BnnConfig:
   )
   batch_size: int = option(100, "global batch size, a multiple of the devices", greater_than=0)
   seeds: int = option(3, "seeds per method at its picked learning rate", greater_than=0)
+  first_seed: int = option(
+    0, "the seeds trained are this one and the next --seeds − 1 of the root's (a protocol's "
+    "seeds split across runs: each run's keys are those of one run of them all)", at_least=0,
+  )  # fmt: skip
   learning_rates: tuple[float, ...] = option(
     (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0),
     "the one learning-rate grid every method is tuned on (one rate: no tuning)",

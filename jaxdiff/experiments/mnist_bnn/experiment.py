@@ -278,7 +278,7 @@ def run_benchmark(
   test = Evaluation("test", data.x_test, data.y_test, tuple(config.shift_angles))
   setup = make_setup(config, train_split)
   root = jax.random.key(config.seed)
-  seeds = list(range(config.seeds))
+  seeds = list(range(config.first_seed, config.first_seed + config.seeds))
   seed_keys = jnp.stack([seed_key(root, seed) for seed in seeds])
   grid = list(config.learning_rates)
   train_one = functools.partial(
@@ -311,7 +311,7 @@ def run_benchmark(
     if picked[name] is None or not others:
       continue
     runs = [(t, seed) for t in others for seed in seeds]
-    cold = Group(name, "temperatures", jnp.stack([seed_keys[seed] for _, seed in runs]),
+    cold = Group(name, "temperatures", jnp.stack([seed_key(root, seed) for _, seed in runs]),
                  [picked[name]] * len(runs), [t for t, _ in runs], [seed for _, seed in runs],
                  config.epochs, test._replace(angles=()))  # fmt: skip
     records += train_one(cold, checkpoint_root / "temperatures" / name)

@@ -310,6 +310,14 @@ def _length_note(result: dict) -> list[str]:
   ]
 
 
+def _seeds(config: dict) -> str:
+  """How many seeds, and which where they are not the root's first (an old report has none)."""
+  count, first = config["seeds"], config.get("first_seed", 0)
+  if not first:
+    return f"{count} seeds"
+  return f"{count} seeds ({first}–{first + count - 1} of the root's)"
+
+
 def render_markdown(result: dict) -> str:
   """report.md: the setup and the command that made it, the tuning, the test results, the
   test error along the chain, the cold-posterior curve and the scores under rotation."""
@@ -337,8 +345,8 @@ def render_markdown(result: dict) -> str:
       "cross-entropy plus ½‖θ‖²/(σ²N) with N the training images above."
     ),
     (
-      f"- Batch {config['batch_size']}, {protocol['epochs']} epochs, {config['seeds']} seeds "
-      f"per method; T = {config['temperature']:g}, so D = T/N = {protocol['diffusion']:.3g}."
+      f"- Batch {config['batch_size']}, {protocol['epochs']} epochs, {_seeds(config)} per "
+      f"method; T = {config['temperature']:g}, so D = T/N = {protocol['diffusion']:.3g}."
     ),
     (
       "- Averaged predictive: the mean of the predictive probabilities over one snapshot "
