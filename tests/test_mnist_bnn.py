@@ -16,6 +16,7 @@ from jaxdiff import cli, config, summaries
 from jaxdiff.classification import classifier_task
 from jaxdiff.experiments.mnist_bnn.config import BnnConfig
 from jaxdiff.experiments.mnist_bnn.experiment import rerun_command, snapshots_of
+from jaxdiff.experiments.mnist_bnn.pool import PoolError, pool_reports
 from jaxdiff.experiments.mnist_bnn.registry import METHODS as METHOD_SPECS
 from jaxdiff.experiments.mnist_bnn.registry import RunPlan
 from jaxdiff.experiments.mnist_bnn.report import (
@@ -30,6 +31,7 @@ from jaxdiff.tasks import Task, with_gaussian_prior
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = ROOT / "experiments" / "mnist_bnn.py"
+POOL_CLI = ROOT / "experiments" / "mnist_bnn_pool.py"
 METHODS = ("sgd", "sgld", "psgld", "sghmc", "csgld")
 GRID = (0.01, 0.1)
 # 80 training images, the last 16 held out: 64 to train on, batches of 8 split over 4 devices.
@@ -276,16 +278,58 @@ def test_the_korattikara_preset_thins_by_steps_without_tuning(tmp_path, tiny_mni
   assert report["summary"]["sgld"]["snapshots"] == 5 and report["summary"]["sgld"]["seeds"] == 2
   assert report["summary"]["sgld"]["learning_rate"] == 0.1
   assert "--protocol korattikara2015" in report["command"]
-  # A protocol's seeds split across runs: seed 1 alone is the two-seed run's seed 1, bit for bit.
-  split = tmp_path / "split"
-  result = _cli(tmp_path, "--data", tiny_mnist, "--out", split, "--protocol", "korattikara2015",
-                "--epochs", 4, "--batch-size", 8, "--seeds", 1, "--first-seed", 1,
-                "--validation-size", 16, "--burn-in", "0.5", "--thin-steps", 4, "--quiet",
-                "--no-summaries")  # fmt: skip
+
+
+# One sampler with tuning, a cold curve and rotations: every kind of record a part can hold.
+SAMPLER_RUN = ["--methods", "sgld", "--epochs", 2, "--batch-size", 8, "--validation-size", 16,
+               "--lr-grid", "0.01,0.1", "--temperatures", "1,0.1", "--shift-angles", "0,90",
+               "--quiet", "--no-summaries"]  # fmt: skip
+TIMINGS = ("step_time_s", "step_times_s")
+
+
+def _untimed(runs):
+  return [{key: value for key, value in run.items() if key not in TIMINGS} for run in runs]
+
+
+def test_runs_of_some_seeds_each_pool_into_the_report_of_one_run_of_them_all(tmp_path, tiny_mnist):
+  reports = {}
+  for name, seeds in (("whole", [2]), ("first", [1]), ("second", [1, "--first-seed", 1])):
+    result = _cli(tmp_path, "--data", tiny_mnist, "--out", tmp_path / name, *SAMPLER_RUN,
+                  "--seeds", *seeds)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports[name] = json.loads((tmp_path / name / "report.json").read_text())
+  out = tmp_path / "pooled"
+  result = subprocess.run([sys.executable, str(POOL_CLI), str(tmp_path / "second"),
+                           str(tmp_path / "first"), "--out", str(out)], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT, check=False)  # fmt: skip
   assert result.returncode == 0, result.stderr[-3000:]
-  (alone,) = json.loads((split / "report.json").read_text())["runs"]
-  assert alone["seed"] == 1 and alone["epochs"] == report["runs"][1]["epochs"]
-  assert "1 seeds (1–1 of the root's)" in (split / "report.md").read_text()
+  pooled, whole = json.loads((out / "report.json").read_text()), reports["whole"]
+  # Seed s has the same keys in every run, so the parts' records are the whole run's bit for bit,
+  # recorded in its order, and so are the scores; only the timings are each run's own.
+  assert _untimed(pooled["runs"]) == _untimed(whole["runs"])
+  assert pooled["config"] == whole["config"] and pooled["tuning"] == whole["tuning"]
+  for key in ("chain", "cold_posterior", "shift"):
+    assert pooled[key] == whole[key], key
+  assert {**pooled["summary"]["sgld"], "step_time_s": None} == {
+    **whole["summary"]["sgld"], "step_time_s": None}  # fmt: skip
+  assert pooled["command"] == whole["command"].replace(str(tmp_path / "whole"), str(out))
+  assert [part["seeds"] for part in pooled["parts"]] == [[1], [0]]
+  markdown = (out / "report.md").read_text()
+  assert "Pooled from 2 runs" in markdown and "  - seeds 1–1: " in markdown
+  assert (out / "shift.png").is_file() and (out / "cold_posterior.png").is_file()
+  # What cannot be one run's seeds is refused, saying what to do.
+  first, second = reports["first"], reports["second"]
+  longer = {**second, "config": {**second["config"], "epochs": 3}}
+  later = {**second, "config": {**second["config"], "first_seed": 2}}
+  for parts, message in (([first], "two or more runs"), ([first, whole], "seed 0 is in two"),
+                         ([first, longer], "differ in epochs"), ([first, later], "seed 1")):  # fmt: skip
+    with pytest.raises(PoolError, match=message):
+      pool_reports(parts, out)
+  result = subprocess.run([sys.executable, str(POOL_CLI), str(tmp_path / "first"),
+                           str(tmp_path), "--out", str(tmp_path / "bad")], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT, check=False)  # fmt: skip
+  assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+  assert "holds no report.json" in result.stderr and not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize(

@@ -352,8 +352,7 @@ def run_experiment(
   benchmark = run_benchmark(config, data, out, resume=resume, quiet=quiet, clock=clock,
                             summaries=summaries)  # fmt: skip
   env = environment.describe_run(started, clock.seconds)
-  by_phase = {phase: [r for r in benchmark.records if r["phase"] == phase]
-              for phase in ("tuning", "seeds", "temperatures")}  # fmt: skip
+  tuning_runs = [run for run in benchmark.records if run["phase"] == "tuning"]
   result = {
     "config": dataclasses.asdict(config),
     "command": rerun_command(config, data_source, out_dir, summaries=summaries),
@@ -368,12 +367,9 @@ def run_experiment(
       "epochs": config.run_tuning_epochs,
       "criterion": "lowest validation NLL of the averaged predictive",
       "picked": benchmark.picked,
-      "table": report.tuning_table(by_phase["tuning"]),
+      "table": report.tuning_table(tuning_runs),
     },
-    "summary": report.summarize(by_phase["seeds"], benchmark.picked),
-    "chain": report.summarize_chain(by_phase["seeds"]),
-    "cold_posterior": report.summarize_temperatures(by_phase["seeds"] + by_phase["temperatures"]),
-    "shift": report.summarize_shift(by_phase["seeds"]),
+    **report.score_runs(benchmark.records, benchmark.picked),
     "runs": benchmark.records,
   }  # fmt: skip
   write_reports(result, out)

@@ -66,6 +66,20 @@ def summarize(seed_runs: Sequence[dict], picked: dict[str, float | None]) -> dic
   return summary
 
 
+def score_runs(runs: Sequence[dict], picked: dict[str, float | None]) -> dict[str, dict]:
+  """The report's scores of a benchmark's ``runs`` (every phase's records): ``summary``,
+  ``chain``, ``cold_posterior`` and ``shift``."""
+  seed_runs = [run for run in runs if run["phase"] == "seeds"]
+  return {
+    "summary": summarize(seed_runs, picked),
+    "chain": summarize_chain(seed_runs),
+    "cold_posterior": summarize_temperatures(
+      [run for run in runs if run["phase"] in ("seeds", "temperatures")]
+    ),
+    "shift": summarize_shift(seed_runs),
+  }
+
+
 def summarize_temperatures(runs: Sequence[dict]) -> dict[str, list[dict]]:
   """The cold-posterior curve: per sampler that ran one, per temperature, the seeds' scores.
 
@@ -310,6 +324,28 @@ def _length_note(result: dict) -> list[str]:
   ]
 
 
+def _machines(result: dict) -> list[str]:
+  """The setup's machine line, or a run pooled from parts (:mod:`.pool`): a line per part."""
+  parts = result.get("parts")
+  if not parts:
+    return [f"- Machine: {_machine(result['environment'])}."]
+  return [
+    f"- Pooled from {len(parts)} runs, each of some of the seeds (`experiments/mnist_bnn_pool.py`):",
+    *[f"  - seeds {part['seeds'][0]}–{part['seeds'][-1]}: {_machine(part['environment'])}."
+      for part in parts],
+  ]  # fmt: skip
+
+
+def _machine(env: dict) -> str:
+  load = env.get("load_average")
+  return (
+    f"{env['cpu_model']}, {env['usable_cores']} usable cores, {env['device_count']} "
+    f"{env['platform']} device(s); jax {env['versions'].get('jax')}; wall time "
+    f"{_duration(env['wall_time_s'])} ({env['date']})"
+    + (f"; load average at the end {load[0]:g} (1 min), {load[2]:g} (15 min)" if load else "")
+  )
+
+
 def _seeds(config: dict) -> str:
   """How many seeds, and which where they are not the root's first (an old report has none)."""
   count, first = config["seeds"], config.get("first_seed", 0)
@@ -321,14 +357,11 @@ def _seeds(config: dict) -> str:
 def render_markdown(result: dict) -> str:
   """report.md: the setup and the command that made it, the tuning, the test results, the
   test error along the chain, the cold-posterior curve and the scores under rotation."""
-  config, protocol, env, data = (
-    result["config"], result["protocol"], result["environment"], result["data"]
-  )  # fmt: skip
+  config, protocol, data = result["config"], result["protocol"], result["data"]
   tuning = result["tuning"]
   scale = config["input_scale"]
   lines = ["# Bayesian neural network on MNIST: SGD and SG-MCMC samplers", ""]
   lines += _length_note(result)
-  load = env.get("load_average")
   lines += [
     "## Setup",
     "",
@@ -366,15 +399,11 @@ def render_markdown(result: dict) -> str:
     "- Methods:",
     *[f"  - `{name}`: {line}" for name, line in protocol["methods"].items()],
     *[f"- {note}" for note in config["notes"]],
-    (
-      f"- Machine: {env['cpu_model']}, {env['usable_cores']} usable cores, "
-      f"{env['device_count']} {env['platform']} device(s); jax {env['versions'].get('jax')}; "
-      f"wall time {_duration(env['wall_time_s'])} ({env['date']})"
-      + (f"; load average at the end {load[0]:g} (1 min), {load[2]:g} (15 min)" if load else "")
-      + "."
-    ),
+    *_machines(result),
     "",
-    "Command (add `--resume` to continue it from its checkpoints after an interruption):",
+    "Command (one run that trains every seed; each part's own is in report.json's `parts`):"
+    if result.get("parts")
+    else "Command (add `--resume` to continue it from its checkpoints after an interruption):",
     "",
     "```bash",
     result["command"],

@@ -1,0 +1,23 @@
+"""Pools runs that each trained some of a protocol's seeds (``--first-seed``) into one report.
+
+  python experiments/mnist_bnn_pool.py runs/seeds_0-4 runs/seeds_5-9 --out runs/pooled
+
+Writes to --out the report.json, report.md and figures that one run of all their seeds would
+have written; the runs must share every flag but --first-seed and --seeds.
+"""
+
+import sys
+
+from jaxdiff import cli
+from jaxdiff.experiments.mnist_bnn.pool import PoolError, pool_experiment
+
+if __name__ == "__main__":
+  parser = cli.ArgumentParser(description=__doc__.split("\n")[1])
+  parser.add_argument("runs", nargs="+", help="the runs' output folders (each with report.json)")
+  parser.add_argument("--out", required=True, help="the pooled report's folder")
+  flags = parser.parse_args()
+  try:
+    pool_experiment(flags.runs, flags.out)
+  except PoolError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(cli.EXIT_USAGE)

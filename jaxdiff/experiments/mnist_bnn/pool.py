@@ -1,0 +1,145 @@
+"""One report of a protocol's seeds that several runs trained, each some of them (``--first-seed``).
+
+A long protocol (the korattikara2015 preset's ten 2 000-epoch chains) need not train in one
+sitting: each run trains a slice of the seeds, on any machine, and :func:`pool_reports` joins
+their records into the report that one run of every seed would have written. Seed ``s``'s keys
+are the same in every run (:func:`jaxdiff.keys.seed_key`), so the pooled records are that run's
+records; only the wall time is each part's own, and the report lists every part's machine.
+
+Reads and writes reports only: no training, no JAX computation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jaxdiff.experiments.mnist_bnn import report
+from jaxdiff.experiments.mnist_bnn.config import BnnConfig
+from jaxdiff.experiments.mnist_bnn.experiment import rerun_command, write_reports
+
+# The configuration's fields the parts of one protocol may differ in: which seeds each trained.
+PART_FIELDS = ("first_seed", "seeds")
+PHASES = ("tuning", "seeds", "temperatures")
+
+
+class PoolError(ValueError):
+  """The reports are not parts of one run's seeds; the message says what differs."""
+
+
+def pool_reports(parts: Sequence[dict[str, Any]], out_dir: str | Path) -> dict[str, Any]:
+  """The report one run of every seed of ``parts`` would have written to ``out_dir``.
+
+  Args:
+    parts: the ``report.json`` contents of runs of one configuration (flags and data) but
+      their seeds, which must not overlap and together must be consecutive.
+    out_dir: where the pooled report goes; its command names it.
+
+  Returns:
+    The pooled report: the configuration of one run of all the seeds (its command trains them
+    in one go), the tuning of the first part (every part tunes alike and must pick alike), every
+    part's seed and temperature runs in the order one run records them, the scores of them all,
+    and ``parts``: each part's seeds, command and environment (``environment`` is None).
+
+  Raises:
+    PoolError: fewer than two parts, parts of different configurations, data or picked
+      learning rates, a seed in two parts, or seeds with a gap.
+  """
+  if len(parts) < 2:
+    raise PoolError("give the folders of two or more runs to pool")
+  first = parts[0]
+  shared = _without_part_fields(first["config"])
+  for part in parts[1:]:
+    config = _without_part_fields(part["config"])
+    differing = sorted(key for key in shared.keys() | config.keys()
+                       if shared.get(key) != config.get(key))  # fmt: skip
+    if differing:
+      raise PoolError(f"the runs differ in {', '.join(differing)}: pool the seeds of one "
+                      "configuration")  # fmt: skip
+    if part["data"] != first["data"]:
+      raise PoolError("the runs trained on different data: pool runs of one data set")
+    if part["tuning"]["picked"] != first["tuning"]["picked"]:
+      raise PoolError("the runs' tuning picked different learning rates: pool runs whose "
+                      "tuning agrees (rerun the disagreeing one on the first's machine)")  # fmt: skip
+  seeds = sorted(seed for part in parts for seed in _seeds(part["config"]))
+  repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+  if repeated:
+    raise PoolError(f"seed {repeated[0]} is in two of the runs: pool each seed once")
+  missing = sorted(set(range(seeds[0], seeds[-1] + 1)) - set(seeds))
+  if missing:
+    raise PoolError(f"the runs leave out seed {missing[0]}: pool consecutive seeds, so that "
+                    "the pooled report's command trains them")  # fmt: skip
+  fields = {
+    key: tuple(value) if isinstance(value, list) else value for key, value in shared.items()
+  }
+  config = BnnConfig(**fields, first_seed=seeds[0], seeds=len(seeds))
+  runs = [run for run in first["runs"] if run["phase"] == "tuning"]
+  runs += [run for part in parts for run in part["runs"] if run["phase"] != "tuning"]
+  runs.sort(key=lambda run: _recording_order(config, run))
+  return {
+    **first,
+    "config": dataclasses.asdict(config),
+    "command": rerun_command(
+      config, _data_flag(first["command"]), out_dir, summaries=first["summaries"] is not None
+    ),
+    "summaries": None,  # each part's live series stay in its own folder
+    "environment": None,
+    "parts": [
+      {
+        "seeds": _seeds(part["config"]),
+        "command": part["command"],
+        "environment": part["environment"],
+      }
+      for part in parts
+    ],
+    **report.score_runs(runs, first["tuning"]["picked"]),
+    "runs": runs,
+  }
+
+
+def pool_experiment(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, Any]:
+  """Pools the reports in ``run_dirs`` (:func:`pool_reports`) and writes them to ``out_dir``.
+
+  Writes ``report.json``, ``report.md`` and the figures, each atomically.
+
+  Raises:
+    PoolError: a folder holds no ``report.json``, or :func:`pool_reports`'s.
+  """
+  parts = []
+  for folder in map(Path, run_dirs):
+    path = folder / "report.json"
+    if not path.is_file():
+      raise PoolError(f"{folder} holds no report.json: name the output folder of a finished run")
+    parts.append(json.loads(path.read_text()))
+  pooled = pool_reports(parts, out_dir)
+  Path(out_dir).mkdir(parents=True, exist_ok=True)
+  write_reports(pooled, out_dir)
+  return pooled
+
+
+def _without_part_fields(config: dict[str, Any]) -> dict[str, Any]:
+  return {key: value for key, value in config.items() if key not in PART_FIELDS}
+
+
+def _seeds(config: dict[str, Any]) -> list[int]:
+  first = config.get("first_seed", 0)  # reports from before --first-seed trained 0, 1, …
+  return list(range(first, first + config["seeds"]))
+
+
+def _data_flag(command: str) -> str:
+  """The ``--data`` of a report's command (the report's ``data`` holds the resolved source)."""
+  words = shlex.split(command)
+  return words[words.index("--data") + 1]
+
+
+def _recording_order(config: BnnConfig, run: dict[str, Any]) -> tuple:
+  """Where one run of ``config`` records ``run``: each method's tuning then its seeds, then the
+  cold-posterior curve per method, temperature and seed (tuning keeps its grid's order)."""
+  method = config.methods.index(run["method"])
+  if run["phase"] == "temperatures":
+    return (1, method, config.temperatures.index(run["temperature"]), run["seed"])
+  return (0, method, PHASES.index(run["phase"]), run["seed"] if run["seed"] is not None else -1)
