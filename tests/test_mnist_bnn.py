@@ -293,29 +293,35 @@ def _untimed(runs):
 
 def test_runs_of_some_seeds_each_pool_into_the_report_of_one_run_of_them_all(tmp_path, tiny_mnist):
   reports = {}
-  for name, seeds in (("whole", [2]), ("first", [1]), ("second", [1, "--first-seed", 1])):
+  parts = (("whole", [2]), ("first", [1]), ("second", [1, "--first-seed", 1, "--note", "part"]))
+  for name, seeds in parts:
     result = _cli(tmp_path, "--data", tiny_mnist, "--out", tmp_path / name, *SAMPLER_RUN,
                   "--seeds", *seeds)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     reports[name] = json.loads((tmp_path / name / "report.json").read_text())
   out = tmp_path / "pooled"
   result = subprocess.run([sys.executable, str(POOL_CLI), str(tmp_path / "second"),
-                           str(tmp_path / "first"), "--out", str(out)], capture_output=True,
+                           str(tmp_path / "first"), "--out", str(out), "--note", "pooled"],
+                          capture_output=True,
                           text=True, timeout=600, cwd=ROOT, check=False)  # fmt: skip
   assert result.returncode == 0, result.stderr[-3000:]
   pooled, whole = json.loads((out / "report.json").read_text()), reports["whole"]
   # Seed s has the same keys in every run, so the parts' records are the whole run's bit for bit,
   # recorded in its order, and so are the scores; only the timings are each run's own.
   assert _untimed(pooled["runs"]) == _untimed(whole["runs"])
-  assert pooled["config"] == whole["config"] and pooled["tuning"] == whole["tuning"]
+  assert pooled["config"] == {**whole["config"], "notes": ["pooled"]}
+  assert pooled["tuning"] == whole["tuning"]
   for key in ("chain", "cold_posterior", "shift"):
     assert pooled[key] == whole[key], key
   assert {**pooled["summary"]["sgld"], "step_time_s": None} == {
     **whole["summary"]["sgld"], "step_time_s": None}  # fmt: skip
-  assert pooled["command"] == whole["command"].replace(str(tmp_path / "whole"), str(out))
-  assert [part["seeds"] for part in pooled["parts"]] == [[1], [0]]
+  command = whole["command"].replace(str(tmp_path / "whole"), str(out)) + " --note pooled"
+  assert pooled["command"] == command
+  assert [(part["seeds"], part["notes"]) for part in pooled["parts"]] == [([1], ["part"]),
+                                                                            ([0], [])]  # fmt: skip
   markdown = (out / "report.md").read_text()
   assert "Pooled from 2 runs" in markdown and "  - seeds 1–1: " in markdown
+  assert "- pooled\n" in markdown and "- part\n" not in markdown
   assert (out / "shift.png").is_file() and (out / "cold_posterior.png").is_file()
   # What cannot be one run's seeds is refused, saying what to do.
   first, second = reports["first"], reports["second"]

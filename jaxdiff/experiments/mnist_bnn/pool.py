@@ -22,8 +22,9 @@ from jaxdiff.experiments.mnist_bnn import report
 from jaxdiff.experiments.mnist_bnn.config import BnnConfig
 from jaxdiff.experiments.mnist_bnn.experiment import rerun_command, write_reports
 
-# The configuration's fields the parts of one protocol may differ in: which seeds each trained.
-PART_FIELDS = ("first_seed", "seeds")
+# The configuration's fields the parts of one run may differ in: which seeds each trained, and
+# the notes on its report (the pooled report has its own).
+PART_FIELDS = ("first_seed", "seeds", "notes")
 PHASES = ("tuning", "seeds", "temperatures")
 
 
@@ -31,19 +32,23 @@ class PoolError(ValueError):
   """The reports are not parts of one run's seeds; the message says what differs."""
 
 
-def pool_reports(parts: Sequence[dict[str, Any]], out_dir: str | Path) -> dict[str, Any]:
+def pool_reports(
+  parts: Sequence[dict[str, Any]], out_dir: str | Path, notes: Sequence[str] = ()
+) -> dict[str, Any]:
   """The report one run of every seed of ``parts`` would have written to ``out_dir``.
 
   Args:
     parts: the ``report.json`` contents of runs of one configuration (flags and data) but
-      their seeds, which must not overlap and together must be consecutive.
+      their seeds, which must not overlap and together must be consecutive, and their notes.
     out_dir: where the pooled report goes; its command names it.
+    notes: the pooled report's lines for its setup (each part's stay in ``parts``).
 
   Returns:
     The pooled report: the configuration of one run of all the seeds (its command trains them
     in one go), the tuning of the first part (every part tunes alike and must pick alike), every
     part's seed and temperature runs in the order one run records them, the scores of them all,
-    and ``parts``: each part's seeds, command and environment (``environment`` is None).
+    and ``parts``: each part's seeds, notes, command and environment (``environment`` is
+    None).
 
   Raises:
     PoolError: fewer than two parts, parts of different configurations, data or picked
@@ -76,7 +81,7 @@ def pool_reports(parts: Sequence[dict[str, Any]], out_dir: str | Path) -> dict[s
   fields = {
     key: tuple(value) if isinstance(value, list) else value for key, value in shared.items()
   }
-  config = BnnConfig(**fields, first_seed=seeds[0], seeds=len(seeds))
+  config = BnnConfig(**fields, first_seed=seeds[0], seeds=len(seeds), notes=tuple(notes))
   runs = [run for run in first["runs"] if run["phase"] == "tuning"]
   runs += [run for part in parts for run in part["runs"] if run["phase"] != "tuning"]
   runs.sort(key=lambda run: _recording_order(config, run))
@@ -91,6 +96,7 @@ def pool_reports(parts: Sequence[dict[str, Any]], out_dir: str | Path) -> dict[s
     "parts": [
       {
         "seeds": _seeds(part["config"]),
+        "notes": part["config"]["notes"],
         "command": part["command"],
         "environment": part["environment"],
       }
@@ -101,7 +107,9 @@ def pool_reports(parts: Sequence[dict[str, Any]], out_dir: str | Path) -> dict[s
   }
 
 
-def pool_experiment(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, Any]:
+def pool_experiment(
+  run_dirs: Sequence[str | Path], out_dir: str | Path, notes: Sequence[str] = ()
+) -> dict[str, Any]:
   """Pools the reports in ``run_dirs`` (:func:`pool_reports`) and writes them to ``out_dir``.
 
   Writes ``report.json``, ``report.md`` and the figures, each atomically.
@@ -115,7 +123,7 @@ def pool_experiment(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict
     if not path.is_file():
       raise PoolError(f"{folder} holds no report.json: name the output folder of a finished run")
     parts.append(json.loads(path.read_text()))
-  pooled = pool_reports(parts, out_dir)
+  pooled = pool_reports(parts, out_dir, notes)
   Path(out_dir).mkdir(parents=True, exist_ok=True)
   write_reports(pooled, out_dir)
   return pooled
