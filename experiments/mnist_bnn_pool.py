@@ -3,7 +3,8 @@
   python experiments/mnist_bnn_pool.py runs/seeds_0-4 runs/seeds_5-9 --out runs/pooled
 
 Writes to --out the report.json, report.md and figures that one run of all their seeds would
-have written; the runs must share every flag but --first-seed, --seeds and --note.
+have written. The runs must share every flag of the configuration but --first-seed, --seeds
+and --note, and the data (read from any path).
 """
 
 import sys

@@ -194,6 +194,19 @@ def from_flags(config_type: type, flags: argparse.Namespace, preset: str | None 
   return config_type(**values)
 
 
+def from_saved(config_type: type, saved: dict[str, Any], **overrides: Any) -> Any:
+  """The ``config_type`` a report saved as ``dataclasses.asdict`` (JSON lists read back as
+  tuples; names the type no longer has left out), with ``overrides`` on top.
+
+  Raises:
+    ConfigError: from the configuration's checks.
+  """
+  names = {field.name for field in dataclasses.fields(config_type)}
+  values = {name: tuple(value) if isinstance(value, list) else value
+            for name, value in saved.items() if name in names}  # fmt: skip
+  return config_type(**{**values, **overrides})
+
+
 def flags_to_rerun(config: Any) -> list[str]:
   """The flags that make ``config`` again: its preset's (``--protocol``) and each field that
   differs from that preset's defaults, in field order."""

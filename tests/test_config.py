@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+import json
 import re
 import shlex
 import subprocess
@@ -120,6 +121,15 @@ def test_cli_parse_returns_config_run_options_and_platform():
   assert parsed == DDPMConfig(seed=3, num_timesteps=200)
   assert options == cli.RunOptions(data="tfds", out="x", resume=True, quiet=False)
   assert platform == "cpu"
+
+
+def test_a_saved_config_reads_back_with_tuples_and_overrides():
+  made = Example(count=7, values=(3.0, 4.5), names=("x",))
+  saved = json.loads(json.dumps({**dataclasses.asdict(made), "retired": 1}))  # lists, a gone name
+  assert config.from_saved(Example, saved) == made
+  assert config.from_saved(Example, saved, count=2) == dataclasses.replace(made, count=2)
+  with pytest.raises(config.ConfigError, match="count"):
+    config.from_saved(Example, saved, count=0)
 
 
 def test_the_rerun_command_parses_back_to_the_same_config():

@@ -16,7 +16,7 @@ from jaxdiff import cli, config, summaries
 from jaxdiff.classification import classifier_task
 from jaxdiff.experiments.mnist_bnn.config import BnnConfig
 from jaxdiff.experiments.mnist_bnn.experiment import rerun_command, snapshots_of
-from jaxdiff.experiments.mnist_bnn.pool import PoolError, pool_reports
+from jaxdiff.experiments.mnist_bnn.pool import PoolError, pool_experiment, pool_reports
 from jaxdiff.experiments.mnist_bnn.registry import METHODS as METHOD_SPECS
 from jaxdiff.experiments.mnist_bnn.registry import RunPlan
 from jaxdiff.experiments.mnist_bnn.report import (
@@ -317,10 +317,11 @@ def test_runs_of_some_seeds_each_pool_into_the_report_of_one_run_of_them_all(tmp
     **whole["summary"]["sgld"], "step_time_s": None}  # fmt: skip
   command = whole["command"].replace(str(tmp_path / "whole"), str(out)) + " --note pooled"
   assert pooled["command"] == command
-  assert [(part["seeds"], part["notes"]) for part in pooled["parts"]] == [([1], ["part"]),
-                                                                            ([0], [])]  # fmt: skip
+  # The parts by their seeds, whatever the order they were named in.
+  assert [(part["seeds"], part["notes"]) for part in pooled["parts"]] == [([0], []),
+                                                                            ([1], ["part"])]  # fmt: skip
   markdown = (out / "report.md").read_text()
-  assert "Pooled from 2 runs" in markdown and "  - seeds 1–1: " in markdown
+  assert "Pooled from 2 runs" in markdown and "  - seed 1: " in markdown
   assert "- pooled\n" in markdown and "- part\n" not in markdown
   assert (out / "shift.png").is_file() and (out / "cold_posterior.png").is_file()
   # What cannot be one run's seeds is refused, saying what to do.
@@ -328,14 +329,21 @@ def test_runs_of_some_seeds_each_pool_into_the_report_of_one_run_of_them_all(tmp
   longer = {**second, "config": {**second["config"], "epochs": 3}}
   later = {**second, "config": {**second["config"], "first_seed": 2}}
   for parts, message in (([first], "two or more runs"), ([first, whole], "seed 0 is in two"),
-                         ([first, longer], "differ in epochs"), ([first, later], "seed 1")):  # fmt: skip
+                         ([first, longer], "differ in epochs"), ([first, later], "seed 1"),
+                         ([first, pooled], "pooled already")):  # fmt: skip
     with pytest.raises(PoolError, match=message):
       pool_reports(parts, out)
-  result = subprocess.run([sys.executable, str(POOL_CLI), str(tmp_path / "first"),
-                           str(tmp_path), "--out", str(tmp_path / "bad")], capture_output=True,
-                          text=True, timeout=600, cwd=ROOT, check=False)  # fmt: skip
-  assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
-  assert "holds no report.json" in result.stderr and not (tmp_path / "bad").exists()
+  (tmp_path / "garbled").mkdir()
+  (tmp_path / "garbled" / "report.json").write_text("{")
+  for folders, message in (([tmp_path / "first", tmp_path], "holds no report.json"),
+                           ([tmp_path / "first", tmp_path / "garbled"], "is not JSON")):  # fmt: skip
+    result = subprocess.run([sys.executable, str(POOL_CLI), *map(str, folders), "--out",
+                             str(tmp_path / "bad")], capture_output=True, text=True,
+                            timeout=600, cwd=ROOT, check=False)  # fmt: skip
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert message in result.stderr and not (tmp_path / "bad").exists()
+  with pytest.raises(PoolError, match="is one of the runs"):
+    pool_experiment([tmp_path / "first", tmp_path / "second"], tmp_path / "second")
 
 
 @pytest.mark.parametrize(

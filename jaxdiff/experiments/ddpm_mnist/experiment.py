@@ -239,10 +239,7 @@ def read_run_record(out: Path) -> tuple[DDPMConfig, tuple[int, ...]]:
       "record their configuration there since --sample-only exists)"
     )
   saved = json.loads(path.read_text())
-  fields = {field.name for field in dataclasses.fields(DDPMConfig)}
-  values = {name: tuple(value) if isinstance(value, list) else value
-            for name, value in saved["config"].items() if name in fields}  # fmt: skip
-  return DDPMConfig(**values), tuple(saved["image_shape"])
+  return config_lib.from_saved(DDPMConfig, saved["config"]), tuple(saved["image_shape"])
 
 
 def check_same_model(run_config: DDPMConfig, config: DDPMConfig, out: Path) -> None:

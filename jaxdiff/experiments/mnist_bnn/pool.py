@@ -4,7 +4,8 @@ A long protocol (the korattikara2015 preset's ten 2 000-epoch chains) need not t
 sitting: each run trains a slice of the seeds, on any machine, and :func:`pool_reports` joins
 their records into the report that one run of every seed would have written. Seed ``s``'s keys
 are the same in every run (:func:`jaxdiff.keys.seed_key`), so the pooled records are that run's
-records; only the wall time is each part's own, and the report lists every part's machine.
+records; only the timings (wall time, seconds per step) are each part's own, and the report
+lists every part's machine.
 
 Reads and writes reports only: no training, no JAX computation.
 """
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxdiff import config as config_lib
 from jaxdiff.experiments.mnist_bnn import report
 from jaxdiff.experiments.mnist_bnn.config import BnnConfig
 from jaxdiff.experiments.mnist_bnn.experiment import rerun_command, write_reports
@@ -26,6 +28,8 @@ from jaxdiff.experiments.mnist_bnn.experiment import rerun_command, write_report
 # the notes on its report (the pooled report has its own).
 PART_FIELDS = ("first_seed", "seeds", "notes")
 PHASES = ("tuning", "seeds", "temperatures")
+# What a part's report.json must hold: a finished run's report, not a pooled one.
+REPORT_KEYS = ("config", "command", "summaries", "data", "environment", "tuning", "runs")
 
 
 class PoolError(ValueError):
@@ -45,17 +49,20 @@ def pool_reports(
 
   Returns:
     The pooled report: the configuration of one run of all the seeds (its command trains them
-    in one go), the tuning of the first part (every part tunes alike and must pick alike), every
-    part's seed and temperature runs in the order one run records them, the scores of them all,
-    and ``parts``: each part's seeds, notes, command and environment (``environment`` is
-    None).
+    in one go, on the ``--data`` of the part with the lowest seeds), the tuning of that part
+    (every part tunes alike and must pick alike), every part's seed and temperature runs in the
+    order one run records them, the scores of them all, and ``parts``, by their seeds: each
+    part's seeds, notes, command and environment (``environment`` is None).
 
   Raises:
-    PoolError: fewer than two parts, parts of different configurations, data or picked
-      learning rates, a seed in two parts, or seeds with a gap.
+    PoolError: fewer than two parts, a pooled report among them, parts of different
+      configurations, data or picked learning rates, a seed in two parts, or seeds with a gap.
   """
   if len(parts) < 2:
     raise PoolError("give the folders of two or more runs to pool")
+  if any("parts" in part for part in parts):
+    raise PoolError("a report is pooled already: pool the folders of its parts instead")
+  parts = sorted(parts, key=lambda part: report.seed_range(part["config"])[0])
   first = parts[0]
   shared = _without_part_fields(first["config"])
   for part in parts[1:]:
@@ -65,12 +72,13 @@ def pool_reports(
     if differing:
       raise PoolError(f"the runs differ in {', '.join(differing)}: pool the seeds of one "
                       "configuration")  # fmt: skip
-    if part["data"] != first["data"]:
+    # The same images read from another path (another machine) are the same data.
+    if _without_source(part["data"]) != _without_source(first["data"]):
       raise PoolError("the runs trained on different data: pool runs of one data set")
     if part["tuning"]["picked"] != first["tuning"]["picked"]:
       raise PoolError("the runs' tuning picked different learning rates: pool runs whose "
                       "tuning agrees (rerun the disagreeing one on the first's machine)")  # fmt: skip
-  seeds = sorted(seed for part in parts for seed in _seeds(part["config"]))
+  seeds = sorted(seed for part in parts for seed in report.seed_range(part["config"]))
   repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
   if repeated:
     raise PoolError(f"seed {repeated[0]} is in two of the runs: pool each seed once")
@@ -78,10 +86,8 @@ def pool_reports(
   if missing:
     raise PoolError(f"the runs leave out seed {missing[0]}: pool consecutive seeds, so that "
                     "the pooled report's command trains them")  # fmt: skip
-  fields = {
-    key: tuple(value) if isinstance(value, list) else value for key, value in shared.items()
-  }
-  config = BnnConfig(**fields, first_seed=seeds[0], seeds=len(seeds), notes=tuple(notes))
+  config = config_lib.from_saved(BnnConfig, shared, first_seed=seeds[0], seeds=len(seeds),
+                                 notes=tuple(notes))  # fmt: skip
   runs = [run for run in first["runs"] if run["phase"] == "tuning"]
   runs += [run for part in parts for run in part["runs"] if run["phase"] != "tuning"]
   runs.sort(key=lambda run: _recording_order(config, run))
@@ -95,7 +101,7 @@ def pool_reports(
     "environment": None,
     "parts": [
       {
-        "seeds": _seeds(part["config"]),
+        "seeds": report.seed_range(part["config"]),
         "notes": part["config"]["notes"],
         "command": part["command"],
         "environment": part["environment"],
@@ -115,27 +121,40 @@ def pool_experiment(
   Writes ``report.json``, ``report.md`` and the figures, each atomically.
 
   Raises:
-    PoolError: a folder holds no ``report.json``, or :func:`pool_reports`'s.
+    PoolError: a folder holds no report of a finished run of ``experiments/mnist_bnn.py``,
+      ``out_dir`` is a file or one of ``run_dirs``, or :func:`pool_reports`'s.
   """
-  parts = []
-  for folder in map(Path, run_dirs):
-    path = folder / "report.json"
-    if not path.is_file():
-      raise PoolError(f"{folder} holds no report.json: name the output folder of a finished run")
-    parts.append(json.loads(path.read_text()))
-  pooled = pool_reports(parts, out_dir, notes)
-  Path(out_dir).mkdir(parents=True, exist_ok=True)
+  out = Path(out_dir)
+  if out.exists() and not out.is_dir():
+    raise PoolError(f"--out {out_dir} is a file, not a folder: name another")
+  if out.resolve() in {Path(folder).resolve() for folder in run_dirs}:
+    raise PoolError(f"--out {out_dir} is one of the runs: name another folder, so that its "
+                    "report stays")  # fmt: skip
+  pooled = pool_reports([_read_report(Path(folder)) for folder in run_dirs], out_dir, notes)
   write_reports(pooled, out_dir)
   return pooled
+
+
+def _read_report(folder: Path) -> dict[str, Any]:
+  path = folder / "report.json"
+  what = "name the output folder of a finished run of experiments/mnist_bnn.py"
+  if not path.is_file():
+    raise PoolError(f"{folder} holds no report.json: {what}")
+  try:
+    saved = json.loads(path.read_text())
+  except json.JSONDecodeError as error:
+    raise PoolError(f"{path} is not JSON ({error.msg}, line {error.lineno}): {what}") from error
+  if not isinstance(saved, dict) or not all(key in saved for key in REPORT_KEYS):
+    raise PoolError(f"{path} is not the report of a run of experiments/mnist_bnn.py: {what}")
+  return saved
 
 
 def _without_part_fields(config: dict[str, Any]) -> dict[str, Any]:
   return {key: value for key, value in config.items() if key not in PART_FIELDS}
 
 
-def _seeds(config: dict[str, Any]) -> list[int]:
-  first = config.get("first_seed", 0)  # reports from before --first-seed trained 0, 1, …
-  return list(range(first, first + config["seeds"]))
+def _without_source(data: dict[str, Any]) -> dict[str, Any]:
+  return {key: value for key, value in data.items() if key != "source"}
 
 
 def _data_flag(command: str) -> str:

@@ -331,8 +331,7 @@ def _machines(result: dict) -> list[str]:
     return [f"- Machine: {_machine(result['environment'])}."]
   return [
     f"- Pooled from {len(parts)} runs, each of some of the seeds (`experiments/mnist_bnn_pool.py`):",
-    *[f"  - seeds {part['seeds'][0]}–{part['seeds'][-1]}: {_machine(part['environment'])}."
-      for part in parts],
+    *[f"  - {_seed_names(part['seeds'])}: {_machine(part['environment'])}." for part in parts],
   ]  # fmt: skip
 
 
@@ -346,12 +345,22 @@ def _machine(env: dict) -> str:
   )
 
 
+def seed_range(config: dict) -> list[int]:
+  """The seeds a report's run trained: ``first_seed`` and the next ``seeds`` − 1 (reports from
+  before ``first_seed`` existed trained 0, 1, …)."""
+  first = config.get("first_seed", 0)
+  return list(range(first, first + config["seeds"]))
+
+
+def _seed_names(seeds: Sequence[int]) -> str:
+  return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}–{seeds[-1]}"
+
+
 def _seeds(config: dict) -> str:
-  """How many seeds, and which where they are not the root's first (an old report has none)."""
-  count, first = config["seeds"], config.get("first_seed", 0)
-  if not first:
-    return f"{count} seeds"
-  return f"{count} seeds ({first}–{first + count - 1} of the root's)"
+  """How many seeds, and which where they are not the root's first."""
+  seeds = seed_range(config)
+  count = f"{len(seeds)} seed" + ("s" if len(seeds) > 1 else "")
+  return count if seeds[0] == 0 else f"{count} ({_seed_names(seeds)} of the root's)"
 
 
 def render_markdown(result: dict) -> str:
