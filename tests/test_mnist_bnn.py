@@ -181,9 +181,9 @@ def tiny_mnist(tmp_path_factory):
   return path
 
 
-def _cli(tmp_path, *args):
+def _cli(tmp_path, *args, script=CLI):
   env = {**os.environ, "JAXDIFF_CACHE": str(tmp_path / "cache")}
-  return subprocess.run([sys.executable, str(CLI), *map(str, args)], capture_output=True,
+  return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True,
                         text=True, timeout=600, cwd=ROOT, env=env, check=False)  # fmt: skip
 
 
@@ -300,10 +300,8 @@ def test_runs_of_some_seeds_each_pool_into_the_report_of_one_run_of_them_all(tmp
     assert result.returncode == 0, result.stderr[-3000:]
     reports[name] = json.loads((tmp_path / name / "report.json").read_text())
   out = tmp_path / "pooled"
-  result = subprocess.run([sys.executable, str(POOL_CLI), str(tmp_path / "second"),
-                           str(tmp_path / "first"), "--out", str(out), "--note", "pooled"],
-                          capture_output=True,
-                          text=True, timeout=600, cwd=ROOT, check=False)  # fmt: skip
+  result = _cli(tmp_path, tmp_path / "second", tmp_path / "first", "--out", out, "--note",
+                "pooled", script=POOL_CLI)  # fmt: skip
   assert result.returncode == 0, result.stderr[-3000:]
   pooled, whole = json.loads((out / "report.json").read_text()), reports["whole"]
   # Seed s has the same keys in every run, so the parts' records are the whole run's bit for bit,
@@ -337,9 +335,7 @@ def test_runs_of_some_seeds_each_pool_into_the_report_of_one_run_of_them_all(tmp
   (tmp_path / "garbled" / "report.json").write_text("{")
   for folders, message in (([tmp_path / "first", tmp_path], "holds no report.json"),
                            ([tmp_path / "first", tmp_path / "garbled"], "is not JSON")):  # fmt: skip
-    result = subprocess.run([sys.executable, str(POOL_CLI), *map(str, folders), "--out",
-                             str(tmp_path / "bad")], capture_output=True, text=True,
-                            timeout=600, cwd=ROOT, check=False)  # fmt: skip
+    result = _cli(tmp_path, *folders, "--out", tmp_path / "bad", script=POOL_CLI)
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
     assert message in result.stderr and not (tmp_path / "bad").exists()
   with pytest.raises(PoolError, match="is one of the runs"):

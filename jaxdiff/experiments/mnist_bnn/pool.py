@@ -64,16 +64,16 @@ def pool_reports(
     raise PoolError("a report is pooled already: pool the folders of its parts instead")
   parts = sorted(parts, key=lambda part: report.seed_range(part["config"])[0])
   first = parts[0]
-  shared = _without_part_fields(first["config"])
+  shared = _without(first["config"], PART_FIELDS)
   for part in parts[1:]:
-    config = _without_part_fields(part["config"])
+    config = _without(part["config"], PART_FIELDS)
     differing = sorted(key for key in shared.keys() | config.keys()
                        if shared.get(key) != config.get(key))  # fmt: skip
     if differing:
       raise PoolError(f"the runs differ in {', '.join(differing)}: pool the seeds of one "
                       "configuration")  # fmt: skip
     # The same images read from another path (another machine) are the same data.
-    if _without_source(part["data"]) != _without_source(first["data"]):
+    if _without(part["data"], ("source",)) != _without(first["data"], ("source",)):
       raise PoolError("the runs trained on different data: pool runs of one data set")
     if part["tuning"]["picked"] != first["tuning"]["picked"]:
       raise PoolError("the runs' tuning picked different learning rates: pool runs whose "
@@ -149,12 +149,8 @@ def _read_report(folder: Path) -> dict[str, Any]:
   return saved
 
 
-def _without_part_fields(config: dict[str, Any]) -> dict[str, Any]:
-  return {key: value for key, value in config.items() if key not in PART_FIELDS}
-
-
-def _without_source(data: dict[str, Any]) -> dict[str, Any]:
-  return {key: value for key, value in data.items() if key != "source"}
+def _without(mapping: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+  return {key: value for key, value in mapping.items() if key not in keys}
 
 
 def _data_flag(command: str) -> str:
